@@ -1,0 +1,434 @@
+"""``PapoDataModule``: prompts, decoded RGB images and their seeded masked views, batched for RL.
+
+One datamodule serves every dataset that follows the hub convention (columns ``images``, ``problem``,
+``answer``; optional ``task_type``, ``vision_dependency``, ``uid``): the synthetic task, ViRL39K,
+Geometry3K, ... Datasets may be given built, or as zero-argument callables (e.g. a Hydra ``_partial_`` of
+``build_synthetic_split``) that are called lazily in :meth:`PapoDataModule.setup`.
+
+Each batch is a dict of lists, one entry per PROMPT (the RL module expands prompts into G responses)::
+
+    {"uid": [str], "problem": [str], "prompt": [str],            # prompt = templated problem
+     "images": [[PIL.Image RGB]],                                 # decoded with load_image, raw size
+     "images_masked": [[PIL.Image RGB]] or None,                  # None when masking is None
+     "answer": [str], "task_type": [str], "vision_dependency": [str]}
+
+Masked views are made here (on raw images, in the collate function, so in DataLoader workers), one per
+prompt, fresh every time the prompt is drawn and reproducible: the generator of a train prompt is
+``np.random.default_rng([seed, epoch, row])``; val/test use ``default_rng([seed, row])`` so validation masks
+are identical at every evaluation. The released code draws masks from numpy's global RNG instead.
+
+Training order comes from :class:`EpochShuffleSampler` (a seeded permutation per epoch, sharded over ranks)
+whose items are ``(epoch, row)`` pairs, so the epoch reaches the collate function even in worker processes.
+The train loader is a :class:`ResumableDataLoader`: its ``state_dict()`` records the epoch and the number of
+samples CONSUMED (not merely prefetched by workers), and Lightning stores it in checkpoints and restores it on
+resume (its fit loop saves the state of any loader with ``state_dict``/``load_state_dict``), so a resumed
+run continues with exactly the next prompts and the same masks. For multi-GPU runs, set
+``Trainer(use_distributed_sampler=False)``: the sampler shards by itself using the trainer's world size / rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from papo.data.images import load_images
+from papo.data.masking import ImageView
+from papo.data.prompts import build_prompt
+
+__all__ = [
+    "BATCH_KEYS",
+    "OPTIONAL_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "EpochShuffleSampler",
+    "PapoDataModule",
+    "PromptCollator",
+    "PromptDataset",
+    "ResumableDataLoader",
+]
+
+REQUIRED_COLUMNS = ("images", "problem", "answer")
+#: optional column -> fill value when absent (uid falls back to f"{split}-{row}")
+OPTIONAL_COLUMNS = {"task_type": "unknown", "vision_dependency": "unknown", "uid": None}
+BATCH_KEYS = (
+    "uid",
+    "problem",
+    "prompt",
+    "images",
+    "images_masked",
+    "answer",
+    "task_type",
+    "vision_dependency",
+)
+
+DatasetLike = Any  # datasets.Dataset or a zero-argument callable returning one
+
+
+class PromptDataset(Dataset):
+    """Map-style view of a hub-convention ``datasets.Dataset``; items are decoded rows.
+
+    Keys are a row index, or ``(epoch, row)`` as yielded by :class:`EpochShuffleSampler`. Rows are read in
+    Arrow format (no decoding by ``datasets``), so every image goes through :func:`load_image` and a bad image
+    raises ``ImageLoadError`` naming ``dataset=<name> split=<split> row=<row> image=<j>``.
+    """
+
+    def __init__(
+        self,
+        hf_dataset: Any,
+        dataset_name: str = "dataset",
+        split: str = "train",
+        max_pixels: int = 64_000_000,
+    ) -> None:
+        columns = list(hf_dataset.column_names)
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise ValueError(
+                f"Dataset {dataset_name!r} ({split} split) is missing required column(s) {missing}; "
+                f"present columns: {columns}. Required: {list(REQUIRED_COLUMNS)}; optional: "
+                f"{list(OPTIONAL_COLUMNS)}."
+            )
+        self.dataset_name, self.split, self.max_pixels = dataset_name, split, int(max_pixels)
+        self.hf_dataset = hf_dataset  # the source datasets.Dataset, all columns, as given
+        wanted = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in columns]
+        self._rows = hf_dataset.select_columns(wanted).with_format("arrow")
+        self._len = len(hf_dataset)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, row = key if isinstance(key, tuple) else (None, key)
+        row = int(row)
+        record = self._rows[row].to_pylist()[0]
+        context = f"dataset={self.dataset_name} split={self.split} row={row}"
+        return {
+            "row": row,
+            "epoch": epoch,
+            "uid": str(record["uid"]) if record.get("uid") is not None else f"{self.split}-{row}",
+            "problem": str(record["problem"]),
+            "answer": str(record["answer"]),
+            "task_type": str(record.get("task_type") or OPTIONAL_COLUMNS["task_type"]),
+            "vision_dependency": str(
+                record.get("vision_dependency") or OPTIONAL_COLUMNS["vision_dependency"]
+            ),
+            "images": load_images(record["images"], context=context, max_pixels=self.max_pixels),
+        }
+
+
+class PromptCollator:
+    """Collate decoded rows into the batch dict and add the masked views (picklable, runs in workers).
+
+    Views that need several prompts (``min_batch_size``, e.g. the shuffled-image control) get short batches
+    (a final val batch of one prompt) padded with deterministic donor rows, whose views are then dropped.
+    """
+
+    def __init__(
+        self,
+        masking: ImageView | None,
+        prompt_template: str,
+        seed: int,
+        dataset: PromptDataset | None = None,
+    ) -> None:
+        self.masking = masking
+        self.prompt_template = prompt_template
+        self.seed = int(seed)
+        self.dataset = dataset  # rows to pad short batches with, for views with min_batch_size > 1
+        build_prompt("", prompt_template)  # fail early on an unknown template name
+
+    def rng_for(self, row: int, epoch: int | None) -> np.random.Generator:
+        """Train: ``default_rng([seed, epoch, row])``; val/test (epoch None): ``default_rng([seed, row])``."""
+        key = [self.seed, row] if epoch is None else [self.seed, int(epoch), row]
+        return np.random.default_rng(key)
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {k: [it[k] for it in items] for k in BATCH_KEYS if k in items[0]}
+        batch["prompt"] = [build_prompt(p, self.prompt_template) for p in batch["problem"]]
+        batch["images_masked"] = self._masked(items) if self.masking is not None else None
+        return {k: batch[k] for k in BATCH_KEYS}
+
+    def _masked(self, items: list[dict[str, Any]]) -> list[list[Any]]:
+        images = [it["images"] for it in items]
+        rngs = [self.rng_for(it["row"], it["epoch"]) for it in items]
+        need = getattr(self.masking, "min_batch_size", 1)
+        if len(items) < need:
+            for donor in self._donors(items, need - len(items)):
+                images.append(donor["images"])
+                rngs.append(self.rng_for(donor["row"], items[0]["epoch"]))
+        return self.masking(images, rngs)[: len(items)]
+
+    def _donors(self, items: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+        if self.dataset is None or len(self.dataset) < len(items) + count:
+            raise ValueError(
+                f"masking view {getattr(self.masking, 'name', self.masking)!r} needs batches of at least "
+                f"{len(items) + count} prompts; got {len(items)} and no dataset rows to pad with"
+            )
+        taken = {it["row"] for it in items}
+        row, donors = max(taken), []
+        while len(donors) < count:
+            row = (row + 1) % len(self.dataset)
+            if row not in taken:
+                taken.add(row)
+                donors.append(self.dataset[row])
+        return donors
+
+
+class EpochShuffleSampler(Sampler):
+    """Seeded per-epoch shuffle yielding ``(epoch, row)``; resumable mid-epoch via ``state_dict``.
+
+    The order of epoch e is ``default_rng([seed, e]).permutation(num_samples)`` (identity when
+    ``shuffle=False``), truncated to a multiple of ``num_replicas`` and strided by ``rank``. Lightning calls
+    :meth:`set_epoch` at each epoch start. ``state_dict()`` is ``{"epoch", "position", "seed",
+    "num_samples"}`` where position counts the samples this sampler has yielded in the current epoch;
+    after ``load_state_dict`` the next iteration resumes the same epoch at that position (once).
+    """
+
+    def __init__(
+        self, num_samples: int, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}"
+            )
+        self.num_samples, self.seed, self.shuffle = int(num_samples), int(seed), shuffle
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+        self.position = 0  # samples yielded so far in this epoch
+        self._resume_at = 0  # where the next __iter__ starts (non-zero only after load_state_dict)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """This rank's rows for ``epoch``."""
+        rows = (
+            np.random.default_rng([self.seed, int(epoch)]).permutation(self.num_samples)
+            if self.shuffle
+            else np.arange(self.num_samples)
+        )
+        usable = len(rows) - len(rows) % self.num_replicas
+        return rows[:usable][self.rank :: self.num_replicas]
+
+    def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.epoch:
+            self.epoch, self.position, self._resume_at = int(epoch), 0, 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        start, self._resume_at = self._resume_at, 0
+        epoch, rows = self.epoch, self.order(self.epoch)
+        self.position = start
+        for row in rows[start:]:
+            self.position += 1
+            yield epoch, int(row)
+
+    def __len__(self) -> int:
+        return self.num_samples // self.num_replicas
+
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "num_samples": self.num_samples,
+        }
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        for key in ("seed", "num_samples"):
+            if key in state and int(state[key]) != getattr(self, key):
+                raise ValueError(
+                    f"sampler state has {key}={state[key]} but this sampler has {key}={getattr(self, key)}; "
+                    "resuming would not reproduce the data order"
+                )
+        self.epoch = int(state["epoch"])
+        self.position = self._resume_at = int(state["position"])
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over an :class:`EpochShuffleSampler` whose state counts CONSUMED batches.
+
+    Worker prefetching runs the sampler ahead of training; this loader instead counts the batches it has
+    handed out, so ``state_dict()["position"]`` is exactly where a resumed run must continue.
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self.sampler
+        epoch, start = sampler.epoch, sampler._resume_at
+        self._progress = (epoch, start, 0)
+        for batch in super().__iter__():
+            self._progress = (epoch, start, self._progress[2] + 1)
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.sampler
+        state = sampler.state_dict()
+        progress = getattr(self, "_progress", None)
+        if progress is not None and progress[0] == sampler.epoch:
+            _, start, batches = progress
+            state["position"] = start + batches * int(self.batch_size)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.sampler.load_state_dict(state)
+        self._progress = None
+
+
+def _as_view(masking: Any) -> ImageView | None:
+    """Normalise the ``masking`` argument to a view or ``None``.
+
+    Accepts a view (any callable), ``None``, an empty mapping (no masked views) or a config with ``_target_``
+    (instantiated; ``configs/masking/none.yaml`` instantiates to ``None``).
+    """
+    if masking is None:
+        return None
+    if isinstance(masking, Mapping):
+        if len(masking) == 0:
+            return None
+        if "_target_" in masking:
+            from hydra.utils import instantiate
+
+            return instantiate(masking)
+        raise TypeError(f"masking config has no _target_: {dict(masking)}")
+    if not callable(masking):
+        raise TypeError(f"masking must be an ImageView (callable) or None, got {type(masking).__name__}")
+    return masking
+
+
+def _resolve(dataset: DatasetLike, which: str) -> Any:
+    if dataset is None:
+        return None
+    if callable(dataset) and not hasattr(dataset, "column_names"):
+        dataset = dataset()
+    if not hasattr(dataset, "column_names"):
+        raise TypeError(
+            f"{which} must be a datasets.Dataset or a callable returning one, got {type(dataset)}"
+        )
+    return dataset
+
+
+class PapoDataModule(L.LightningDataModule):
+    """Datasets -> batches of prompts with decoded images and seeded masked views (see module docstring).
+
+    Args:
+        train_dataset / val_dataset / test_dataset: ``datasets.Dataset`` or zero-arg callable returning one
+            (built lazily in ``setup``); ``None`` for a split that is not used.
+        masking: an :class:`~papo.data.masking.ImageView` (or its config), or ``None`` / an empty mapping for
+            no masked views (``batch["images_masked"]`` is then ``None``).
+        prompt_template: name in ``papo.data.prompts.PROMPT_TEMPLATES`` or a custom ``{problem}`` template.
+        batch_size: prompts per RL step (train loader, ``drop_last=True``).
+        val_batch_size: prompts per val/test batch (no drop_last, fixed order).
+        seed: seeds the epoch shuffle and every mask.
+        num_workers: DataLoader workers (decoding and masking happen in them).
+        dataset_name: used in error messages and image-load contexts.
+        max_pixels: decompression-bomb limit for :func:`~papo.data.images.load_image`.
+    """
+
+    def __init__(
+        self,
+        train_dataset: DatasetLike = None,
+        val_dataset: DatasetLike = None,
+        test_dataset: DatasetLike = None,
+        masking: ImageView | Mapping | None = None,
+        prompt_template: str = "published",
+        batch_size: int = 16,
+        val_batch_size: int = 256,
+        seed: int = 0,
+        num_workers: int = 0,
+        dataset_name: str = "synthetic",
+        max_pixels: int = 64_000_000,
+    ) -> None:
+        super().__init__()
+        masking = _as_view(masking)
+        if int(batch_size) < 1 or int(val_batch_size) < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {batch_size=} {val_batch_size=}")
+        build_prompt("", prompt_template)  # unknown template -> error listing valid names, now
+        self._sources: dict[str, Callable | Any] = {
+            "train": train_dataset,
+            "val": val_dataset,
+            "test": test_dataset,
+        }
+        self.masking = masking
+        self.prompt_template = prompt_template
+        self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
+        self.seed, self.num_workers, self.dataset_name = int(seed), int(num_workers), dataset_name
+        self.max_pixels = int(max_pixels)
+        self.datasets: dict[str, PromptDataset] = {}
+        self.train_sampler: EpochShuffleSampler | None = None
+
+    # ---- setup ----------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        by_stage = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in by_stage.get(stage or "", ("train", "val", "test")):
+            if split in self.datasets or self._sources[split] is None:
+                continue
+            hf = _resolve(self._sources[split], f"{split}_dataset")
+            self.datasets[split] = PromptDataset(hf, self.dataset_name, split, self.max_pixels)
+        if stage == "fit" and "train" not in self.datasets:
+            raise ValueError(f"Dataset {self.dataset_name!r}: stage 'fit' needs a train_dataset")
+
+    @property
+    def train_set(self) -> Any:
+        """The train split as the source ``datasets.Dataset`` (after ``setup``), e.g. for warm-start SFT."""
+        return self._get("train").hf_dataset
+
+    @property
+    def val_set(self) -> Any:
+        """The val split as the source ``datasets.Dataset`` (after ``setup``)."""
+        return self._get("val").hf_dataset
+
+    @property
+    def test_set(self) -> Any:
+        """The test split as the source ``datasets.Dataset`` (after ``setup``)."""
+        return self._get("test").hf_dataset
+
+    def _get(self, split: str) -> PromptDataset:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        if split not in self.datasets:
+            raise ValueError(f"Dataset {self.dataset_name!r}: no {split}_dataset was given")
+        return self.datasets[split]
+
+    def _collator(self, dataset: PromptDataset) -> PromptCollator:
+        return PromptCollator(self.masking, self.prompt_template, self.seed, dataset)
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+
+    # ---- loaders --------------------------------------------------------------------------------------------
+    def train_dataloader(self) -> ResumableDataLoader:
+        dataset = self._get("train")
+        if self.train_sampler is None:
+            trainer = getattr(self, "trainer", None)
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            self.train_sampler = EpochShuffleSampler(len(dataset), self.seed, True, world, rank)
+        if len(self.train_sampler) < self.batch_size:
+            raise ValueError(
+                f"Dataset {self.dataset_name!r}: train split has {len(self.train_sampler)} rows per rank, fewer "
+                f"than batch_size={self.batch_size} (the train loader drops the last incomplete batch)"
+            )
+        return ResumableDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=self.train_sampler,
+            drop_last=True,
+            collate_fn=self._collator(dataset),
+            **self._loader_kwargs(),
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self._get(split)
+        return DataLoader(
+            dataset,
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            drop_last=False,
+            collate_fn=self._collator(dataset),
+            **self._loader_kwargs(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")

@@ -1,0 +1,1 @@
+"""Evaluation: validation metrics (real vs masked image), shared by training-time validation and eval."""

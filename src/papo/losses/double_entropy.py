@@ -1,0 +1,57 @@
+"""PAPO's Double Entropy Loss: eta_real * H(real branch) + eta_masked * H(masked branch), minimised.
+
+Entropies are the sampled-token surrogate -log p(o_t) (papo.md), via :func:`papo.algos.sampled_entropy`.
+With the masked branch detached (``mask_branch_grad=false``, the released code's default) the
+H_masked term carries NO gradient: it changes the logged loss value only (the authors confirmed this).
+Both coefficients follow the perception-KL schedule when ``schedule="linear"``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from papo.algos import sampled_entropy
+from papo.losses.base import LossComponent, LossInputs, scalar, schedule_factor
+
+
+class DoubleEntropyLoss(LossComponent):
+    """eta_real * H_real + eta_masked * H_masked (to minimise)."""
+
+    name = "double_entropy"
+    needs_masked = True
+
+    def __init__(
+        self,
+        eta_real: float = 0.03,
+        eta_masked: float = 0.03,
+        schedule: str = "fixed",
+        anneal_fraction: float = 0.5,
+    ) -> None:
+        if eta_real < 0 or eta_masked < 0:
+            raise ValueError(f"loss.eta_real/eta_masked must be >= 0, got {eta_real}, {eta_masked}")
+        schedule_factor(schedule, anneal_fraction, 0.0)
+        self.eta_real = eta_real
+        self.eta_masked = eta_masked
+        self.schedule = schedule
+        self.anneal_fraction = anneal_fraction
+
+    @property
+    def active(self) -> bool:
+        return self.eta_real > 0 or self.eta_masked > 0
+
+    def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
+        assert inputs.logps_masked is not None, "DoubleEntropyLoss needs logps_masked"
+        mask, mode, n = inputs.response_mask, inputs.agg_mode, inputs.num_tokens
+        h_real = sampled_entropy(inputs.logps, mask, agg_mode=mode, num_tokens=n)
+        h_masked = sampled_entropy(inputs.logps_masked, mask, agg_mode=mode, num_tokens=n)
+        f = schedule_factor(self.schedule, self.anneal_fraction, inputs.progress)
+        loss = f * (self.eta_real * h_real + self.eta_masked * h_masked)
+        if not loss.requires_grad:  # both coefficients zero or branch detached: keep autograd-friendly
+            loss = loss + 0.0 * inputs.logps.sum()
+        metrics = {
+            "entropy_real": scalar(h_real) * inputs.local_scale,
+            "entropy_masked": scalar(h_masked) * inputs.local_scale,
+            "eta_real": f * self.eta_real,
+            "eta_masked": f * self.eta_masked,
+        }
+        return loss, metrics

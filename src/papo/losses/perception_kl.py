@@ -1,0 +1,79 @@
+"""PAPO's Implicit Perception Loss: the KL between the policy given the real image and given a masked copy.
+
+The KL (positive, logged as ``kl``) is MAXIMISED, so this component returns ``-gamma * KL_prcp`` (the
+minus sign lives here and nowhere else). Per-token math is :func:`papo.algos.perception_kl`.
+
+Differences from the paper, all configurable (papo.md):
+- ``direction``: the released code puts the masked log-probs in the role of the reference
+  (d = l_mask - l, default); the paper's figure writes r - log r - 1 with r = pi(I)/pi(I_mask).
+- ``mask_branch_grad``: the released code computes l_mask once per step with the rollout parameters
+  under no_grad (default, detached); the paper writes pi_theta on both sides (True: recomputed with grad).
+- ``schedule="linear"``: gamma annealed to 0 over the first ``anneal_fraction`` of training.
+- ``token_clip`` / ``top_fraction``: optional per-token clip and top-fraction selection (not in the paper).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from papo.algos import KL_ESTIMATORS, perception_kl
+from papo.losses.base import LossComponent, LossInputs, scalar, schedule_factor
+
+DIRECTIONS = ("masked_as_ref", "real_as_ref")
+
+
+class PerceptionKLLoss(LossComponent):
+    """-gamma * KL_prcp (to minimise, i.e. KL_prcp is maximised)."""
+
+    name = "perception_kl"
+    needs_masked = True
+
+    def __init__(
+        self,
+        gamma: float = 0.02,
+        kind: str = "k3",
+        direction: str = "masked_as_ref",
+        mask_branch_grad: bool = False,
+        schedule: str = "fixed",
+        anneal_fraction: float = 0.5,
+        token_clip: float | None = None,
+        top_fraction: float | None = None,
+    ) -> None:
+        if gamma < 0:
+            raise ValueError(f"loss.gamma must be >= 0, got {gamma}")
+        KL_ESTIMATORS.get(kind)  # validates the name (error lists valid kinds)
+        if direction not in DIRECTIONS:
+            raise ValueError(f"loss perception_kl.direction={direction!r}; valid: {list(DIRECTIONS)}")
+        schedule_factor(schedule, anneal_fraction, 0.0)  # validates the schedule name
+        if top_fraction is not None and not 0 < top_fraction <= 1:
+            raise ValueError(f"perception_kl.top_fraction must be in (0, 1], got {top_fraction}")
+        self.gamma = gamma
+        self.kind = kind
+        self.direction = direction
+        self.masked_grad = bool(mask_branch_grad)
+        self.schedule = schedule
+        self.anneal_fraction = anneal_fraction
+        self.token_clip = token_clip
+        self.top_fraction = top_fraction
+
+    @property
+    def active(self) -> bool:
+        return self.gamma > 0
+
+    def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
+        assert inputs.logps_masked is not None, "PerceptionKLLoss needs logps_masked"
+        kl, metrics = perception_kl(
+            inputs.logps,
+            inputs.logps_masked,
+            inputs.response_mask,
+            kind=self.kind,
+            agg_mode=inputs.agg_mode,
+            direction=self.direction,
+            token_clip=self.token_clip,
+            top_fraction=self.top_fraction,
+            num_tokens=inputs.num_tokens,
+        )
+        coef = self.gamma * schedule_factor(self.schedule, self.anneal_fraction, inputs.progress)
+        out = {k: scalar(v) for k, v in metrics.items()}
+        out.update(kl=scalar(kl) * inputs.local_scale, gamma=coef)
+        return -coef * kl, out

@@ -1,0 +1,226 @@
+"""Load a vision-language policy + processor, and the token/module lookups the trainer needs.
+
+``load_policy`` works the same for a hub id (``Qwen/Qwen2.5-VL-3B-Instruct``) and a local directory such
+as the embedded tiny model (:mod:`papo.models.tiny_vlm`); a local directory is opened with
+``local_files_only=True`` so it never touches the network.
+
+Differences from what EasyR1/verl (the PAPO release) do:
+- The processor is set to ``padding_side="left"`` (batched generation needs prompts right-aligned).
+- ``generation_suppress_token_ids`` lists every added/special token except the eos ``<|im_end|>``; pass it
+  to ``generate(suppress_tokens=...)``. The release relies on the trained model not sampling them,
+  which a random-init or collapsing policy does at T=1. (After a row finishes, ``generate`` still pads
+  it with ``pad_token_id`` = ``<|endoftext|>``, a suppressed id: find the response end by the first
+  eos, not by looking for suppressed ids.)
+- The model's ``generation_config`` is left as shipped. The real Qwen2.5-VL release sets near-greedy
+  defaults there (top_k=1, top_p=0.001, a low temperature, a repetition penalty), so rollouts must pass
+  every sampling setting explicitly (do_sample, temperature, top_p, top_k=0, repetition_penalty=1.0).
+- transformers 5: the processor also returns ``mm_token_type_ids`` (1 on image tokens) and the model
+  builds M-RoPE positions from it. Pass it to every forward over prompt + response (zeros on response
+  tokens); without it positions silently fall back to 1D and log-probs no longer match the rollout's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from papo.models.special_tokens import IM_END
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    """``"float32"|"bfloat16"|"float16"`` (or fp32/bf16/fp16, or a torch.dtype) -> torch.dtype; "auto" kept."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {sorted(_DTYPES)} or 'auto'") from None
+
+
+def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
+    """The vision encoder (ViT + merger) of a Qwen2/2.5-VL-like model, whatever the attribute layout.
+
+    transformers 5 keeps it at ``model.model.visual`` (with a ``model.visual`` property on some classes);
+    4.4x kept it at ``model.visual``; other VLMs use ``vision_tower`` / ``vision_model``; PEFT wraps the
+    model in ``base_model.model``.
+    """
+    seen: set[int] = set()
+    queue: list[torch.nn.Module] = [model]
+    while queue:  # breadth-first over the usual wrappers: model.model, base_model.model
+        m = queue.pop(0)
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        for name in ("visual", "vision_tower", "vision_model"):
+            sub = getattr(m, name, None)
+            if isinstance(sub, torch.nn.Module):
+                return sub
+        for name in ("model", "base_model"):
+            sub = getattr(m, name, None)
+            if isinstance(sub, torch.nn.Module):
+                queue.append(sub)
+    raise AttributeError(f"no vision tower found on {type(model).__name__} (looked for visual/vision_tower)")
+
+
+def _tokenizer_of(processor_or_tokenizer):
+    return getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+
+
+def generation_suppress_token_ids(processor_or_tokenizer, vocab_size: int | None = None) -> list[int]:
+    """Token ids generation must never sample: every added/special token except the eos ``<|im_end|>``.
+
+    That is the vision tokens (``<|vision_start|>``, ``<|image_pad|>``, ...), ``<|endoftext|>`` (= pad),
+    ``<|im_start|>``, the box/quad/object-ref markers and Qwen2.5's non-special added tokens
+    (``<tool_call>``, ``<|fim_*|>``, ...). With ``vocab_size`` (the model's output size), ids the tokenizer
+    does not know (the real Qwen2.5-VL pads 151,665 ids to 151,936 rows) are added too.
+    Use as ``model.generate(..., suppress_tokens=ids)``.
+    """
+    tok = _tokenizer_of(processor_or_tokenizer)
+    ids = set(tok.added_tokens_decoder) | set(tok.all_special_ids)
+    keep = {tok.eos_token_id, tok.convert_tokens_to_ids(IM_END)}
+    if tok.unk_token_id is not None:
+        keep.add(tok.unk_token_id)  # pragma: no cover - Qwen has no unk; an unknown IM_END maps to it
+    ids -= {i for i in keep if i is not None}
+    if vocab_size is not None:
+        ids |= set(range(len(tok), vocab_size))
+    return sorted(i for i in ids if vocab_size is None or i < vocab_size)
+
+
+def set_pixel_bounds(processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+    """Set the image processor's resize bounds (pixels per image, smart-resized to multiples of 28).
+
+    transformers 5 stores them as ``image_processor.size = {shortest_edge: min, longest_edge: max}``
+    (older processors as ``min_pixels``/``max_pixels`` attributes; both are updated when present).
+    """
+    if min_pixels is None and max_pixels is None:
+        return
+    ip = processor.image_processor
+    size = dict(ip.size.items() if hasattr(ip.size, "items") else vars(ip.size))
+    size = {k: v for k, v in size.items() if v is not None}
+    if min_pixels is not None:
+        size["shortest_edge"] = int(min_pixels)
+    if max_pixels is not None:
+        size["longest_edge"] = int(max_pixels)
+    if size.get("shortest_edge", 0) > size.get("longest_edge", float("inf")):
+        raise ValueError(f"min_pixels {size['shortest_edge']} > max_pixels {size['longest_edge']}")
+    new = type(ip.size)(**size) if not isinstance(ip.size, dict) else size
+    ip.size = new
+    for attr, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if value is not None and hasattr(ip, attr):
+            setattr(ip, attr, int(value))
+
+
+def resolve_policy_path(
+    path: str | Path | None,
+    cache_dir: str | Path,
+    size: str = "tiny",
+    seed: int = 0,
+    corpus_fn: Callable[[], Iterable[str]] | None = None,
+    corpus_key: str | None = None,
+) -> str | Path:
+    """``path`` if given (hub id or directory), else the embedded model built/reused in ``cache_dir``.
+
+    Mirrors ``configs/model/*.yaml``: ``path: null`` means :func:`papo.models.tiny_vlm.ensure_tiny_vlm`
+    with ``size`` and ``seed`` (pixel bounds are applied later by :func:`load_policy`, so changing them
+    never triggers a rebuild).
+    """
+    if path is not None:
+        return path
+    from papo.models.tiny_vlm import ensure_tiny_vlm
+
+    return ensure_tiny_vlm(cache_dir, size=size, corpus_fn=corpus_fn, seed=seed, corpus_key=corpus_key)
+
+
+def load_policy(
+    path: str | Path,
+    dtype: str = "float32",
+    attn_implementation: str | None = "sdpa",
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+    freeze_vision_tower: bool = False,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+):
+    """Load ``(model, processor)`` from a hub id or a local directory.
+
+    Args:
+        path: hub id (downloaded/cached by ``from_pretrained``) or a local directory (opened offline).
+        dtype: parameter dtype, "float32" | "bfloat16" | "float16" | "auto". PAPO trains in bf16 on GPU;
+            CPU runs use float32.
+        attn_implementation: "sdpa" | "eager" | "flash_attention_2" | None (transformers' default).
+        trust_remote_code: forwarded to ``from_pretrained`` (not needed for Qwen2.5-VL).
+        gradient_checkpointing: enable non-reentrant activation checkpointing (and ``use_cache=False``).
+        freeze_vision_tower: ``requires_grad=False`` on the ViT + merger (PAPO trains it: default False).
+        min_pixels / max_pixels: override the image processor's resize bounds (None: keep the saved ones).
+
+    Returns the model in eval mode (the caller switches to train) and the processor with left padding.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    local = Path(path).expanduser().is_dir()
+    path_str = str(Path(path).expanduser()) if local else str(path)
+    common = {"trust_remote_code": trust_remote_code, "local_files_only": local}
+    kwargs = {"dtype": resolve_dtype(dtype), **common}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    log.info(
+        "loading policy %s (%s, dtype=%s, attn=%s)",
+        path_str,
+        "local" if local else "hub",
+        dtype,
+        attn_implementation,
+    )
+    model = AutoModelForImageTextToText.from_pretrained(path_str, **kwargs)
+    processor = AutoProcessor.from_pretrained(path_str, padding_side="left", **common)
+    processor.tokenizer.padding_side = "left"
+    set_pixel_bounds(processor, min_pixels, max_pixels)
+
+    tok = processor.tokenizer
+    gen = model.generation_config
+    if gen.pad_token_id is None and tok.pad_token_id is not None:
+        gen.pad_token_id = tok.pad_token_id
+    if gen.eos_token_id is None and tok.eos_token_id is not None:
+        gen.eos_token_id = tok.eos_token_id
+
+    if gradient_checkpointing:
+        # transformers 5 renamed it activation_checkpointing_enable (the old name warns, goes in v6).
+        ckpt_kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+        model.config.use_cache = False
+        if hasattr(model.config, "text_config"):
+            model.config.text_config.use_cache = False
+    if freeze_vision_tower:
+        n = 0
+        for p in vision_tower(model).parameters():
+            p.requires_grad_(False)
+            n += p.numel()
+        log.info("froze the vision tower (%d parameters)", n)
+    model.eval()
+    return model, processor
+
+
+__all__ = [
+    "generation_suppress_token_ids",
+    "load_policy",
+    "resolve_dtype",
+    "resolve_policy_path",
+    "set_pixel_bounds",
+    "vision_tower",
+]

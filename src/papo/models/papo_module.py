@@ -1,0 +1,396 @@
+"""The RL LightningModule: policy (+ frozen reference when needed), rollouts, rewards, and an update
+that SUMS loss components chosen by config (policy gradient, reference KL, perception KL, double
+entropy, ...). Manual optimisation: one rollout batch -> ppo_epochs x num_minibatches optimiser steps.
+
+Orchestration only: the maths is in :mod:`papo.algos` (pure functions) and :mod:`papo.losses`
+(components). Differences from EasyR1/verl: HF ``generate`` rollouts on the policy itself; the first
+on-policy update reuses the policy's own log-probs as ``old_logps`` (no separate pass, identical
+values); DAPO's dynamic sampling accumulates kept groups across ``training_step`` calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from papo.algos import ADVANTAGE_ESTIMATORS, dynamic_sampling_keep, kl_estimate, overlong_penalty
+from papo.evaluation.metrics import ValidationMetrics
+from papo.losses.base import LossComponent, LossInputs
+from papo.losses.policy_gradient import PolicyGradientLoss
+from papo.losses.reference_kl import ReferenceKLLoss
+from papo.models.loading import generation_suppress_token_ids, load_policy
+from papo.models.logprobs import response_logps
+from papo.rewards import get_reward_fn
+from papo.rollout.collect import Generator
+from papo.rollout.experience import Experience
+from papo.rollout.hf_generate import GenerationConfig
+from papo.utils.timer import PhaseTimer
+
+log = logging.getLogger(__name__)
+
+
+class PapoModule(L.LightningModule):
+    """Policy-gradient RL for VLMs with composable PAPO loss components."""
+
+    def __init__(
+        self,
+        policy_path: str,
+        model_cfg: dict[str, Any],
+        algo: dict[str, Any],
+        rollout: dict[str, Any],
+        reward: dict[str, Any],
+        optim: dict[str, Any],
+        components: dict[str, LossComponent] | None = None,
+        total_steps: int = 1,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.algo, self.rollout_cfg, self.optim_cfg = dict(algo), dict(rollout), dict(optim)
+        self.total_steps = max(int(total_steps), 1)
+        load_kwargs = {
+            k: model_cfg[k]
+            for k in (
+                "dtype",
+                "attn_implementation",
+                "trust_remote_code",
+                "gradient_checkpointing",
+                "freeze_vision_tower",
+                "min_pixels",
+                "max_pixels",
+            )
+            if k in model_cfg
+        }
+        self.policy, self.processor = load_policy(policy_path, **load_kwargs)
+        self.policy.config.use_cache = True
+        self.policy.train()
+
+        # Loss components: the algo's policy gradient (+ reference KL), then the loss group's ones.
+        self.components: list[LossComponent] = [
+            PolicyGradientLoss(
+                algo["policy_loss"], algo["clip_low"], algo["clip_high"], algo.get("dual_clip")
+            )
+        ]
+        self.kl_in_reward = algo.get("kl_in", "loss") == "reward" and algo["kl_coef"] > 0
+        if algo.get("kl_in", "loss") == "loss":
+            ref_kl = ReferenceKLLoss(algo["kl_coef"], algo["kl_estimator"])
+            if ref_kl.active:
+                self.components.append(ref_kl)
+        for name, comp in (components or {}).items():
+            if comp.active:
+                self.components.append(comp)
+            else:
+                log.info("loss component %s inactive (zero coefficient): skipped", name)
+        self.needs_masked = any(c.needs_masked for c in self.components)
+        self.masked_grad = any(c.masked_grad for c in self.components)
+        self.needs_ref = any(c.needs_ref for c in self.components) or self.kl_in_reward
+        self.reference = None
+        if self.needs_ref:  # frozen copy, loaded only when its coefficient is > 0
+            self.reference, _ = load_policy(policy_path, **load_kwargs)
+            self.reference.requires_grad_(False).eval()
+        log.info(
+            "loss components: %s; masked forward: %s (grad: %s); reference model: %s",
+            [c.name for c in self.components],
+            self.needs_masked,
+            self.masked_grad,
+            self.needs_ref,
+        )
+
+        self.advantage_fn = ADVANTAGE_ESTIMATORS.get(algo["advantage"])
+        self.reward_fn = partial(
+            get_reward_fn(reward["name"]),
+            format_weight=reward["format_weight"],
+            timeout_s=reward["timeout_s"],
+        )
+        self.reward_on_error = reward.get("on_error", "raise")
+        self.generator = Generator(
+            self.processor,
+            generation_suppress_token_ids(self.processor),
+            rollout["max_prompt_length"],
+            rollout["generation_batch_size"],
+        )
+        self.suppress_ids = torch.tensor(self.generator.suppress_ids, dtype=torch.long)
+        self.timer = PhaseTimer()
+        self.val_metrics = ValidationMetrics()
+        self.last_val: dict[str, float] = {}
+        self._buffer: list[Experience] = []  # DAPO dynamic sampling: kept groups awaiting a full batch
+        self._tries = 0
+        self._group_counter = 0
+        self.skipped_steps = 0
+
+    # ------------------------------------------------------------------ optimisation set-up
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(
+            params,
+            lr=self.optim_cfg["lr"],
+            weight_decay=self.optim_cfg["weight_decay"],
+            betas=tuple(self.optim_cfg.get("betas", (0.9, 0.999))),
+        )
+        warmup = int(self.optim_cfg.get("warmup_steps", 0))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ helpers
+    def _gen_cfg(self, train: bool) -> GenerationConfig:
+        r = self.rollout_cfg
+        if train:
+            return GenerationConfig(
+                r["max_new_tokens"], r["temperature"], r["top_p"], r["top_k"], self.algo["group_size"]
+            )
+        return GenerationConfig(
+            r["max_new_tokens"], r["val_temperature"], r["top_p"], r["top_k"], r["val_samples"]
+        )
+
+    def _logps(self, model: torch.nn.Module, exp: Experience, masked: bool = False) -> Tensor:
+        inputs = exp.model_inputs(masked=masked)
+        inputs = {
+            k: (v.to(self.device) if isinstance(v, Tensor) else {a: b.to(self.device) for a, b in v.items()})
+            for k, v in inputs.items()
+        }
+        return response_logps(
+            model, temperature=self.rollout_cfg["temperature"], suppress_ids=self.suppress_ids, **inputs
+        )  # (n, T)
+
+    @torch.no_grad()
+    def _logps_nograd(self, model: torch.nn.Module, exp: Experience, masked: bool = False) -> Tensor:
+        mbs = self.algo["micro_batch_size"]
+        outs = [
+            self._logps(model, exp.select(list(range(s, min(s + mbs, len(exp))))), masked).cpu()
+            for s in range(0, len(exp), mbs)
+        ]
+        T = exp.response_ids.shape[1]
+        return torch.cat([torch.nn.functional.pad(o, (0, T - o.shape[1])) for o in outs])
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.global_step / self.total_steps)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        policy = self.policy
+        was_training = policy.training
+        policy.eval()
+        with self.timer("generate"):
+            exp, n_err = self.generator.rollout(
+                policy,
+                batch,
+                self._gen_cfg(train=True),
+                self.reward_fn,
+                keep_masked_view=self.needs_masked,
+                group_offset=self._group_counter,
+                on_error=self.reward_on_error,
+                device=self.device,
+            )
+        policy.train(was_training)
+        self._group_counter += len(batch["prompt"])
+        rollout_metrics = self._rollout_metrics(exp, n_err)
+
+        with self.timer("score"):
+            rewards = exp.rewards.clone()
+            if self.algo.get("overlong", {}).get("enabled", False):
+                o = self.algo["overlong"]
+                rewards += overlong_penalty(
+                    exp.response_mask.sum(1),
+                    self.rollout_cfg["max_new_tokens"],
+                    o["buffer_length"],
+                    o["penalty_factor"],
+                )
+            exp.rewards = rewards
+
+        ds = self.algo.get("dynamic_sampling", {})
+        if ds.get("enabled", False):
+            keep = dynamic_sampling_keep(exp.accuracy, exp.group_ids, ds["low"], ds["high"])
+            rollout_metrics["train/dynamic_sampling/kept_fraction"] = float(keep.float().mean())
+            self._buffer.append(exp.select(keep))
+            have = sum(len(e) for e in self._buffer) // self.algo["group_size"]
+            need = len(batch["prompt"])
+            self._tries += 1
+            if have < need:
+                if self._tries >= ds["max_tries"]:
+                    raise RuntimeError(
+                        f"DAPO dynamic sampling: only {have}/{need} groups with "
+                        f"{ds['low']} < mean accuracy < {ds['high']} after {self._tries} rollout batches "
+                        "(algo.dynamic_sampling.max_tries). The task is too easy or too hard for the policy: "
+                        "check accuracy, or disable with algo.dynamic_sampling.enabled=false."
+                    )
+                self.log_dict(rollout_metrics, on_step=True)
+                return
+            rollout_metrics["train/dynamic_sampling/tries"] = float(self._tries)
+            exp = Experience.cat(self._buffer)
+            exp = exp.select(list(range(need * self.algo["group_size"])))  # exactly a full batch
+            self._buffer, self._tries = [], 0
+
+        with self.timer("old_logps"):
+            self._prepare(exp)
+        metrics = self._update(exp)
+        metrics.update(rollout_metrics)
+        secs = self.timer.pop()
+        metrics.update({f"time/{k}_s": v for k, v in secs.items()})
+        total = sum(secs.values())
+        metrics["time/step_s"] = total
+        metrics["perf/tokens_per_s"] = exp.num_tokens / max(total, 1e-9)
+        self.log_dict(metrics, on_step=True, prog_bar=False)
+        self.log("reward", metrics["train/reward/mean"], prog_bar=True, on_step=True, logger=False)
+
+    def _rollout_metrics(self, exp: Experience, n_err: int) -> dict[str, float]:
+        lengths = exp.response_mask.sum(1)
+        return {
+            "train/reward/mean": float(exp.rewards.mean()),
+            "train/reward/accuracy": float(exp.accuracy.mean()),
+            "train/reward/format": float(exp.format.mean()),
+            "train/reward/errors": float(n_err),
+            "train/response/length_mean": float(lengths.mean()),
+            "train/response/length_max": float(lengths.max()),
+            "train/response/clip_ratio": float((exp.response_mask[:, -1] > 0).float().mean()),
+        }
+
+    def _prepare(self, exp: Experience) -> None:
+        """Everything computed once per rollout batch with the rollout parameters (no grad)."""
+        need_old = self.algo["ppo_epochs"] > 1 or self.algo["num_minibatches"] > 1
+        if need_old:
+            exp.old_logps = self._logps_nograd(self.policy, exp)
+        if self.needs_ref:
+            exp.ref_logps = self._logps_nograd(self.reference, exp)
+        if self.needs_masked and not self.masked_grad:
+            exp.logps_masked = self._logps_nograd(self.policy, exp, masked=True)
+        rewards = exp.rewards
+        if self.kl_in_reward:
+            kl = kl_estimate(
+                exp.old_logps if exp.old_logps is not None else self._logps_nograd(self.policy, exp),
+                exp.ref_logps,
+                self.algo["kl_estimator"],
+            )
+            rewards = rewards - self.algo["kl_coef"] * (kl * exp.response_mask).sum(1)
+        exp.advantages = self.advantage_fn(rewards, exp.group_ids)  # (N,)
+
+    def _update(self, exp: Experience) -> dict[str, float]:
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        n_mb = self.algo["num_minibatches"]
+        mbs = self.algo["micro_batch_size"]
+        agg = self.algo["agg_mode"]
+        sums: dict[str, float] = {}
+        weights: dict[str, float] = {}
+        N = len(exp)
+        for _epoch in range(self.algo["ppo_epochs"]):
+            order = torch.randperm(N) if n_mb > 1 else torch.arange(N)
+            for mb_idx in torch.tensor_split(order, n_mb):
+                mb = exp.select(mb_idx)
+                num_tokens = mb.num_tokens
+                opt.zero_grad(set_to_none=True)
+                for s in range(0, len(mb), mbs):
+                    micro = mb.select(list(range(s, min(s + mbs, len(mb)))))
+                    with self.timer("forward"):
+                        logps = self._logps(self.policy, micro)  # (n, T) with grad
+                        T = logps.shape[1]
+                        mask = micro.response_mask[:, :T].to(self.device)
+                        logps_masked = None
+                        if self.needs_masked:
+                            if self.masked_grad:
+                                logps_masked = self._logps(self.policy, micro, masked=True)
+                            else:
+                                logps_masked = micro.logps_masked[:, :T].to(self.device)
+                        old = (
+                            micro.old_logps[:, :T].to(self.device)
+                            if micro.old_logps is not None
+                            else logps.detach()
+                        )
+                        inputs = LossInputs(
+                            logps=logps,
+                            old_logps=old,
+                            advantages=micro.advantages.to(self.device)[:, None].expand_as(logps),
+                            response_mask=mask,
+                            agg_mode=agg,
+                            num_tokens=num_tokens if agg == "token-mean" else None,
+                            ref_logps=micro.ref_logps[:, :T].to(self.device)
+                            if micro.ref_logps is not None
+                            else None,
+                            logps_masked=logps_masked,
+                            progress=self.progress,
+                        )
+                        scale = 1.0 if agg == "token-mean" else len(micro) / len(mb)
+                        total = logps.new_zeros(())
+                        w = float(mask.sum())
+                        for comp in self.components:
+                            loss, m = comp(inputs)
+                            total = total + loss * scale
+                            for k, v in m.items():
+                                key = f"train/{comp.name}/{k}"
+                                sums[key] = sums.get(key, 0.0) + v * w
+                                weights[key] = weights.get(key, 0.0) + w
+                    with self.timer("backward"):
+                        self.manual_backward(total)
+                    ent = float(-(logps.detach() * mask).sum()) / max(w, 1e-9)  # sampled-token entropy
+                    for key, val in (
+                        ("train/loss/total", float(total.detach())),
+                        ("train/response/entropy", ent),
+                    ):
+                        sums[key] = sums.get(key, 0.0) + val * w
+                        weights[key] = weights.get(key, 0.0) + w
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg["grad_clip"])
+                sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + float(grad_norm)
+                weights["train/grad_norm"] = weights.get("train/grad_norm", 0.0) + 1.0
+                if math.isfinite(float(grad_norm)):
+                    opt.step()
+                    sched.step()
+                else:
+                    self.skipped_steps += 1
+                    log.warning(
+                        "step %d: non-finite grad norm (%s): optimiser step skipped",
+                        self.global_step,
+                        grad_norm,
+                    )
+                    opt.zero_grad(set_to_none=True)
+        out = {k: sums[k] / max(weights[k], 1e-9) for k in sums}
+        # token-mean losses were summed over micro-batches: report the mini-batch totals
+        out["train/optim/lr"] = float(opt.param_groups[0]["lr"])
+        out["train/optim/skipped_steps"] = float(self.skipped_steps)
+        out["train/progress"] = self.progress
+        return out
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        cfg = self._gen_cfg(train=False)
+        views = [False, True] if batch.get("images_masked") is not None else [False]
+        for masked in views:
+            exp, _ = self.generator.rollout(
+                self.policy,
+                batch,
+                cfg,
+                self.reward_fn,
+                use_masked_images=masked,
+                on_error=self.reward_on_error,
+                device=self.device,
+            )
+            self.val_metrics.update(exp, masked=masked)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.val_metrics.compute(prefix="val")
+        self.last_val = metrics
+        if metrics:
+            self.log_dict(metrics, on_epoch=True, sync_dist=True)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the frozen reference model is reloaded from its path, never stored in checkpoints
+        sd = checkpoint.get("state_dict", {})
+        for k in [k for k in sd if k.startswith("reference.")]:
+            del sd[k]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.reference is not None:
+            sd = checkpoint.setdefault("state_dict", {})
+            for k, v in self.reference.state_dict().items():
+                sd.setdefault(f"reference.{k}", v)

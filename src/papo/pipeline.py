@@ -1,0 +1,154 @@
+"""The training pipeline behind ``src/train.py``: instantiate everything from the config, in the order of
+lightning-hydra-template (data, model, callbacks, loggers, trainer), warm-start when needed, validate
+before RL, train, validate after, print the comparison, return the metrics."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from papo.config_validation import validate_config
+from papo.utils.wrappers import task_wrapper
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_dir(model_cfg: DictConfig, corpus_fn: Any = None) -> Path | str:
+    """``model.path`` if set (local dir or hub id), else the embedded tiny VLM (built on first use)."""
+    if model_cfg.get("path"):
+        return model_cfg.path
+    from papo.models.tiny_vlm import ensure_tiny_vlm
+
+    return ensure_tiny_vlm(
+        model_cfg.cache_dir,
+        size=model_cfg.size,
+        corpus_fn=corpus_fn,
+        seed=model_cfg.get("seed", 0),
+        min_pixels=model_cfg.get("min_pixels"),
+        max_pixels=model_cfg.get("max_pixels"),
+    )
+
+
+def instantiate_list(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a dict config that has a ``_target_`` (callbacks, loggers)."""
+    out = []
+    for name, conf in (cfg or {}).items():
+        if isinstance(conf, DictConfig) and "_target_" in conf:
+            log.info("Instantiating %s <%s>", name, conf._target_)
+            out.append(hydra.utils.instantiate(conf))
+    return out
+
+
+def instantiate_masking(cfg: DictConfig | None) -> Any:
+    """The masked-view generator of ``configs/masking`` (None when masking is disabled)."""
+    if cfg is None or not cfg.get("_target_"):
+        return None
+    return hydra.utils.instantiate(cfg)
+
+
+def format_comparison(before: dict[str, float], after: dict[str, float]) -> str:
+    """A small table of the headline val metrics before and after RL."""
+    keys = [
+        k for k in ("val/acc", "val/acc_masked", "val/vision_gap", "val/format", "val/reward") if k in after
+    ]
+    lines = [f"{'metric':<18}{'before RL':>12}{'after RL':>12}{'change':>10}"]
+    for k in keys:
+        b, a = before.get(k, float("nan")), after[k]
+        lines.append(f"{k:<18}{b:>12.4f}{a:>12.4f}{a - b:>+10.4f}")
+    return "\n".join(lines)
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Warm start (if enabled) then RL. Returns val metrics after RL (plus ``before/...`` keys)."""
+    validate_config(cfg)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    L.seed_everything(cfg.seed, workers=True)
+
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule = hydra.utils.instantiate(cfg.data, masking=instantiate_masking(cfg.get("masking")))
+    datamodule.setup("fit")
+
+    from papo.data.synthetic import synthetic_corpus
+
+    base_dir = resolve_model_dir(cfg.model, corpus_fn=synthetic_corpus)
+    policy_dir = base_dir
+    if cfg.warm_start.get("enabled", False):
+        from papo.warm_start import ensure_warm_start
+
+        policy_dir = ensure_warm_start(cfg, Path(base_dir), datamodule.train_set)
+        L.seed_everything(cfg.seed, workers=True)  # RL seed independent of whether SFT just ran
+
+    components = {name: hydra.utils.instantiate(c) for name, c in (cfg.loss.get("components") or {}).items()}
+    from papo.models.papo_module import PapoModule
+
+    container = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in cfg
+        if k != "hydra"
+    }
+    module = PapoModule(
+        policy_path=str(policy_dir),
+        model_cfg=container["model"],
+        algo=container["algo"],
+        rollout=container["rollout"],
+        reward=container["reward"],
+        optim=container["optim"],
+        components=components,
+        total_steps=cfg.trainer.max_steps,
+    )
+    callbacks = instantiate_list(cfg.get("callbacks"))
+    loggers = instantiate_list(cfg.get("logger"))
+    log.info("Instantiating trainer <%s>", cfg.trainer._target_)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(_flat(container))
+
+    before: dict[str, float] = {}
+    if cfg.get("validate_before", True):
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        before = dict(module.last_val)
+        log.info(
+            "val before RL: acc %.4f, acc_masked %.4f",
+            before.get("val/acc", float("nan")),
+            before.get("val/acc_masked", float("nan")),
+        )
+    ckpt = cfg.get("ckpt_path")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    after: dict[str, float] = dict(module.last_val)
+    if cfg.get("validate_after", True):
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        after = dict(module.last_val)
+    if before or after:
+        table = format_comparison(before, after)
+        print("\n" + table + "\n", flush=True)
+        Path(cfg.paths.output_dir, "val_before_after.txt").write_text(table + "\n")
+    metrics = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
+    }
+    metrics.update(after)
+    metrics.update({f"before/{k}": v for k, v in before.items()})
+    return metrics
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Flatten a nested dict with dotted keys (so W&B can group a sweep by e.g. ``loss.gamma``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

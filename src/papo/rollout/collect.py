@@ -1,0 +1,111 @@
+"""From a data batch to an :class:`~papo.rollout.experience.Experience`: encode prompts, sample G
+responses per prompt, decode, score. Used for training rollouts and for validation generation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from papo.rewards import score_batch
+from papo.rollout.experience import Experience
+from papo.rollout.hf_generate import GenerationConfig, hf_generate
+from papo.rollout.inputs import chat_texts, encode_images, encode_prompts, per_prompt_visual
+
+
+class Generator:
+    """Holds the processor-level constants needed to sample from a policy."""
+
+    def __init__(
+        self, processor: Any, suppress_ids: list[int], max_prompt_length: int, batch_size: int
+    ) -> None:
+        tok = processor.tokenizer
+        self.processor = processor
+        self.eos_id = (
+            tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+        )
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+        self.suppress_ids = suppress_ids
+        self.max_prompt_length = max_prompt_length
+        self.batch_size = batch_size
+
+    def encode(self, batch: dict[str, Any], masked: bool) -> tuple[dict, list, list | None]:
+        """Tokenise prompts of a data batch. Returns (text inputs (B, P), per-prompt visual, masked visual)."""
+        num_images = [len(x) for x in batch["images"]]
+        texts = chat_texts(self.processor, batch["prompt"], num_images)
+        enc = encode_prompts(self.processor, texts, batch["images"])
+        visual = {k: enc.pop(k) for k in ("pixel_values", "image_grid_thw") if k in enc}
+        per_visual = per_prompt_visual(visual, num_images)
+        per_masked = None
+        if masked and batch.get("images_masked") is not None:
+            per_masked = per_prompt_visual(encode_images(self.processor, batch["images_masked"]), num_images)
+        return enc, per_visual, per_masked
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        model: torch.nn.Module,
+        batch: dict[str, Any],
+        cfg: GenerationConfig,
+        reward_fn: Any,
+        *,
+        use_masked_images: bool = False,
+        keep_masked_view: bool = False,
+        group_offset: int = 0,
+        on_error: str = "raise",
+        device: torch.device | None = None,
+    ) -> tuple[Experience, int]:
+        """Sample ``cfg.num_samples`` responses per prompt and score them.
+
+        ``use_masked_images``: generate from the masked view (validation's vision-reliance probe).
+        ``keep_masked_view``: also keep the masked view's visual tensors in the experience (PAPO).
+        Returns the experience and the number of reward-function errors (counted, when on_error="zero").
+        """
+        enc, per_visual, per_masked = self.encode(batch, masked=use_masked_images or keep_masked_view)
+        gen_visual = per_masked if use_masked_images else per_visual
+        if use_masked_images and per_masked is None:
+            raise ValueError("validation on masked images requested but the batch has no masked view")
+        B, G = enc["input_ids"].shape[0], cfg.num_samples
+        rows = torch.arange(B).repeat_interleave(G)  # (B*G,) prompt index of each row
+        text_inputs = {k: v[rows] for k, v in enc.items()}  # (N, P)
+        row_visual = [gen_visual[i] for i in rows.tolist()]
+        row_masked = [per_masked[i] for i in rows.tolist()] if (keep_masked_view and per_masked) else None
+        responses, masks = [], []
+        for s in range(0, len(rows), self.batch_size):  # generation in chunks (memory knob)
+            sl = slice(s, s + self.batch_size)
+            chunk = {k: v[sl] for k, v in text_inputs.items()}
+            vis = [v for v in row_visual[sl] if v is not None]
+            if vis:
+                chunk["pixel_values"] = torch.cat([v["pixel_values"] for v in vis])
+                chunk["image_grid_thw"] = torch.cat([v["image_grid_thw"] for v in vis])
+            if device is not None:
+                chunk = {k: v.to(device) for k, v in chunk.items()}
+            ids, m = hf_generate(model, chunk, cfg, self.eos_id, self.pad_id, self.suppress_ids)
+            responses.append(ids.cpu())
+            masks.append(m.cpu())
+        T = max(r.shape[1] for r in responses)
+        response_ids = torch.cat(
+            [torch.nn.functional.pad(r, (0, T - r.shape[1]), value=self.pad_id) for r in responses]
+        )
+        response_mask = torch.cat([torch.nn.functional.pad(m, (0, T - m.shape[1]), value=0.0) for m in masks])
+        texts = self.processor.tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+        answers = [batch["answer"][i] for i in rows.tolist()]
+        scores, n_errors = score_batch(texts, answers, reward_fn, on_error=on_error)
+        extra = {k: v for k, v in text_inputs.items() if k not in ("input_ids", "attention_mask")}
+        exp = Experience(
+            prompt_ids=text_inputs["input_ids"],
+            prompt_mask=text_inputs["attention_mask"],
+            response_ids=response_ids,
+            response_mask=response_mask,
+            group_ids=rows + group_offset,
+            rewards=torch.tensor(scores["overall"], dtype=torch.float32),
+            accuracy=torch.tensor(scores["accuracy"], dtype=torch.float32),
+            format=torch.tensor(scores["format"], dtype=torch.float32),
+            visual=row_visual,
+            visual_masked=row_masked,
+            extra=extra,
+            task_type=[batch["task_type"][i] for i in rows.tolist()],
+            vision_dependency=[batch["vision_dependency"][i] for i in rows.tolist()],
+            texts=texts,
+        )
+        return exp, n_errors

@@ -1,0 +1,68 @@
+"""Rollouts with Hugging Face ``generate``: G sampled responses per prompt, never a special token.
+
+Differences from EasyR1/verl (which use vLLM): same sampling semantics (temperature, top_p, top_k,
+max_new_tokens), run on the policy module itself; generation stops as soon as every sequence has
+emitted EOS (HF's stopping criteria). Special tokens other than EOS (vision placeholders, pad,
+<|im_start|>...) are suppressed so the policy can never sample them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings of one generate call."""
+
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    num_samples: int = 1  # sequences per prompt (G)
+
+
+def response_mask_from_ids(response_ids: Tensor, eos_id: int) -> Tensor:
+    """1 on response tokens up to and including the first EOS, 0 after it. (N, T) -> (N, T) float."""
+    is_eos = (response_ids == eos_id).long()  # (N, T)
+    after_eos = (torch.cumsum(is_eos, dim=1) - is_eos) > 0  # strictly after the first EOS
+    return (~after_eos).float()
+
+
+@torch.no_grad()
+def hf_generate(
+    model: torch.nn.Module,
+    inputs: dict[str, Tensor],
+    cfg: GenerationConfig,
+    eos_id: int,
+    pad_id: int,
+    suppress_ids: list[int],
+) -> tuple[Tensor, Tensor]:
+    """Sample responses. ``inputs`` already holds one row per sequence (prompts repeated G times).
+
+    Returns response_ids (N, T) (pad after EOS) and response_mask (N, T) float.
+    """
+    prompt_len = inputs["input_ids"].shape[1]
+    sample = cfg.temperature > 0
+    gen_kwargs = dict(
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=sample,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        suppress_tokens=suppress_ids or None,
+        use_cache=True,
+    )
+    if sample:
+        gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+    else:
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    out = model.generate(**inputs, **gen_kwargs)
+    response_ids = out[:, prompt_len:]  # (N, T)
+    if response_ids.shape[1] == 0:  # degenerate: nothing generated
+        response_ids = torch.full((out.shape[0], 1), eos_id, dtype=out.dtype, device=out.device)
+    mask = response_mask_from_ids(response_ids, eos_id)
+    response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, pad_id))
+    return response_ids, mask

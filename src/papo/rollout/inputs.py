@@ -1,0 +1,83 @@
+"""Turn a data batch (prompts + PIL images) into model inputs with the processor's chat template.
+
+Prompts are LEFT-padded (generation appends on the right). Visual inputs of Qwen-VL processors are
+flattened patch rows (``pixel_values`` (sum_i patches_i, D)) plus a per-image ``image_grid_thw``; to
+repeat a prompt G times we slice each image's patch rows by its grid, never by a fixed stride.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL.Image import Image
+from torch import Tensor
+
+
+def build_messages(prompt: str, num_images: int) -> list[dict[str, Any]]:
+    """One user turn: the images first, then the text (Qwen-VL convention)."""
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(num_images)]
+    content.append({"type": "text", "text": prompt})
+    return [{"role": "user", "content": content}]
+
+
+def chat_texts(processor: Any, prompts: list[str], num_images: list[int]) -> list[str]:
+    """Apply the processor's chat template (with the generation prompt) to each prompt."""
+    return [
+        processor.apply_chat_template(build_messages(p, k), tokenize=False, add_generation_prompt=True)
+        for p, k in zip(prompts, num_images, strict=True)
+    ]
+
+
+def encode_prompts(processor: Any, texts: list[str], images: list[list[Image]]) -> dict[str, Tensor]:
+    """Tokenise texts with their images: input_ids/attention_mask (B, P) left-padded + visual tensors."""
+    flat = [img for imgs in images for img in imgs]
+    kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
+    if flat:
+        kwargs["images"] = flat
+    processor.tokenizer.padding_side = "left"
+    enc = processor(**kwargs)
+    return {k: v for k, v in enc.items() if isinstance(v, Tensor)}
+
+
+def encode_images(processor: Any, images: list[list[Image]]) -> dict[str, Tensor]:
+    """Visual tensors only (pixel_values, image_grid_thw) for a view of the same images (e.g. masked)."""
+    flat = [img for imgs in images for img in imgs]
+    out = processor.image_processor(images=flat, return_tensors="pt")
+    return {k: v for k, v in out.items() if isinstance(v, Tensor)}
+
+
+def split_visual_per_image(pixel_values: Tensor, grid_thw: Tensor) -> list[Tensor]:
+    """Split flattened patch rows into one tensor per image, using each image's t*h*w patch count."""
+    counts = grid_thw.prod(dim=-1).tolist()  # patches per image
+    return list(torch.split(pixel_values, counts, dim=0))
+
+
+def per_prompt_visual(
+    visual: dict[str, Tensor], num_images: list[int]
+) -> list[dict[str, Tensor]] | list[None]:
+    """Group visual tensors by prompt: [{pixel_values (p_i, D), image_grid_thw (k_i, 3)}, ...]."""
+    if "pixel_values" not in visual:
+        return [None] * len(num_images)
+    chunks = split_visual_per_image(visual["pixel_values"], visual["image_grid_thw"])
+    out, i = [], 0
+    for k in num_images:
+        out.append(
+            {
+                "pixel_values": torch.cat(chunks[i : i + k], 0) if k else visual["pixel_values"][:0],
+                "image_grid_thw": visual["image_grid_thw"][i : i + k],
+            }
+        )
+        i += k
+    return out
+
+
+def collate_visual(items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:
+    """Concatenate per-sequence visual dicts back into one batch (order preserved)."""
+    items = [x for x in items if x is not None]
+    if not items:
+        return {}
+    return {
+        "pixel_values": torch.cat([x["pixel_values"] for x in items], 0),
+        "image_grid_thw": torch.cat([x["image_grid_thw"] for x in items], 0),
+    }

@@ -1,0 +1,33 @@
+"""Entry point: ``python src/train.py [group=option ...] [key=value ...]`` (Hydra).
+
+Works without installing the package: src/ is put on the import path. All logic is in
+:func:`papo.pipeline.train`.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import hydra
+from omegaconf import DictConfig
+
+from papo.utils.run_env import setup_process_env
+
+setup_process_env()
+
+import papo.utils  # noqa: E402,F401  (registers the config resolvers)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Run training; return the optimised metric (for Hydra sweepers)."""
+    from papo.pipeline import train
+
+    metrics = train(cfg)
+    value = metrics.get(cfg.get("optimized_metric") or "", None)
+    return None if value is None else float(value)
+
+
+if __name__ == "__main__":
+    main()
