@@ -83,6 +83,7 @@ def response_logps(
     )
     logits = out.logits[:, :-1, :]  # (N, T, V): position P'-1+t predicts response token t
     logps = token_logps_from_logits(logits, r_ids, temperature, suppress_ids)  # (N, T)
+    logps = logps.masked_fill(r_mask == 0, 0.0)  # padding (possibly a suppressed id: -inf) -> 0
     if T_full > T:
         logps = torch.cat([logps, logps.new_zeros(N, T_full - T)], dim=1)  # (N, T_full)
     return logps
