@@ -6,34 +6,82 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from papo.config_validation import validate_config
+from papo.config_validation import ConfigError, validate_config
+from papo.utils.checkpointing import CheckpointNotFoundError, preserve_csv_log, resolve_ckpt_path
+from papo.utils.secrets import redact_secrets
 from papo.utils.wrappers import task_wrapper
 
 log = logging.getLogger(__name__)
 
+# Lightning warns that manual-optimisation checkpoints hold the post-step state: that is what we want.
+warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
 
 def resolve_model_dir(model_cfg: DictConfig, corpus_fn: Any = None) -> Path | str:
-    """``model.path`` if set (local dir or hub id), else the embedded tiny VLM (built on first use)."""
-    if model_cfg.get("path"):
-        return model_cfg.path
-    from papo.models.tiny_vlm import ensure_tiny_vlm
+    """``model.path`` if set (local dir or hub id), else the embedded tiny VLM (built on first use).
 
-    return ensure_tiny_vlm(
+    ``model.stand_in`` (tiny | small) replaces ``model.path`` by the embedded stand-in of ``model.family``
+    (qwen2_5_vl | qwen3_vl; papo.models.stand_in): same classes as the hub model, tiny and built offline.
+    """
+    stand_in = model_cfg.get("stand_in")
+    if model_cfg.get("path") and not stand_in:
+        return model_cfg.path
+    from papo.models.stand_in import ensure_stand_in
+
+    return ensure_stand_in(
+        model_cfg.get("family") or "qwen2_5_vl",
         model_cfg.cache_dir,
-        size=model_cfg.size,
+        size=stand_in or model_cfg.get("size") or "tiny",
         corpus_fn=corpus_fn,
         seed=model_cfg.get("seed", 0),
         min_pixels=model_cfg.get("min_pixels"),
         max_pixels=model_cfg.get("max_pixels"),
     )
+
+
+def attach_prompt_filter(datamodule: Any, model_dir: Path | str, cfg: DictConfig) -> None:
+    """Let the datamodule drop prompts longer than ``rollout.max_prompt_length`` (exact token counts from the
+    model's processor, papo.data.scan.PromptLength); ``+rollout.filter_overlong_prompts=false`` turns it off."""
+    if not hasattr(datamodule, "prompt_length_fn") or not cfg.rollout.get("filter_overlong_prompts", True):
+        return
+    from papo.data.scan import PromptLength
+
+    m = cfg.model
+    datamodule.prompt_length_fn = PromptLength.from_pretrained(
+        str(model_dir),
+        m.get("min_pixels"),
+        m.get("max_pixels"),
+        trust_remote_code=bool(m.get("trust_remote_code", False)),
+    )
+    datamodule.max_prompt_length = int(cfg.rollout.max_prompt_length)
+
+
+def resolve_resume(cfg: DictConfig) -> str | None:
+    """The checkpoint file ``cfg.ckpt_path`` names (papo.utils.checkpointing.resolve_ckpt_path), or None.
+
+    ``last`` is the newest checkpoint of THIS run's checkpoint dir: resume a run by re-using its directory,
+    ``hydra.run.dir=<run dir> ckpt_path=last``; or pass the run dir / a ``.ckpt`` file as ``ckpt_path``.
+    """
+    mc = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    ckpt_dir = mc.get("dirpath") or Path(cfg.paths.output_dir, "checkpoints")
+    try:
+        ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir)
+    except CheckpointNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    if ckpt is not None:
+        log.info("resuming from %s", ckpt)
+    return ckpt
 
 
 def instantiate_list(cfg: DictConfig | None) -> list[Any]:
@@ -69,17 +117,19 @@ def format_comparison(before: dict[str, float], after: dict[str, float]) -> str:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Warm start (if enabled) then RL. Returns val metrics after RL (plus ``before/...`` keys)."""
     validate_config(cfg)
+    ckpt = resolve_resume(cfg)  # before any model loads: a bad ckpt_path fails now
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     L.seed_everything(cfg.seed, workers=True)
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
     datamodule = hydra.utils.instantiate(cfg.data, masking=instantiate_masking(cfg.get("masking")))
-    datamodule.setup("fit")
 
     from papo.data.synthetic import synthetic_corpus
 
     base_dir = resolve_model_dir(cfg.model, corpus_fn=synthetic_corpus)
+    attach_prompt_filter(datamodule, base_dir, cfg)
+    datamodule.setup("fit")
     policy_dir = base_dir
     if cfg.warm_start.get("enabled", False):
         from papo.warm_start import ensure_warm_start
@@ -107,10 +157,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
+    if ckpt is not None:  # resuming in the same run dir: keep the CSV log Lightning would delete
+        for lg in loggers:
+            if isinstance(lg, CSVLogger):
+                preserve_csv_log(lg.log_dir)
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
-        lg.log_hyperparams(_flat(container))
+        lg.log_hyperparams(redact_secrets(_flat(container)))  # no credentials in W&B / hparams.yaml
 
     before: dict[str, float] = {}
     if cfg.get("validate_before", True):
@@ -121,8 +175,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             before.get("val/acc", float("nan")),
             before.get("val/acc_masked", float("nan")),
         )
-    ckpt = cfg.get("ckpt_path")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     after: dict[str, float] = dict(module.last_val)
     if cfg.get("validate_after", True):
         trainer.validate(module, datamodule=datamodule, verbose=False)
