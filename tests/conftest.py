@@ -58,6 +58,8 @@ TINY_OVERRIDES = [
     "warm_start.batch_size=8",
     "callbacks.model_checkpoint.every_n_train_steps=1",
     "trainer.enable_progress_bar=false",
+    # one thread: much faster than oversubscribed cores when tests share the machine
+    "num_threads=1",
 ]
 
 

@@ -12,7 +12,7 @@ from papo.pipeline import train
 
 ALGOS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "algo").glob("*.yaml"))
 LOSSES = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "loss").glob("*.yaml"))
-FAST = ["logger=csv", "validate_before=false", "validate_after=false", "callbacks=none"]
+FAST = ["logger=csv", "validate_before=false", "validate_after=false"]
 
 
 @pytest.mark.slow

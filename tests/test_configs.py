@@ -3,6 +3,7 @@ train config passes validation."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,12 @@ def _options(group: str) -> list[str]:
 
 
 CASES = [(g, o) for g in GROUPS for o in _options(g)]
+#: options that need an optional extra; without it they compose but fail validation with the install hint
+OPTIONAL_PACKAGES = {
+    ("rollout", "vllm"): "vllm",
+    ("trainer", "deepspeed_zero2"): "deepspeed",
+    ("trainer", "deepspeed_zero3"): "deepspeed",
+}
 
 
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
@@ -43,6 +50,11 @@ def test_every_config_composes(group: str, option: str) -> None:
         cfg.pop("hydra")  # Hydra's own node has job-time-only values
     container = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert container["algo"]["name"]
+    package = OPTIONAL_PACKAGES.get((group, option))
+    if package and importlib.util.find_spec(package) is None:  # composes; validation names the install
+        with pytest.raises(ConfigError, match=rf"pip install 'papo\[{package}\]'"):
+            validate_config(cfg)
+        return
     validate_config(cfg)
 
 

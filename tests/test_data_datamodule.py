@@ -223,7 +223,7 @@ def test_shuffled_view_pads_short_val_batches(val_ds):
 
 
 def test_synthetic_config_instantiates_lazily():
-    cfg = OmegaConf.create({"seed": 5, "data": OmegaConf.load(DATA_CFG)})
+    cfg = OmegaConf.create({"seed": 5, "data_seed": 0, "data": OmegaConf.load(DATA_CFG)})
     assert DATA_CFG.read_text().startswith("#")
     cfg.data.train_dataset.size = 16
     cfg.data.val_dataset.size = 4

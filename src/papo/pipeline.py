@@ -4,8 +4,10 @@ before RL, train, validate after, print the comparison, return the metrics."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from papo.warm_start import ensure_warm_start
 
         policy_dir = ensure_warm_start(cfg, Path(base_dir), datamodule.train_set)
+        if cfg.warm_start.get("continue_steps"):  # continued-SFT control (scripts/reproduce.py)
+            from papo.warm_start.continued import continue_warm_start
+
+            policy_dir = continue_warm_start(cfg, policy_dir, datamodule.train_set)
         L.seed_everything(cfg.seed, workers=True)  # RL seed independent of whether SFT just ran
 
     components = {name: hydra.utils.instantiate(c) for name, c in (cfg.loss.get("components") or {}).items()}
@@ -175,7 +181,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             before.get("val/acc", float("nan")),
             before.get("val/acc_masked", float("nan")),
         )
+    t_fit = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    rl_seconds = time.perf_counter() - t_fit
     after: dict[str, float] = dict(module.last_val)
     if cfg.get("validate_after", True):
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -184,6 +192,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         table = format_comparison(before, after)
         print("\n" + table + "\n", flush=True)
         Path(cfg.paths.output_dir, "val_before_after.txt").write_text(table + "\n")
+    if trainer.is_global_zero:  # read by scripts/reproduce.py (a run with this file is complete)
+        final = {"after": after, "before": before, "rl_seconds": rl_seconds, "rl_steps": trainer.global_step}
+        final.update(seed=int(cfg.seed), policy_dir=str(policy_dir))
+        Path(cfg.paths.output_dir, "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
     metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
     }

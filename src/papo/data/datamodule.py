@@ -28,6 +28,7 @@ run continues with exactly the next prompts and the same masks. For multi-GPU ru
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -35,19 +36,23 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from papo.data.images import load_images
+from papo.data.images import ImageLoadError, load_images
 from papo.data.masking import ImageView
 from papo.data.prompts import build_prompt
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BATCH_KEYS",
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
+    "BadRowError",
     "EpochShuffleSampler",
     "PapoDataModule",
     "PromptCollator",
     "PromptDataset",
     "ResumableDataLoader",
+    "text_field",
 ]
 
 REQUIRED_COLUMNS = ("images", "problem", "answer")
@@ -73,6 +78,12 @@ class PromptDataset(Dataset):
     Keys are a row index, or ``(epoch, row)`` as yielded by :class:`EpochShuffleSampler`. Rows are read in
     Arrow format (no decoding by ``datasets``), so every image goes through :func:`load_image` and a bad image
     raises ``ImageLoadError`` naming ``dataset=<name> split=<split> row=<row> image=<j>``.
+
+    Bad rows found while decoding (corrupt image data, ``problem``/``answer`` None, empty, not text or not
+    UTF-8, an aspect ratio of ``max_aspect_ratio`` or more, which Qwen-VL processors reject) raise
+    :class:`BadRowError` / ``ImageLoadError`` naming the row; with ``on_bad_row="skip"`` the item is instead
+    a marker ``{"row", "epoch", "bad_row": reason}`` (logged here, counted by the collate function as
+    ``batch["skipped_rows"]`` and by the RL module as ``train/data/skipped_rows``).
     """
 
     def __init__(
@@ -81,6 +92,8 @@ class PromptDataset(Dataset):
         dataset_name: str = "dataset",
         split: str = "train",
         max_pixels: int = 64_000_000,
+        on_bad_row: str = "error",
+        max_aspect_ratio: float | None = 200.0,
     ) -> None:
         columns = list(hf_dataset.column_names)
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -91,6 +104,10 @@ class PromptDataset(Dataset):
                 f"{list(OPTIONAL_COLUMNS)}."
             )
         self.dataset_name, self.split, self.max_pixels = dataset_name, split, int(max_pixels)
+        if on_bad_row not in ("error", "skip"):
+            raise ValueError(f"on_bad_row={on_bad_row!r} is unknown; valid: ['error', 'skip']")
+        self.on_bad_row, self.max_aspect_ratio = on_bad_row, max_aspect_ratio
+        self.num_skipped = 0  # bad rows skipped by THIS process (workers count their own)
         self.hf_dataset = hf_dataset  # the source datasets.Dataset, all columns, as given
         wanted = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in columns]
         self._rows = hf_dataset.select_columns(wanted).with_format("arrow")
@@ -102,20 +119,82 @@ class PromptDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, row = key if isinstance(key, tuple) else (None, key)
         row = int(row)
+        try:
+            return self._decode(epoch, row)
+        except (BadRowError, ImageLoadError) as err:  # both name the dataset, split and row
+            if self.on_bad_row != "skip":
+                raise
+            self.num_skipped += 1
+            log.warning("skipped bad row (data.on_bad_row=skip, %d so far): %s", self.num_skipped, err)
+            return {"row": row, "epoch": epoch, "bad_row": str(err)}
+
+    def _decode(self, epoch: int | None, row: int) -> dict[str, Any]:
         record = self._rows[row].to_pylist()[0]
         context = f"dataset={self.dataset_name} split={self.split} row={row}"
+        problem = _text_field(record["problem"], "problem", context)
+        answer = _text_field(record["answer"], "answer", context)
+        images = load_images(record["images"], context=context, max_pixels=self.max_pixels)
+        _check_aspect_ratio(images, self.max_aspect_ratio, context)
         return {
             "row": row,
             "epoch": epoch,
             "uid": str(record["uid"]) if record.get("uid") is not None else f"{self.split}-{row}",
-            "problem": str(record["problem"]),
-            "answer": str(record["answer"]),
+            "problem": problem,
+            "answer": answer,
             "task_type": str(record.get("task_type") or OPTIONAL_COLUMNS["task_type"]),
             "vision_dependency": str(
                 record.get("vision_dependency") or OPTIONAL_COLUMNS["vision_dependency"]
             ),
-            "images": load_images(record["images"], context=context, max_pixels=self.max_pixels),
+            "images": images,
         }
+
+
+class BadRowError(ValueError):
+    """A dataset row cannot be used; the message names the dataset, split, row and the reason."""
+
+
+def text_field(value: Any, column: str) -> tuple[str | None, str | None]:
+    """``(text, None)`` for a usable ``problem`` / ``answer`` value, else ``(None, reason)``.
+
+    Usable: a non-empty str, UTF-8 bytes (binary columns), or a finite number (answers such as ``3``).
+    The setup scan (:mod:`papo.data.scan`) and :class:`PromptDataset` apply the same rules.
+    """
+    if value is None:
+        return None, f"{column} is missing (None)"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as err:
+            return None, f"{column} is not valid UTF-8 ({err.reason} at byte {err.start})"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None, f"{column} must be a string (or a number), got {type(value).__name__}"
+    if isinstance(value, float) and not np.isfinite(value):
+        return None, f"{column} is {value}"
+    text = str(value)
+    if not text.strip():
+        return None, f"{column} is empty"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # lone surrogates smuggled in by surrogateescape decoding
+        return None, f"{column} is not valid UTF-8 ({err.reason})"
+    return text, None
+
+
+def _text_field(value: Any, column: str, context: str) -> str:
+    text, reason = text_field(value, column)
+    if reason is not None:
+        raise BadRowError(f"Bad row ({context}): {reason}")
+    return text  # type: ignore[return-value]
+
+
+def _check_aspect_ratio(images: list[Any], limit: float | None, context: str) -> None:
+    for j, img in enumerate(images):
+        w, h = img.size
+        if limit is not None and max(w, h) / max(min(w, h), 1) >= limit:
+            raise BadRowError(
+                f"Bad row ({context} image={j}): aspect ratio of {w}x{h} is {max(w, h) / min(w, h):.0f}, "
+                f"Qwen-VL processors need < {limit:g} (data.max_aspect_ratio)"
+            )
 
 
 class PromptCollator:
@@ -144,10 +223,20 @@ class PromptCollator:
         return np.random.default_rng(key)
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        skipped = [it["bad_row"] for it in items if "bad_row" in it]  # on_bad_row=skip markers
+        if skipped:
+            items = [it for it in items if "bad_row" not in it]
+            if not items:
+                raise BadRowError(
+                    f"every row of this batch is bad ({len(skipped)} skipped); first: {skipped[0]}"
+                )
         batch: dict[str, Any] = {k: [it[k] for it in items] for k in BATCH_KEYS if k in items[0]}
         batch["prompt"] = [build_prompt(p, self.prompt_template) for p in batch["problem"]]
         batch["images_masked"] = self._masked(items) if self.masking is not None else None
-        return {k: batch[k] for k in BATCH_KEYS}
+        out = {k: batch[k] for k in BATCH_KEYS}
+        if skipped:  # counted by the RL module (train/data/skipped_rows)
+            out["skipped_rows"] = skipped
+        return out
 
     def _masked(self, items: list[dict[str, Any]]) -> list[list[Any]]:
         images = [it["images"] for it in items]
@@ -168,10 +257,14 @@ class PromptCollator:
         taken = {it["row"] for it in items}
         row, donors = max(taken), []
         while len(donors) < count:
+            if len(taken) >= len(self.dataset):
+                raise BadRowError(f"not enough good rows to pad a batch for masking view {self.masking!r}")
             row = (row + 1) % len(self.dataset)
             if row not in taken:
                 taken.add(row)
-                donors.append(self.dataset[row])
+                donor = self.dataset[row]
+                if "bad_row" not in donor:
+                    donors.append(donor)
         return donors
 
 
@@ -292,6 +385,10 @@ def _as_view(masking: Any) -> ImageView | None:
     return masking
 
 
+def _has_columns(hf: Any) -> bool:
+    return all(c in hf.column_names for c in REQUIRED_COLUMNS)
+
+
 def _resolve(dataset: DatasetLike, which: str) -> Any:
     if dataset is None:
         return None
@@ -319,6 +416,13 @@ class PapoDataModule(L.LightningDataModule):
         num_workers: DataLoader workers (decoding and masking happen in them).
         dataset_name: used in error messages and image-load contexts.
         max_pixels: decompression-bomb limit for :func:`~papo.data.images.load_image`.
+        on_bad_row: "error" (a bad row raises, naming it) or "skip" (dropped in ``setup``, counted, logged).
+        max_prompt_length / prompt_length_fn: drop prompts longer than this many tokens in ``setup``
+            (``prompt_length_fn(prompts, image_sizes) -> lengths``, e.g. :class:`papo.data.scan.PromptLength`;
+            the pipeline sets both from the model's processor and ``rollout.max_prompt_length``).
+        max_aspect_ratio: rows with an image whose long/short side ratio reaches this are bad rows (Qwen-VL
+            processors raise at 200); ``None`` disables. Decode-time bad rows with ``on_bad_row="skip"`` are
+            dropped from their batch, logged and counted (``batch["skipped_rows"]``).
     """
 
     def __init__(
@@ -334,6 +438,10 @@ class PapoDataModule(L.LightningDataModule):
         num_workers: int = 0,
         dataset_name: str = "synthetic",
         max_pixels: int = 64_000_000,
+        on_bad_row: str = "error",
+        max_prompt_length: int | None = None,
+        prompt_length_fn: Callable | None = None,
+        max_aspect_ratio: float | None = 200.0,
     ) -> None:
         super().__init__()
         masking = _as_view(masking)
@@ -350,6 +458,14 @@ class PapoDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.seed, self.num_workers, self.dataset_name = int(seed), int(num_workers), dataset_name
         self.max_pixels = int(max_pixels)
+        # setup() scans each split (papo.data.scan) when a length function is set or bad rows are skipped;
+        # the pipeline sets prompt_length_fn (from the model's processor) and max_prompt_length (rollout's)
+        if on_bad_row not in ("error", "skip"):
+            raise ValueError(f"on_bad_row={on_bad_row!r} is unknown; valid: ['error', 'skip']")
+        self.on_bad_row = on_bad_row
+        self.max_prompt_length = None if max_prompt_length is None else int(max_prompt_length)
+        self.prompt_length_fn = prompt_length_fn
+        self.max_aspect_ratio = max_aspect_ratio  # rows with a more extreme image are bad (Qwen-VL: 200)
         self.datasets: dict[str, PromptDataset] = {}
         self.train_sampler: EpochShuffleSampler | None = None
 
@@ -360,9 +476,45 @@ class PapoDataModule(L.LightningDataModule):
             if split in self.datasets or self._sources[split] is None:
                 continue
             hf = _resolve(self._sources[split], f"{split}_dataset")
-            self.datasets[split] = PromptDataset(hf, self.dataset_name, split, self.max_pixels)
+            hf = self._scan(hf, split)
+            self.datasets[split] = PromptDataset(
+                hf, self.dataset_name, split, self.max_pixels, self.on_bad_row, self.max_aspect_ratio
+            )
         if stage == "fit" and "train" not in self.datasets:
             raise ValueError(f"Dataset {self.dataset_name!r}: stage 'fit' needs a train_dataset")
+
+    def _scan(self, hf: Any, split: str) -> Any:
+        """Drop bad rows (``on_bad_row="skip"``) and over-long prompts, with a logged count (papo.data.scan)."""
+        length_fn = self.prompt_length_fn if self.max_prompt_length is not None else None
+        if (length_fn is None and self.on_bad_row == "error") or not _has_columns(hf):
+            # nothing to filter (a bad image still raises, naming its row, when drawn); or PromptDataset
+            # reports the missing columns
+            return hf
+        from papo.data.scan import scan_split
+
+        report = scan_split(
+            hf,
+            dataset_name=self.dataset_name,
+            split=split,
+            prompt_template=self.prompt_template,
+            on_bad_row=self.on_bad_row,
+            max_prompt_length=self.max_prompt_length if length_fn is not None else None,
+            prompt_length_fn=length_fn,
+            max_pixels=self.max_pixels,
+        )
+        logging.getLogger(__name__).info(
+            report.summary(self.dataset_name, split, self.max_prompt_length if length_fn else None)
+        )
+        if len(report.keep) == len(hf):
+            return hf
+        if not report.keep:
+            raise ValueError(
+                f"Dataset {self.dataset_name!r} ({split}): no row left after the scan: "
+                + report.summary(self.dataset_name, split, self.max_prompt_length if length_fn else None)
+            )
+        if "uid" not in hf.column_names:  # keep the ORIGINAL row number in uids (and in error messages)
+            hf = hf.add_column("uid", [f"{split}-{i}" for i in range(len(hf))])
+        return hf.select(report.keep)
 
     @property
     def train_set(self) -> Any:

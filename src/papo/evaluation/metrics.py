@@ -1,7 +1,16 @@
 """Validation metrics with torchmetrics: accuracy/reward/format/length with the real image and with the
-masked image, overall, per task type and per vision-dependency level, and the vision-reliance gap.
+masked image, overall, per task type and per vision-dependency level, the vision-reliance gap, and the
+held-out perception KL (``kl_prcp``, PAPO's KL between the real- and masked-image policies on the
+greedy responses; see :mod:`papo.evaluation.perception`).
 
 avg@k: with k samples per prompt every sample is one row, so the row mean is avg@k accuracy.
+
+Keys (``{prefix}/...``, ``sfx`` is ``""`` for the real image and ``"_masked"`` for the masked one):
+``acc{sfx}``, ``reward{sfx}``, ``format{sfx}``, ``response_length{sfx}``, ``acc{sfx}_by_task/<t>``,
+``acc{sfx}_by_vd/<v>``, ``vision_gap`` (= acc - acc_masked), ``kl_prcp`` (token mean) and
+``kl_prcp_by_vd/<v>`` when :meth:`ValidationMetrics.update_kl` was called. ``detailed=True`` (eval.py)
+adds ``reward{sfx}_by_task|vd/<x>``, ``format{sfx}_by_task|vd/<x>``, ``vision_gap_by_task|vd/<x>`` and
+``reward_gap`` (= reward - reward_masked).
 """
 
 from __future__ import annotations
@@ -11,17 +20,27 @@ from torchmetrics import MeanMetric
 
 from papo.rollout.experience import Experience
 
+GROUPS = (("task_type", "task"), ("vision_dependency", "vd"))
+
 
 class ValidationMetrics:
-    """Lazily-created MeanMetrics keyed by name (categories come from the data)."""
+    """Lazily-created MeanMetrics keyed by name (categories come from the data).
 
-    def __init__(self) -> None:
+    Args:
+        detailed: also track reward and format per category and the per-category gaps (eval.py); off for
+            training-time validation to keep the logged key set small.
+    """
+
+    def __init__(self, detailed: bool = False) -> None:
         self.metrics: dict[str, MeanMetric] = {}
+        self.detailed = detailed
 
-    def _update(self, key: str, values: torch.Tensor) -> None:
+    def _update(self, key: str, values: torch.Tensor, weight: torch.Tensor | float = 1.0) -> None:
         if key not in self.metrics:
-            self.metrics[key] = MeanMetric()
-        self.metrics[key].update(values.float())
+            # no cross-rank sync: every rank validates the whole (unsharded) val split, and a sync would
+            # deadlock on keys present on one rank only and fail on CPU tensors under NCCL (multi-GPU runs)
+            self.metrics[key] = MeanMetric(sync_on_compute=False)
+        self.metrics[key].update(values.float(), weight)
 
     def reset(self) -> None:
         self.metrics.clear()
@@ -33,14 +52,44 @@ class ValidationMetrics:
         self._update(f"reward{sfx}", exp.rewards)
         self._update(f"format{sfx}", exp.format)
         self._update(f"response_length{sfx}", exp.response_mask.sum(1))
-        for field, tag in (("task_type", "task"), ("vision_dependency", "vd")):
+        per_group = [("acc", exp.accuracy)]
+        if self.detailed:
+            per_group += [("reward", exp.rewards), ("format", exp.format)]
+        for field, tag in GROUPS:
             labels = getattr(exp, field)
             for value in sorted(set(labels)):
                 idx = torch.tensor([i for i, x in enumerate(labels) if x == value])
-                self._update(f"acc{sfx}_by_{tag}/{value}", exp.accuracy[idx])
+                for name, values in per_group:
+                    self._update(f"{name}{sfx}_by_{tag}/{value}", values[idx])
+
+    def update_kl(
+        self, token_kl_sum: torch.Tensor, num_tokens: torch.Tensor, vision_dependency: list[str]
+    ) -> None:
+        """Accumulate the held-out perception KL: per-row sums of per-token KL and token counts, (N,) each.
+
+        ``kl_prcp`` is the token mean over all rows (as ``train/perception_kl/kl`` with ``token-mean``).
+        """
+        total = num_tokens.sum()
+        if total > 0:
+            self._update("kl_prcp", token_kl_sum.sum() / total, total)
+        for value in sorted(set(vision_dependency)):
+            idx = torch.tensor([i for i, x in enumerate(vision_dependency) if x == value])
+            n = num_tokens[idx].sum()
+            if n > 0:
+                self._update(f"kl_prcp_by_vd/{value}", token_kl_sum[idx].sum() / n, n)
 
     def compute(self, prefix: str = "val") -> dict[str, float]:
         out = {f"{prefix}/{k}": float(m.compute()) for k, m in sorted(self.metrics.items())}
         if f"{prefix}/acc" in out and f"{prefix}/acc_masked" in out:
             out[f"{prefix}/vision_gap"] = out[f"{prefix}/acc"] - out[f"{prefix}/acc_masked"]
+        if self.detailed:
+            if f"{prefix}/reward" in out and f"{prefix}/reward_masked" in out:
+                out[f"{prefix}/reward_gap"] = out[f"{prefix}/reward"] - out[f"{prefix}/reward_masked"]
+            for _, tag in GROUPS:
+                head = f"{prefix}/acc_by_{tag}/"
+                for key in [k for k in out if k.startswith(head)]:
+                    value = key[len(head) :]
+                    masked = out.get(f"{prefix}/acc_masked_by_{tag}/{value}")
+                    if masked is not None:
+                        out[f"{prefix}/vision_gap_by_{tag}/{value}"] = out[key] - masked
         return out

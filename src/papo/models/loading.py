@@ -22,14 +22,19 @@ Differences from what EasyR1/verl (the PAPO release) do:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from papo.models.special_tokens import IM_END
 
 log = logging.getLogger(__name__)
+
+#: added tokens that generation must be able to sample although they are "added" (Qwen3's think tags)
+FORMAT_TOKENS = ("<think>", "</think>")
 
 _DTYPES = {
     "float32": torch.float32,
@@ -85,13 +90,17 @@ def generation_suppress_token_ids(processor_or_tokenizer, vocab_size: int | None
 
     That is the vision tokens (``<|vision_start|>``, ``<|image_pad|>``, ...), ``<|endoftext|>`` (= pad),
     ``<|im_start|>``, the box/quad/object-ref markers and Qwen2.5's non-special added tokens
-    (``<tool_call>``, ``<|fim_*|>``, ...). With ``vocab_size`` (the model's output size), ids the tokenizer
+    (``<tool_call>``, ``<|fim_*|>``, ...). ``<think>`` / ``</think>`` (added tokens in Qwen3 / Qwen3-VL,
+    :data:`FORMAT_TOKENS`) are kept: the format reward asks for them. With ``vocab_size`` (the model's output size), ids the tokenizer
     does not know (the real Qwen2.5-VL pads 151,665 ids to 151,936 rows) are added too.
     Use as ``model.generate(..., suppress_tokens=ids)``.
     """
     tok = _tokenizer_of(processor_or_tokenizer)
     ids = set(tok.added_tokens_decoder) | set(tok.all_special_ids)
     keep = {tok.eos_token_id, tok.convert_tokens_to_ids(IM_END)}
+    # answer-format tags are single added tokens in Qwen3(-VL) (plain text in Qwen2.5): never suppress them
+    added = getattr(tok, "added_tokens_encoder", {}) or {}
+    keep |= {added[t] for t in FORMAT_TOKENS if t in added}
     if tok.unk_token_id is not None:
         keep.add(tok.unk_token_id)  # pragma: no cover - Qwen has no unk; an unknown IM_END maps to it
     ids -= {i for i in keep if i is not None}
@@ -154,6 +163,7 @@ def load_policy(
     freeze_vision_tower: bool = False,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    lora: Mapping[str, Any] | None = None,
 ):
     """Load ``(model, processor)`` from a hub id or a local directory.
 
@@ -166,6 +176,8 @@ def load_policy(
         gradient_checkpointing: enable non-reentrant activation checkpointing (and ``use_cache=False``).
         freeze_vision_tower: ``requires_grad=False`` on the ViT + merger (PAPO trains it: default False).
         min_pixels / max_pixels: override the image processor's resize bounds (None: keep the saved ones).
+        lora: ``{rank, alpha, dropout, target_modules, vision}`` (``configs/model/*.yaml`` ``lora``); rank > 0
+            wraps the model in a PEFT LoRA model (:func:`apply_lora`), rank 0 / None is a full fine-tune.
 
     Returns the model in eval mode (the caller switches to train) and the processor with left padding.
     """
@@ -212,12 +224,85 @@ def load_policy(
             p.requires_grad_(False)
             n += p.numel()
         log.info("froze the vision tower (%d parameters)", n)
+    if lora and int(lora.get("rank") or 0) > 0:
+        model = apply_lora(model, **{k: v for k, v in lora.items() if k != "enabled"})
     model.eval()
     return model, processor
 
 
+#: linear layers of the Qwen2/2.5/3-VL decoders (attention + MLP), the usual LoRA targets
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a PEFT model with adapters (so ``disable_adapter()`` yields the base model)."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def apply_lora(
+    model: torch.nn.Module,
+    rank: int,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    target_modules: Iterable[str] | str | None = None,
+    vision: bool = False,
+) -> torch.nn.Module:
+    """Wrap ``model`` in a PEFT LoRA model: only the adapters train; the base weights stay frozen.
+
+    Args:
+        rank: LoRA rank r (> 0).
+        alpha: scaling numerator (the update is ``alpha / r * B A``); None -> ``2 * rank``.
+        dropout: dropout on the adapter input.
+        target_modules: module-name suffixes to adapt (default :data:`DEFAULT_LORA_TARGETS`), or a regex
+            string used as is (PEFT full-matches it against module names).
+        vision: also adapt matching layers of the vision tower (default: the language model only; the
+            Qwen2.5-VL ViT has ``gate_proj``/``up_proj``/``down_proj`` MLPs too, which a plain name list would hit).
+
+    The frozen base model doubles as the reference policy: ``with model.disable_adapter(): ...`` runs it
+    without adapters (:class:`papo.models.papo_module.PapoModule` does that instead of loading a second copy).
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:  # pragma: no cover - peft is an extra
+        raise ImportError(
+            "model.lora.rank > 0 needs peft: pip install 'papo[peft]' (or pip install peft)"
+        ) from e
+    if int(rank) <= 0:
+        raise ValueError(f"LoRA rank must be > 0, got {rank}")
+    if isinstance(target_modules, str):
+        targets: Any = target_modules
+    else:
+        names = list(target_modules or DEFAULT_LORA_TARGETS)
+        bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_.]+", str(n))]
+        if bad:
+            raise ValueError(
+                f"LoRA target_modules must be module names, got {bad} (or pass one regex string)"
+            )
+        alternatives = "|".join(re.escape(str(n)) for n in names)
+        vision_guard = "" if vision else r"(?!.*\b(visual|vision_tower|vision_model)\b)"
+        targets = rf"^{vision_guard}.*\.({alternatives})$"
+    config = LoraConfig(
+        r=int(rank),
+        lora_alpha=float(alpha) if alpha is not None else 2.0 * int(rank),
+        lora_dropout=float(dropout),
+        target_modules=targets,
+        bias="none",
+    )
+    peft_model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+    if trainable == 0:
+        raise ValueError(f"LoRA target_modules {target_modules!r} matched no layer of {type(model).__name__}")
+    log.info("LoRA rank %d on %s: %d trainable of %d parameters", rank, targets, trainable, total)
+    return peft_model
+
+
 __all__ = [
+    "DEFAULT_LORA_TARGETS",
+    "FORMAT_TOKENS",
+    "apply_lora",
     "generation_suppress_token_ids",
+    "is_lora",
     "load_policy",
     "resolve_dtype",
     "resolve_policy_path",

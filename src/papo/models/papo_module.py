@@ -21,18 +21,31 @@ from torch import Tensor
 
 from papo.algos import ADVANTAGE_ESTIMATORS, dynamic_sampling_keep, kl_estimate, overlong_penalty
 from papo.evaluation.metrics import ValidationMetrics
+from papo.evaluation.validation import after_validation_generation
 from papo.losses.base import LossComponent, LossInputs
 from papo.losses.policy_gradient import PolicyGradientLoss
 from papo.losses.reference_kl import ReferenceKLLoss
-from papo.models.loading import generation_suppress_token_ids, load_policy
+from papo.models.loading import generation_suppress_token_ids, is_lora, load_policy
 from papo.models.logprobs import response_logps
 from papo.rewards import get_reward_fn
 from papo.rollout.collect import Generator
 from papo.rollout.experience import Experience
 from papo.rollout.hf_generate import GenerationConfig
+from papo.utils.checkpointing import experience_from_state, experience_state, rng_state, set_rng_state
+from papo.utils.distributed import (
+    all_reduce,
+    clip_grad_norm,
+    generation_context,
+    is_sharded,
+    world_size,
+)
 from papo.utils.timer import PhaseTimer
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many optimiser steps in a row had a non-finite loss or gradient norm (the state was saved)."""
 
 
 class PapoModule(L.LightningModule):
@@ -63,6 +76,7 @@ class PapoModule(L.LightningModule):
                 "freeze_vision_tower",
                 "min_pixels",
                 "max_pixels",
+                "lora",
             )
             if k in model_cfg
         }
@@ -90,8 +104,10 @@ class PapoModule(L.LightningModule):
         self.masked_grad = any(c.masked_grad for c in self.components)
         self.needs_ref = any(c.needs_ref for c in self.components) or self.kl_in_reward
         self.reference = None
-        if self.needs_ref:  # frozen copy, loaded only when its coefficient is > 0
-            self.reference, _ = load_policy(policy_path, **load_kwargs)
+        # frozen copy, loaded only when its coefficient is > 0; with LoRA the reference is the frozen base
+        # model itself (adapters disabled in _prepare), so no second copy is loaded
+        if self.needs_ref and not is_lora(self.policy):
+            self.reference, _ = load_policy(policy_path, **{**load_kwargs, "lora": None})
             self.reference.requires_grad_(False).eval()
         log.info(
             "loss components: %s; masked forward: %s (grad: %s); reference model: %s",
@@ -115,6 +131,15 @@ class PapoModule(L.LightningModule):
             rollout["generation_batch_size"],
         )
         self.suppress_ids = torch.tensor(self.generator.suppress_ids, dtype=torch.long)
+        # rollout=vllm: a colocated engine, created on the first rollout (on the GPU) and re-synced with the
+        # policy's weights before any rollout that follows an update (papo.rollout.vllm_backend)
+        self._vllm_cfg = dict(rollout.get("vllm") or {}) if rollout.get("backend") == "vllm" else None
+        if self._vllm_cfg is not None:
+            from papo.rollout.vllm_backend import require_vllm
+
+            require_vllm()
+        self._policy_path, self._model_cfg = str(policy_path), dict(model_cfg)
+        self._engine_stale = True
         self.timer = PhaseTimer()
         self.val_metrics = ValidationMetrics()
         self.last_val: dict[str, float] = {}
@@ -122,8 +147,25 @@ class PapoModule(L.LightningModule):
         self._tries = 0
         self._group_counter = 0
         self.skipped_steps = 0
+        self.consecutive_skips = 0  # optimiser steps skipped in a row (stop at optim.max_consecutive_skips)
+        self.skipped_rows = 0  # bad data rows dropped from train batches (data.on_bad_row=skip)
+        self._train_rng: dict[str, Any] | None = None  # RNG state at the end of the last training step
+        self._in_train_step = False
 
     # ------------------------------------------------------------------ optimisation set-up
+    def configure_model(self) -> None:
+        """trainer=fsdp (Lightning's ModelParallelStrategy): shard policy and reference with FSDP2."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or getattr(self, "_fsdp2_applied", False):
+            return
+        from papo.utils.distributed import fully_shard_model
+
+        bf16 = "bf16" in str(self.trainer.precision)
+        for model in (self.policy, self.reference):
+            if model is not None:
+                fully_shard_model(model, mesh["data_parallel"], bf16=bf16)
+        self._fsdp2_applied = True
+
     def configure_optimizers(self) -> Any:
         params = [p for p in self.policy.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(
@@ -142,12 +184,40 @@ class PapoModule(L.LightningModule):
     def _gen_cfg(self, train: bool) -> GenerationConfig:
         r = self.rollout_cfg
         if train:
-            return GenerationConfig(
+            cfg = GenerationConfig(
                 r["max_new_tokens"], r["temperature"], r["top_p"], r["top_k"], self.algo["group_size"]
             )
-        return GenerationConfig(
-            r["max_new_tokens"], r["val_temperature"], r["top_p"], r["top_k"], r["val_samples"]
-        )
+            cfg.min_new_tokens = int(r.get("min_new_tokens", 0))  # training rollouts only
+        else:
+            cfg = GenerationConfig(
+                r["max_new_tokens"], r["val_temperature"], r["top_p"], r["top_k"], r["val_samples"]
+            )
+        # sharded strategies (FSDP, ZeRO-3) gather weights in every forward: ranks must step together
+        cfg.synced_gpus = is_sharded(self._trainer)
+        return cfg
+
+    def _ensure_engine(self) -> None:
+        """rollout=vllm: start the engine once, and copy the current weights into it when they changed."""
+        if self._vllm_cfg is None:
+            return
+        if self.generator.engine is None:
+            from papo.rollout.vllm_backend import VLLMEngine
+
+            c, r = dict(self._vllm_cfg), self.rollout_cfg
+            c["seed"] = int(c.get("seed", 0)) + self.global_rank  # ranks sample differently
+            self.generator.engine = VLLMEngine(
+                self._policy_path,
+                max_model_len=r["max_prompt_length"] + r["max_new_tokens"],
+                min_pixels=self._model_cfg.get("min_pixels"),
+                max_pixels=self._model_cfg.get("max_pixels"),
+                trust_remote_code=bool(self._model_cfg.get("trust_remote_code", False)),
+                **c,
+            )
+            self._engine_stale = True  # the policy may come from a warm start or a checkpoint
+        if self._engine_stale:
+            n = self.generator.engine.sync_weights(self.policy)  # FSDP2 shards are gathered per tensor
+            log.debug("synced %d weight tensors into the vLLM engine", n)
+            self._engine_stale = False
 
     def _logps(self, model: torch.nn.Module, exp: Experience, masked: bool = False) -> Tensor:
         inputs = exp.model_inputs(masked=masked)
@@ -178,7 +248,8 @@ class PapoModule(L.LightningModule):
         policy = self.policy
         was_training = policy.training
         policy.eval()
-        with self.timer("generate"):
+        self._ensure_engine()
+        with self.timer("generate"), generation_context(policy):  # FSDP2: gathered once per rollout
             exp, n_err = self.generator.rollout(
                 policy,
                 batch,
@@ -211,6 +282,7 @@ class PapoModule(L.LightningModule):
             rollout_metrics["train/dynamic_sampling/kept_fraction"] = float(keep.float().mean())
             self._buffer.append(exp.select(keep))
             have = sum(len(e) for e in self._buffer) // self.algo["group_size"]
+            have = int(all_reduce(have, "min", self.device))  # ranks update together (matching collectives)
             need = len(batch["prompt"])
             self._tries += 1
             if have < need:
@@ -231,6 +303,7 @@ class PapoModule(L.LightningModule):
         with self.timer("old_logps"):
             self._prepare(exp)
         metrics = self._update(exp)
+        self._engine_stale = True  # the next rollout must use the updated weights
         metrics.update(rollout_metrics)
         secs = self.timer.pop()
         metrics.update({f"time/{k}_s": v for k, v in secs.items()})
@@ -257,7 +330,10 @@ class PapoModule(L.LightningModule):
         need_old = self.algo["ppo_epochs"] > 1 or self.algo["num_minibatches"] > 1
         if need_old:
             exp.old_logps = self._logps_nograd(self.policy, exp)
-        if self.needs_ref:
+        if self.needs_ref and self.reference is None:  # LoRA: reference = base model without adapters
+            with self.policy.disable_adapter():
+                exp.ref_logps = self._logps_nograd(self.policy, exp)
+        elif self.needs_ref:
             exp.ref_logps = self._logps_nograd(self.reference, exp)
         if self.needs_masked and not self.masked_grad:
             exp.logps_masked = self._logps_nograd(self.policy, exp, masked=True)
@@ -285,8 +361,11 @@ class PapoModule(L.LightningModule):
             order = torch.randperm(N) if n_mb > 1 else torch.arange(N)
             for mb_idx in torch.tensor_split(order, n_mb):
                 mb = exp.select(mb_idx)
-                num_tokens = mb.num_tokens
+                # token-mean over ALL ranks' mini-batches: DDP averages gradients over W ranks, so each
+                # rank normalises by (global token count / W); with one process this is mb.num_tokens
+                num_tokens = all_reduce(mb.num_tokens, "sum", self.device) / world_size()
                 opt.zero_grad(set_to_none=True)
+                nonfinite: list[str] = []  # loss components that gave a non-finite value in this mini-batch
                 for s in range(0, len(mb), mbs):
                     micro = mb.select(list(range(s, min(s + mbs, len(mb)))))
                     with self.timer("forward"):
@@ -320,42 +399,79 @@ class PapoModule(L.LightningModule):
                         scale = 1.0 if agg == "token-mean" else len(micro) / len(mb)
                         total = logps.new_zeros(())
                         w = float(mask.sum())
+                        terms: list[tuple[str, Tensor]] = []
                         for comp in self.components:
                             loss, m = comp(inputs)
                             total = total + loss * scale
+                            terms.append((comp.name, loss.detach()))
                             for k, v in m.items():
                                 key = f"train/{comp.name}/{k}"
                                 sums[key] = sums.get(key, 0.0) + v * w
                                 weights[key] = weights.get(key, 0.0) + w
+                    # backward even on a non-finite loss: DDP ranks must all reach the gradient all-reduce
                     with self.timer("backward"):
                         self.manual_backward(total)
                     ent = float(-(logps.detach() * mask).sum()) / max(w, 1e-9)  # sampled-token entropy
+                    total_value = float(total.detach())
+                    if not math.isfinite(total_value):
+                        nonfinite += [n for n, v in terms if not bool(torch.isfinite(v).all())] or ["total"]
                     for key, val in (
-                        ("train/loss/total", float(total.detach())),
+                        ("train/loss/total", total_value),
                         ("train/response/entropy", ent),
                     ):
                         sums[key] = sums.get(key, 0.0) + val * w
                         weights[key] = weights.get(key, 0.0) + w
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg["grad_clip"])
-                sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + float(grad_norm)
-                weights["train/grad_norm"] = weights.get("train/grad_norm", 0.0) + 1.0
-                if math.isfinite(float(grad_norm)):
+                grad_norm = float(clip_grad_norm(self._trainer, params, self.optim_cfg["grad_clip"]))
+                reason = None
+                if nonfinite:
+                    reason = f"non-finite loss in {sorted(set(nonfinite))}"
+                elif not math.isfinite(grad_norm):
+                    reason = f"non-finite grad norm ({grad_norm})"
+                else:
+                    sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + grad_norm
+                    weights["train/grad_norm"] = weights.get("train/grad_norm", 0.0) + 1.0
+                # one decision for all ranks (a NaN on one rank must not let the others step alone)
+                if not self.trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
                     opt.step()
                     sched.step()
+                    self.consecutive_skips = 0
                 else:
-                    self.skipped_steps += 1
-                    log.warning(
-                        "step %d: non-finite grad norm (%s): optimiser step skipped",
-                        self.global_step,
-                        grad_norm,
-                    )
                     opt.zero_grad(set_to_none=True)
+                    self._skip_step(reason or "non-finite loss or grad norm on another rank")
         out = {k: sums[k] / max(weights[k], 1e-9) for k in sums}
         # token-mean losses were summed over micro-batches: report the mini-batch totals
         out["train/optim/lr"] = float(opt.param_groups[0]["lr"])
         out["train/optim/skipped_steps"] = float(self.skipped_steps)
+        out["train/optim/consecutive_skips"] = float(self.consecutive_skips)
         out["train/progress"] = self.progress
         return out
+
+    def _skip_step(self, reason: str) -> None:
+        """Count a skipped optimiser step; after ``optim.max_consecutive_skips`` in a row, save and stop."""
+        self.skipped_steps += 1
+        self.consecutive_skips += 1
+        limit = self.optim_cfg.get("max_consecutive_skips")
+        log.warning(
+            "step %d: optimiser step skipped: %s (%d in a row, %d in total; optim.max_consecutive_skips=%s)",
+            self.global_step,
+            reason,
+            self.consecutive_skips,
+            self.skipped_steps,
+            limit,
+        )
+        if limit and self.consecutive_skips >= int(limit):
+            trainer = self.trainer
+            cb = trainer.checkpoint_callback
+            folder = (
+                cb.dirpath if cb is not None and cb.dirpath else f"{trainer.default_root_dir}/checkpoints"
+            )
+            path = f"{folder}/nonfinite-step{self.global_step:06d}.ckpt"
+            trainer.save_checkpoint(path)
+            raise NonFiniteTrainingError(
+                f"{self.consecutive_skips} optimiser steps in a row skipped at step {self.global_step} "
+                f"(optim.max_consecutive_skips={limit}; last: {reason}); the run's state is saved in {path}. "
+                "Lower optim.lr or the loss coefficients, or resume from an earlier checkpoint."
+            )
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
@@ -364,6 +480,13 @@ class PapoModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         cfg = self._gen_cfg(train=False)
         views = [False, True] if batch.get("images_masked") is not None else [False]
+        self._ensure_engine()
+        with generation_context(self.policy):  # FSDP2: gathered once for both views
+            self._validation_views(batch, batch_idx, cfg, views)
+
+    def _validation_views(
+        self, batch: dict[str, Any], batch_idx: int, cfg: GenerationConfig, views: list
+    ) -> None:
         for masked in views:
             exp, _ = self.generator.rollout(
                 self.policy,
@@ -375,6 +498,7 @@ class PapoModule(L.LightningModule):
                 device=self.device,
             )
             self.val_metrics.update(exp, masked=masked)
+            after_validation_generation(self, batch, batch_idx, exp, masked)  # val/kl_prcp, samples
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metrics.compute(prefix="val")
@@ -382,15 +506,56 @@ class PapoModule(L.LightningModule):
         if metrics:
             self.log_dict(metrics, on_epoch=True, sync_dist=True)
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ checkpoints and exact resume
+    # Lightning checkpoints hold weights, optimiser, scheduler, loop counters (global step, hence the
+    # gamma schedule's progress) and the train loader's position (ResumableDataLoader.state_dict). Added
+    # here, under checkpoint["papo"]: the global RNG states and the dynamic-sampling / fault counters.
+    # RNG discipline: every training step starts from the RNG state the previous step ENDED with (or the
+    # checkpoint's, after a resume), so what runs between steps (validation, a new DataLoader iterator,
+    # checkpointing) never shifts rollout sampling, and a resumed run draws what an uninterrupted one draws.
+    # Multi-process runs restore rank 0's state on every rank (fresh runs also seed every rank alike).
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._train_rng is not None:
+            set_rng_state(self._train_rng)
+        self._in_train_step = True
+        if isinstance(batch, dict) and batch.get("skipped_rows"):  # data.on_bad_row=skip drops
+            self.skipped_rows += len(batch["skipped_rows"])
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._train_rng = rng_state()
+        self._in_train_step = False
+        self.log("train/data/skipped_rows", float(self.skipped_rows), on_step=True)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the frozen reference model is reloaded from its path, never stored in checkpoints
         sd = checkpoint.get("state_dict", {})
         for k in [k for k in sd if k.startswith("reference.")]:
             del sd[k]
+        # inside a step (ModelCheckpoint at on_train_batch_end, or an exception) the live state is the
+        # step's end state; between steps, the one the next step will start from
+        live = self._in_train_step or self._train_rng is None
+        checkpoint["papo"] = {  # tensors, lists, numbers and strings only: loads with weights_only=True
+            "rng": rng_state() if live else self._train_rng,
+            "buffer": [experience_state(e) for e in self._buffer],
+            "tries": self._tries,
+            "group_counter": self._group_counter,
+            "skipped_steps": self.skipped_steps,
+            "consecutive_skips": self.consecutive_skips,
+            "skipped_rows": self.skipped_rows,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.reference is not None:
             sd = checkpoint.setdefault("state_dict", {})
             for k, v in self.reference.state_dict().items():
                 sd.setdefault(f"reference.{k}", v)
+        state = checkpoint.get("papo")
+        if state is None:
+            log.warning("checkpoint has no PAPO resume state: RNG and dynamic-sampling state start afresh")
+            return
+        self._train_rng = state["rng"]  # applied at the start of the next training step
+        self._buffer = [experience_from_state(e) for e in state["buffer"]]
+        self._tries, self._group_counter = int(state["tries"]), int(state["group_counter"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self.consecutive_skips = int(state["consecutive_skips"])
+        self.skipped_rows = int(state["skipped_rows"])

@@ -18,10 +18,13 @@ latex2sympy2_extended 1.11 (``.venv/lib/python3.11/site-packages``):
 
 * ``math_verify.parse`` with ``LatexExtractionConfig`` (the only extraction target used here) runs
   ``latex2sympy2_extended.latex2sympy``: regex normalisation, an ANTLR-generated LaTeX parser, and a
-  visitor that builds sympy objects directly (``sympy.Symbol``, ``Integer``/``Float`` from digit strings,
-  ``sympy.Add(..., evaluate=False)``, ...). No ``eval``/``exec``; its only ``parse_expr`` call is for the
-  ``variable_values`` argument, which math-verify never passes; ``sympify`` is only applied to objects the
-  visitor already built.
+  visitor that builds sympy objects directly (``sympy.Symbol``, ``sympy.Add(..., evaluate=False)``, ...).
+  Its only explicit ``parse_expr`` call is for the ``variable_values`` argument, which math-verify never
+  passes. One indirect use: numbers are built with ``sympy.Number(text)``, and sympy turns a string into a
+  number through ``sympify`` -> ``parse_expr`` -> ``eval`` of generated code such as ``Integer (12 )``. The
+  text is a NUMBER token of the ANTLR lexer (digits, ``.``, ``,``), so ``eval`` only ever sees a numeric
+  literal, never free text (``tests/test_bad_inputs_security.py`` records every ``parse_expr`` input while
+  grading hostile answers).
 * ``math_verify.parse`` with ``ExprExtractionConfig`` (part of math-verify's *default* config) calls
   ``sympy.parsing.parse_expr`` on the matched text, and ``parse_expr`` uses Python ``eval``. It is
   therefore never used here.

@@ -28,6 +28,8 @@ class Generator:
         self.suppress_ids = suppress_ids
         self.max_prompt_length = max_prompt_length
         self.batch_size = batch_size
+        # optional generation engine (papo.rollout.vllm_backend.VLLMEngine); None = HF generate on the policy
+        self.engine: Any = None
 
     def encode(self, batch: dict[str, Any], masked: bool) -> tuple[dict, list, list | None]:
         """Tokenise prompts of a data batch. Returns (text inputs (B, P), per-prompt visual, masked visual)."""
@@ -71,7 +73,12 @@ class Generator:
         row_visual = [gen_visual[i] for i in rows.tolist()]
         row_masked = [per_masked[i] for i in rows.tolist()] if (keep_masked_view and per_masked) else None
         responses, masks = [], []
-        for s in range(0, len(rows), self.batch_size):  # generation in chunks (memory knob)
+        if self.engine is not None:  # rollout=vllm: the colocated engine samples (papo.rollout.vllm_backend)
+            images = batch["images_masked"] if use_masked_images else batch["images"]
+            texts_in = chat_texts(self.processor, batch["prompt"], [len(x) for x in images])
+            ids, m = self.engine.generate(texts_in, images, cfg, self.eos_id, self.pad_id, self.suppress_ids)
+            responses, masks = [ids], [m]
+        for s in range(0, len(rows) if self.engine is None else 0, self.batch_size):  # chunks (memory knob)
             sl = slice(s, s + self.batch_size)
             chunk = {k: v[sl] for k, v in text_inputs.items()}
             vis = [v for v in row_visual[sl] if v is not None]

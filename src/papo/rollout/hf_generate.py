@@ -23,6 +23,9 @@ class GenerationConfig:
     top_p: float = 1.0
     top_k: int = 0
     num_samples: int = 1  # sequences per prompt (G)
+    synced_gpus: bool = False  # keep stepping until every rank is done (FSDP / ZeRO-3 sharded weights)
+    # EOS is blocked until this many tokens were sampled (0 = off; benchmarks force equal response lengths)
+    min_new_tokens: int = 0
 
 
 def response_mask_from_ids(response_ids: Tensor, eos_id: int) -> Tensor:
@@ -55,6 +58,10 @@ def hf_generate(
         suppress_tokens=suppress_ids or None,
         use_cache=True,
     )
+    if cfg.synced_gpus:
+        gen_kwargs["synced_gpus"] = True
+    if cfg.min_new_tokens > 0:
+        gen_kwargs["min_new_tokens"] = min(cfg.min_new_tokens, cfg.max_new_tokens)
     if sample:
         gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
     else:

@@ -5,6 +5,9 @@
   default; offline runs sync later with ``wandb sync``.
 - ``${papo_published:KEY,ALGO}``: the published PAPO coefficient for the chosen algorithm
   (PAPO-D for DAPO, PAPO-G 3B otherwise), so ``loss=papo algo=dapo`` is PAPO-D as published.
+- ``${papo_per_rank:TOTAL,DEVICES[,NODES]}``: a global batch split over the ranks (DDP/FSDP batches are per
+  rank), e.g. ``data.batch_size: ${papo_per_rank:384,${trainer.devices}}`` -> 192 on 2 GPUs.
+- ``${papo_mul:A,B}``: A * B (e.g. the data-parallel size devices * nodes of trainer=fsdp).
 """
 
 from __future__ import annotations
@@ -38,8 +41,20 @@ def published_coef(key: str, algo: str) -> float:
     return table[key]
 
 
+def per_rank(total: int, devices: int | str, num_nodes: int = 1) -> int:
+    """``total`` (a global batch) divided over ``devices * num_nodes`` ranks; an error unless it divides."""
+    ranks = int(devices) * int(num_nodes) if str(devices).isdigit() else 1
+    if ranks < 1 or int(total) % ranks:
+        raise ValueError(f"papo_per_rank: a global batch of {total} does not split over {ranks} ranks")
+    return int(total) // ranks
+
+
 def register_resolvers() -> None:
     """Register the resolvers (idempotent)."""
+    if not OmegaConf.has_resolver("papo_per_rank"):
+        OmegaConf.register_new_resolver("papo_per_rank", per_rank)
+    if not OmegaConf.has_resolver("papo_mul"):
+        OmegaConf.register_new_resolver("papo_mul", lambda a, b: int(a) * int(b))
     if not OmegaConf.has_resolver("papo_wandb_offline"):
         OmegaConf.register_new_resolver("papo_wandb_offline", wandb_offline)
     if not OmegaConf.has_resolver("papo_published"):

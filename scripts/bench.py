@@ -1,0 +1,819 @@
+"""Speed and memory benchmark: TRL's ``GRPOTrainer`` vs our GRPO/DAPO step vs our PAPO step, at equal work.
+
+    python scripts/bench.py                                   # full measurement (quiet machine, ~10-20 min)
+    python scripts/bench.py --models tiny --steps 2 --warmup 1 --prompts 2 --group-size 2 \\
+        --max-new-tokens 8 --skip-trl                         # smoke run (< 1 min)
+
+What runs, side by side, on the same embedded Qwen2.5-VL (``tiny`` ~0.4M and ``small`` ~14M parameters,
+papo.models.tiny_vlm), the same prompts and images (papo.data.synthetic), the same G, prompt and response
+lengths (EOS blocked until ``max_new_tokens``: ``min_new_tokens = max_new_tokens`` on both sides), fp32, no
+gradient checkpointing, one optimiser step per rollout batch, no reference model, the same reward
+(the math reward plus a deterministic hash jitter of the response text, so rewards vary):
+
+* ``trl``:  TRL ``GRPOTrainer`` (``use_vllm=False``, ``bf16=False``, ``loss_type="dapo"``, ``beta=0``,
+  ``num_iterations=1``, ``steps_per_generation=1``, ``gradient_accumulation_steps=1``: one generation batch per
+  optimiser step and no old-log-prob pass);
+* ``grpo``: our ``PapoModule`` under a minimal Lightning ``Trainer``, ``algo=dapo`` without dynamic sampling,
+  ``loss=none`` (one update per rollout batch, the first update reuses its own log-probs as old ones);
+* ``papo``: the same plus the masked-image forward and both PAPO loss terms (``loss=papo``).
+
+Each (model, side) runs in its own subprocess, so peak resident memory (``ru_maxrss``) is per side. Per step
+(after ``--warmup`` discarded steps) it records wall seconds between consecutive step ends, response tokens
+per second and time per phase: ``generate`` (HF ``generate`` itself), ``score`` (reward calls),
+``rollout_other`` (chat template, processor, decoding, batching), ``logp_nograd`` (no-grad log-prob passes:
+PAPO's masked forward), ``forward`` (log-prob forward with grad + loss terms), ``backward``, ``other``
+(optimiser, grad clip, framework overhead, logging). Phases are measured by wrapping functions: TRL's
+``_generate_single_turn``, ``_calculate_rewards``, ``_generate_and_score_completions``, ``compute_loss`` and
+``accelerator.backward``; ours through the module's PhaseTimer plus wrappers of ``hf_generate`` and
+``score_batch``.
+
+FLOP floor: the model FLOPs of one step counted from the model's linear layers (2 FLOPs per weight per token
+forward, backward = 2x forward) plus attention (4 * layers * heads * head_dim per query-key pair, causal):
+the rollouts' vision encoding, prefill and decode (KV cache, LM head on one position per new token), the
+log-prob forward (LM head on response positions only) and its backward, and for PAPO the masked forward.
+Divided by this machine's fp32 matmul rate (median of timed 2048x2048 ``torch.matmul``), it is the time a
+step would take at 100 % of that rate; MFU = floor / measured median step time. TRL and our GRPO step do the
+same model work, so they share one floor.
+
+Results: a table on stdout and ``logs/bench/bench-<time>.json`` (``--out``). Worker logs go next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+
+SIDES = ("trl", "grpo", "papo")
+PHASES = ("generate", "score", "rollout_other", "logp_nograd", "forward", "backward", "other")
+
+
+# ==========================================================================================================
+# FLOP accounting (shared with scripts/bench_gpu.sh)
+# ==========================================================================================================
+def model_dims(model: Any) -> dict[str, Any]:
+    """Weights per token of each part of a Qwen2.5-VL (2-D weights only: norms and biases ignored)."""
+    inner = model.model
+    lm = getattr(inner, "language_model", inner)  # transformers 4.x: model.model is the text model
+    vis = getattr(inner, "visual", None) or model.visual
+    tc, vc = model.config.text_config, model.config.vision_config
+    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+    vis_heads = vc.num_heads
+    return {
+        "text_linear": sum(p.numel() for p in lm.layers.parameters() if p.dim() >= 2),
+        "lm_head": model.get_output_embeddings().weight.numel(),
+        "text_attn_dim": tc.num_attention_heads * head_dim,
+        "text_layers": tc.num_hidden_layers,
+        # patch embedding (a Conv3d: one weight per input value per output channel) + ViT blocks, per patch
+        "vision_linear": sum(p.numel() for p in vis.blocks.parameters() if p.dim() >= 2)
+        + vis.patch_embed.proj.weight.numel(),
+        "merger_linear": sum(p.numel() for p in vis.merger.parameters() if p.dim() >= 2),
+        "vision_attn_dim": vc.hidden_size // vis_heads * vis_heads,
+        "vision_depth": vc.depth,
+        "vision_full_blocks": len(list(getattr(vc, "fullatt_block_indexes", []) or [])),
+        # window side in patches: window_size px / patch px (Qwen2.5-VL: 112 / 14 = 8)
+        "vision_window": max(1, int(getattr(vc, "window_size", 0) or 0) // vc.patch_size),
+        "merge": vc.spatial_merge_size,
+    }
+
+
+def _causal_pairs(s: int) -> int:
+    """Query-key pairs of causal attention over ``s`` tokens."""
+    return s * (s + 1) // 2
+
+
+def vision_flops(d: dict[str, Any], grid_hw: tuple[int, int]) -> float:
+    """Forward FLOPs of the vision tower on one image of ``grid_hw`` patches (h, w); temporal grid 1."""
+    h, w = grid_hw
+    n = h * w
+    flops = 2.0 * d["vision_linear"] * n + 2.0 * d["merger_linear"] * n / d["merge"] ** 2
+    win = d["vision_window"]
+    windows = [min(win, h - i) * min(win, w - j) for i in range(0, h, win) for j in range(0, w, win)]
+    full, windowed = d["vision_full_blocks"], d["vision_depth"] - d["vision_full_blocks"]
+    flops += 4.0 * d["vision_attn_dim"] * (full * n * n + windowed * sum(k * k for k in windows))
+    return flops
+
+
+def forward_flops(d: dict[str, Any], prompt_len: int, resp_len: int, grid_hw: list[tuple[int, int]]) -> float:
+    """One row's log-prob forward: vision + text over prompt+response, LM head on the response positions."""
+    s = prompt_len + resp_len
+    text = 2.0 * d["text_linear"] * s + 4.0 * d["text_layers"] * d["text_attn_dim"] * _causal_pairs(s)
+    return sum(vision_flops(d, g) for g in grid_hw) + text + 2.0 * d["lm_head"] * resp_len
+
+
+def generate_flops(
+    d: dict[str, Any], prompt_len: int, resp_len: int, grid_hw: list[tuple[int, int]]
+) -> float:
+    """One row's rollout: vision + prefill (LM head on the last position) + ``resp_len - 1`` decode steps."""
+    att = 4.0 * d["text_layers"] * d["text_attn_dim"]
+    flops = sum(vision_flops(d, g) for g in grid_hw)
+    flops += 2.0 * d["text_linear"] * prompt_len + att * _causal_pairs(prompt_len) + 2.0 * d["lm_head"]
+    for j in range(1, resp_len):  # input = generated token j, keys = prompt + j tokens
+        flops += 2.0 * (d["text_linear"] + d["lm_head"]) + att * (prompt_len + j)
+    return flops
+
+
+def step_flops(
+    d: dict[str, Any], rows: list[tuple[int, list[tuple[int, int]]]], resp_len: int, masked_forward: bool
+) -> dict[str, float]:
+    """Model FLOPs of one RL step over ``rows`` = [(prompt tokens, [image grids (h, w) in patches])] (one per
+    sequence, i.e. prompts repeated G times): rollout + forward + backward (2x) [+ masked forward]."""
+    gen = sum(generate_flops(d, p, resp_len, g) for p, g in rows)
+    fwd = sum(forward_flops(d, p, resp_len, g) for p, g in rows)
+    out = {
+        "generate": gen,
+        "forward": fwd,
+        "backward": 2.0 * fwd,
+        "masked_forward": fwd if masked_forward else 0.0,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def matmul_rate(n: int = 2048, reps: int = 7, dtype: str = "float32", device: str = "cpu") -> float:
+    """Median FLOP/s of an ``n x n`` matmul through torch (after one warm-up)."""
+    import torch
+
+    dt_ = getattr(torch, dtype)
+    a = torch.randn(n, n, dtype=dt_, device=device)
+    b = torch.randn(n, n, dtype=dt_, device=device)
+    torch.matmul(a, b)
+    times = []
+    for _ in range(reps):
+        if device != "cpu":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / statistics.median(times)
+
+
+# ==========================================================================================================
+# Shared worker set-up
+# ==========================================================================================================
+def compose(overrides: list[str]) -> Any:
+    """``configs/train.yaml`` with ``overrides`` (and the Hydra runtime config set, for ${hydra:...})."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    import papo.utils  # noqa: F401  (resolvers)
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def our_overrides(args: argparse.Namespace, side: str) -> list[str]:
+    n = args.prompts * args.group_size
+    return [
+        f"model={args.model}",
+        "algo=dapo",
+        "algo.dynamic_sampling.enabled=false",
+        f"algo.group_size={args.group_size}",
+        f"algo.micro_batch_size={n}",
+        "algo.num_minibatches=1",
+        "algo.ppo_epochs=1",
+        f"rollout.max_new_tokens={args.max_new_tokens}",
+        f"rollout.min_new_tokens={args.max_new_tokens}",
+        f"rollout.generation_batch_size={n}",
+        f"loss={'papo' if side == 'papo' else 'none'}",
+        "warm_start=none",
+        "logger=none",
+        "callbacks=none",
+        f"optim.lr={args.lr}",
+        f"seed={args.seed}",
+    ]
+
+
+def bench_reward(text: str, truth: str, kind: str = "math_jitter") -> float:
+    """``math_jitter``: the math reward plus a deterministic jitter in [0, 0.1) from the response text (so
+    rewards vary); ``hash``: the jitter alone (no grading, no math-verify)."""
+    jitter = 0.1 * (zlib.crc32(text.encode()) / 2**32)
+    if kind == "hash":
+        return jitter
+    from papo.rewards import score_response
+
+    return score_response(text, truth)["overall"] + jitter
+
+
+def build_batches(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``warmup + steps`` batches of ``prompts`` prompts in the datamodule's batch format (masked views too).
+
+    The items of ``build_synthetic_split("train", seed=0)`` (same generator, same pixels), drawn without the
+    ``datasets`` package so the GPU script runs where it is missing."""
+    import numpy as np
+
+    from papo.data.masking import RandomPatchMask
+    from papo.data.prompts import build_prompt
+    from papo.data.synthetic import SyntheticTaskConfig, _split_key, generate_example
+
+    n_steps = args.warmup + args.steps
+    task = SyntheticTaskConfig(image_size=args.image_size, grid=getattr(args, "grid", None))
+    key = _split_key("train")
+    mask = RandomPatchMask()
+    batches = []
+    for s in range(n_steps):
+        idx = range(s * args.prompts, (s + 1) * args.prompts)
+        rows = [generate_example(np.random.default_rng([0, key, i]), task) for i in idx]
+        images = [[r["image"].convert("RGB")] for r in rows]
+        rngs = [np.random.default_rng([args.seed, i]) for i in idx]
+        batches.append(
+            {
+                "uid": [f"train-{i}" for i in idx],
+                "problem": [r["problem"] for r in rows],
+                "prompt": [build_prompt(r["problem"], "short") for r in rows],
+                "images": images,
+                "images_masked": mask(images, rngs),
+                "answer": [r["answer"] for r in rows],
+                "task_type": [r["task_type"] for r in rows],
+                "vision_dependency": [r["vision_dependency"] for r in rows],
+            }
+        )
+    return batches
+
+
+def batch_rows(
+    processor: Any, batch: dict[str, Any], group_size: int
+) -> list[tuple[int, list[tuple[int, int]]]]:
+    """(prompt tokens without padding, [image grids (h, w)]) per sequence of a batch (prompts x G)."""
+    from papo.rollout.inputs import chat_texts, encode_prompts
+
+    num_images = [len(x) for x in batch["images"]]
+    enc = encode_prompts(processor, chat_texts(processor, batch["prompt"], num_images), batch["images"])
+    lengths = enc["attention_mask"].sum(1).tolist()
+    grids = [(int(g[1]), int(g[2])) for g in enc["image_grid_thw"].tolist()]
+    rows, k = [], 0
+    for length, m in zip(lengths, num_images, strict=True):
+        rows += [(int(length), grids[k : k + m])] * group_size
+        k += m
+    return rows
+
+
+class Clock:
+    """Step wall times (consecutive step ends) and per-step phase seconds."""
+
+    def __init__(self, sync: Any = None) -> None:
+        self.sync = sync or (lambda: None)
+        self.last: float | None = None
+        self.steps: list[float] = []
+        self.phases: list[dict[str, float]] = []
+        self.acc: dict[str, float] = {}
+
+    def start(self) -> None:
+        if self.last is None:
+            self.last = time.perf_counter()
+
+    def end(self, phases: dict[str, float]) -> None:
+        self.sync()
+        t = time.perf_counter()
+        self.steps.append(t - (self.last if self.last is not None else t))
+        self.last = t
+        self.phases.append(phases)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.acc[name] = self.acc.get(name, 0.0) + seconds
+
+    def pop(self) -> dict[str, float]:
+        out, self.acc = self.acc, {}
+        return out
+
+    def timed(self, name: str, fn: Any, grad_name: str | None = None) -> Any:
+        """Wrap ``fn`` so its wall time adds to ``name`` (``grad_name`` instead when grad is enabled)."""
+        import torch
+
+        def wrapper(*a: Any, **k: Any) -> Any:
+            key = grad_name if grad_name and torch.is_grad_enabled() else name
+            self.sync()
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.sync()
+                self.add(key, time.perf_counter() - t0)
+
+        return wrapper
+
+
+def finish_phases(step_s: float, raw: dict[str, float]) -> dict[str, float]:
+    """Common phase names; ``other`` = step time not covered by a phase."""
+    out = {p: float(raw.get(p, 0.0)) for p in PHASES if p != "other"}
+    out["other"] = max(0.0, step_s - sum(out.values()))
+    return out
+
+
+# ==========================================================================================================
+# Workers (one process per model x side)
+# ==========================================================================================================
+def build_module(args: argparse.Namespace, side: str, extra_overrides: list[str] | None = None) -> Any:
+    """Our ``PapoModule`` configured for ``side`` (grpo | papo) as ``src/papo/pipeline.py`` builds it, with the
+    benchmark reward. Returns (module, model_dir)."""
+    import hydra
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    from papo.data.synthetic import synthetic_corpus
+    from papo.models.papo_module import PapoModule
+    from papo.pipeline import resolve_model_dir
+
+    cfg = compose(our_overrides(args, side) + list(extra_overrides or []))
+    L.seed_everything(args.seed, workers=True, verbose=False)
+    model_dir = resolve_model_dir(cfg.model, corpus_fn=synthetic_corpus)
+    c = {
+        k: OmegaConf.to_container(cfg[k], resolve=True)
+        for k in ("model", "algo", "rollout", "reward", "optim")
+    }
+    components = {name: hydra.utils.instantiate(x) for name, x in (cfg.loss.get("components") or {}).items()}
+    module = PapoModule(
+        policy_path=str(model_dir),
+        model_cfg=c["model"],
+        algo=c["algo"],
+        rollout=c["rollout"],
+        reward=c["reward"],
+        optim=c["optim"],
+        components=components,
+        total_steps=args.warmup + args.steps,
+    )
+    kind = getattr(args, "reward", "math_jitter")
+    module.reward_fn = lambda text, truth: {
+        "overall": bench_reward(text, truth, kind),
+        "accuracy": 0.0,
+        "format": 0.0,
+    }
+    return module, model_dir
+
+
+def measure_module(
+    module: Any, batches: list[dict[str, Any]], accelerator: str = "cpu", budget_s: float | None = None
+) -> tuple[list[float], list[dict[str, float]]]:
+    """Fit ``module`` on ``batches`` (one step each) under a minimal Lightning Trainer.
+
+    Returns (wall seconds per step, phase seconds per step). On CUDA every phase boundary synchronises, so
+    phases are not skewed by asynchronous kernels. ``budget_s``: stop after the step that crosses it.
+    """
+    import lightning as L
+    import torch
+
+    import papo.rollout.collect as collect
+    from papo.utils.timer import PhaseTimer
+
+    cuda = accelerator in ("gpu", "cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    clock = Clock(sync)
+    # finer phases inside the module's "generate" (= whole rollout) timer
+    collect.hf_generate = clock.timed("generate", collect.hf_generate)
+    collect.score_batch = clock.timed("score", collect.score_batch)
+    pending: list[dict[str, float]] = []
+
+    class BenchTimer(PhaseTimer):
+        @contextlib.contextmanager
+        def __call__(self, phase: str) -> Iterator[None]:  # synchronised phase boundaries
+            sync()
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                sync()
+                self.seconds[phase] += time.perf_counter() - t0
+
+        def pop(self) -> dict[str, float]:
+            sync()
+            secs = super().pop()
+            inner = clock.pop()
+            pending.append(
+                {
+                    "generate": inner.get("generate", 0.0),
+                    "score": inner.get("score", 0.0) + secs.get("score", 0.0),
+                    "rollout_other": secs.get("generate", 0.0)
+                    - inner.get("generate", 0.0)
+                    - inner.get("score", 0.0),
+                    "logp_nograd": secs.get("old_logps", 0.0),
+                    "forward": secs.get("forward", 0.0),
+                    "backward": secs.get("backward", 0.0),
+                }
+            )
+            return secs
+
+    module.timer = BenchTimer()
+    t_start = time.perf_counter()
+
+    class StepClock(L.Callback):
+        def on_train_batch_start(self, *a: Any) -> None:
+            clock.start()
+
+        def on_train_batch_end(self, trainer: Any, *a: Any) -> None:
+            clock.pop()
+            clock.end(pending.pop() if pending else {})
+            if budget_s is not None and time.perf_counter() - t_start > budget_s:
+                trainer.should_stop = True
+
+    loader = torch.utils.data.DataLoader(batches, batch_size=1, collate_fn=lambda x: x[0])
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_steps=len(batches),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[StepClock()],
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    phases = [finish_phases(s, p) for s, p in zip(clock.steps, clock.phases, strict=True)]
+    return clock.steps, phases
+
+
+def run_ours(args: argparse.Namespace, side: str) -> dict[str, Any]:
+    import psutil
+
+    module, model_dir = build_module(args, side)
+    batches = build_batches(args)
+    rss_setup = psutil.Process().memory_info().rss
+    steps, phases = measure_module(module, batches)
+    return {
+        "step_s": steps,
+        "phases": phases,
+        "rss_setup": rss_setup,
+        "model_dir": str(model_dir),
+        **flop_info(module.policy, module.processor, batches, args, masked_forward=side == "papo"),
+    }
+
+
+def flop_info(
+    model: Any, processor: Any, batches: list[dict], args: argparse.Namespace, masked_forward: bool
+):
+    d = model_dims(model)
+    per_step = [
+        step_flops(d, batch_rows(processor, b, args.group_size), args.max_new_tokens, masked_forward)
+        for b in batches[args.warmup :]
+    ]
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "params": params,
+        "dims": d,
+        "flops": {k: statistics.mean(f[k] for f in per_step) for k in per_step[0]},
+    }
+
+
+def run_trl(args: argparse.Namespace) -> dict[str, Any]:
+    import psutil
+    import torch
+    from datasets import Dataset
+    from omegaconf import OmegaConf
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from papo.data.synthetic import synthetic_corpus
+    from papo.models.loading import load_policy
+    from papo.pipeline import resolve_model_dir
+
+    cfg = compose(our_overrides(args, "grpo"))
+    torch.manual_seed(args.seed)
+    model_dir = resolve_model_dir(cfg.model, corpus_fn=synthetic_corpus)
+    m = OmegaConf.to_container(cfg.model, resolve=True)
+    model, processor = load_policy(
+        str(model_dir),
+        dtype=m["dtype"],
+        attn_implementation=m["attn_implementation"],
+        gradient_checkpointing=False,
+        min_pixels=m.get("min_pixels"),
+        max_pixels=m.get("max_pixels"),
+    )
+    batches = build_batches(args)
+    rows = [
+        {"prompt": [{"role": "user", "content": p}], "images": imgs, "answer": a}
+        for b in batches
+        for p, imgs, a in zip(b["prompt"], b["images"], b["answer"], strict=True)
+    ]
+    dataset = Dataset.from_list(rows)
+    r = cfg.rollout
+    n = args.prompts * args.group_size
+
+    def reward(completions: list, answer: list, **_: Any) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [bench_reward(t, a, args.reward) for t, a in zip(texts, answer, strict=True)]
+
+    out_dir = tempfile.mkdtemp(prefix="bench-trl-")
+    config = GRPOConfig(
+        output_dir=out_dir,
+        use_cpu=True,
+        use_vllm=False,
+        bf16=False,
+        fp16=False,
+        loss_type="dapo",
+        beta=0.0,
+        epsilon=cfg.algo.clip_low,
+        epsilon_high=cfg.algo.clip_high,
+        num_iterations=1,
+        num_generations=args.group_size,
+        per_device_train_batch_size=n,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,
+        max_completion_length=args.max_new_tokens,
+        generation_kwargs={"min_new_tokens": args.max_new_tokens},
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        weight_decay=cfg.optim.weight_decay,
+        max_grad_norm=cfg.optim.grad_clip,
+        max_steps=len(batches),  # gradient checkpointing: off by default
+        shuffle_dataset=False,
+        mask_truncated_completions=False,
+        report_to="none",
+        logging_strategy="no",
+        save_strategy="no",
+        eval_strategy="no",
+        log_completions=False,
+        dataloader_num_workers=0,
+        seed=args.seed,
+        disable_tqdm=True,
+    )
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=[reward], args=config, train_dataset=dataset, processing_class=processor
+    )
+    clock = Clock()
+    trainer._generate_single_turn = clock.timed("generate", trainer._generate_single_turn)
+    trainer._calculate_rewards = clock.timed("score", trainer._calculate_rewards)
+    trainer._generate_and_score_completions = clock.timed(
+        "rollout_total", trainer._generate_and_score_completions
+    )
+    trainer.compute_loss = clock.timed("logp_nograd", trainer.compute_loss, grad_name="forward")
+    trainer.accelerator.backward = clock.timed("backward", trainer.accelerator.backward)
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            clock.start()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            raw = clock.pop()
+            raw["rollout_other"] = (
+                raw.pop("rollout_total", 0.0) - raw.get("generate", 0.0) - raw.get("score", 0.0)
+            )
+            clock.end(raw)
+
+    trainer.add_callback(StepClock())
+    rss_setup = psutil.Process().memory_info().rss
+    trainer.train()
+    import trl
+
+    return {
+        "step_s": clock.steps,
+        "phases": [finish_phases(s, p) for s, p in zip(clock.steps, clock.phases, strict=True)],
+        "rss_setup": rss_setup,
+        "model_dir": str(model_dir),
+        "trl_version": trl.__version__,
+        **flop_info(model, processor, batches, args, masked_forward=False),
+    }
+
+
+def worker(args: argparse.Namespace) -> None:
+    import resource
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    res = run_trl(args) if args.side == "trl" else run_ours(args, args.side)
+    res["wall_s"] = time.perf_counter() - t0
+    res["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    res["torch_threads"] = torch.get_num_threads()
+    Path(args.result).write_text(json.dumps(res))
+
+
+# ==========================================================================================================
+# Driver: run the workers, summarise, print, save
+# ==========================================================================================================
+def summarise(res: dict[str, Any], args: argparse.Namespace, rate: float) -> dict[str, Any]:
+    steps = res["step_s"][args.warmup :]
+    phases = res["phases"][args.warmup :]
+    med = statistics.median(steps)
+    q = statistics.quantiles(steps, n=4) if len(steps) >= 2 else [steps[0]] * 3
+    tokens = args.prompts * args.group_size * args.max_new_tokens
+    floor_s = res["flops"]["total"] / rate
+    return {
+        "step_s_median": med,
+        "step_s_p25": q[0],
+        "step_s_p75": q[2],
+        "step_s_min": min(steps),
+        "step_s_max": max(steps),
+        "steps_measured": len(steps),
+        "response_tokens_per_s": tokens / med,
+        "phase_s_median": {p: statistics.median(x[p] for x in phases) for p in PHASES},
+        "peak_rss_mb": res["peak_rss"] / 2**20,
+        "setup_rss_mb": res["rss_setup"] / 2**20,
+        "flops_per_step": res["flops"],
+        "floor_s": floor_s,
+        "mfu": floor_s / med,
+        "params": res["params"],
+    }
+
+
+def print_table(results: dict[str, dict[str, dict]], rates: list[float], args: argparse.Namespace) -> None:
+    rate = statistics.median(rates)
+    print(
+        f"\nfp32 matmul rate ({args.threads} threads, 2048x2048): {rate / 1e9:.1f} GFLOP/s (samples:", end=" "
+    )
+    print(", ".join(f"{r / 1e9:.1f}" for r in rates) + ")")
+    print(
+        f"work per step: {args.prompts} prompts x G={args.group_size} = {args.prompts * args.group_size} sequences, "
+        f"{args.max_new_tokens} response tokens each (forced), images {args.image_size}px; "
+        f"{args.steps} measured steps after {args.warmup} warm-up"
+    )
+    head = (
+        f"{'model':<6} {'side':<5} {'s/step':>7} {'p25-p75':>13} {'min-max':>13} {'tok/s':>7} {'floor s':>8} "
+        f"{'MFU':>6} {'RSS MB':>7} | " + " ".join(f"{p[:8]:>8}" for p in PHASES)
+    )
+    print(head)
+    print("-" * len(head))
+    for model, sides in results.items():
+        for side, s in sides.items():
+            if "error" in s:
+                print(f"{model:<6} {side:<5} FAILED: {s['error']}")
+                continue
+            ph = " ".join(f"{s['phase_s_median'][p]:>8.3f}" for p in PHASES)
+            print(
+                f"{model:<6} {side:<5} {s['step_s_median']:>7.3f} "
+                f"{s['step_s_p25']:>6.3f}-{s['step_s_p75']:<6.3f} {s['step_s_min']:>6.3f}-{s['step_s_max']:<6.3f} "
+                f"{s['response_tokens_per_s']:>7.0f} {s['floor_s']:>8.3f} {100 * s['mfu']:>5.1f}% "
+                f"{s['peak_rss_mb']:>7.0f} | {ph}"
+            )
+    print("\nratios (throughput ours/TRL = TRL s/step / ours s/step; PAPO/GRPO = step time ratio):")
+    for model, sides in results.items():
+        ok = {k: v for k, v in sides.items() if "error" not in v}
+        parts = []
+        if "trl" in ok and "grpo" in ok:
+            parts.append(
+                f"GRPO/TRL throughput {ok['trl']['step_s_median'] / ok['grpo']['step_s_median']:.2f}x"
+            )
+            parts.append(f"peak RSS GRPO/TRL {ok['grpo']['peak_rss_mb'] / ok['trl']['peak_rss_mb']:.2f}")
+        if "trl" in ok and "papo" in ok:
+            parts.append(
+                f"PAPO/TRL throughput {ok['trl']['step_s_median'] / ok['papo']['step_s_median']:.2f}x"
+            )
+        if "grpo" in ok and "papo" in ok:
+            parts.append(
+                f"PAPO/GRPO step time {ok['papo']['step_s_median'] / ok['grpo']['step_s_median']:.2f}x"
+            )
+        print(f"  {model}: " + ("; ".join(parts) or "n/a"))
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+        ).stdout
+        return sha + ("-dirty" if dirty.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    ap.add_argument("--models", default="tiny,small", help="comma list of embedded sizes: tiny,small")
+    ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: trl,grpo,papo")
+    ap.add_argument("--skip-trl", action="store_true", help="drop the TRL side (e.g. TRL not installed)")
+    ap.add_argument("--steps", type=int, default=10, help="measured steps (>= 5 for the report)")
+    ap.add_argument("--warmup", type=int, default=2, help="steps run first and discarded")
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    ap.add_argument("--group-size", type=int, default=4, help="G, responses per prompt")
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="response length (forced on every side)")
+    ap.add_argument("--image-size", type=int, default=112, help="synthetic image side in px (112: 16 tokens)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per worker")
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument(
+        "--reward", default="math_jitter", choices=["math_jitter", "hash"], help="see bench_reward"
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="JSON path (default logs/bench/bench-<time>.json)")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per worker")
+    # internal: worker mode
+    ap.add_argument("--side", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.side:
+        worker(args)
+        return
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sides = [s for s in args.sides.split(",") if s and not (args.skip_trl and s == "trl")]
+    unknown = sorted(set(sides) - set(SIDES))
+    if unknown:
+        ap.error(f"unknown sides {unknown}; valid: {list(SIDES)}")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else ROOT / "logs" / "bench" / f"bench-{stamp}.json"
+    log_dir = out.with_suffix("")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    rates = [matmul_rate()]
+    raw: dict[str, dict[str, Any]] = {}
+    for model in args.models.split(","):
+        raw[model] = {}
+        for side in sides:
+            result = log_dir / f"{model}-{side}.json"
+            log = log_dir / f"{model}-{side}.log"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--model", model]
+            cmd += ["--result", str(result)]
+            for k in (
+                "steps",
+                "warmup",
+                "prompts",
+                "group_size",
+                "max_new_tokens",
+                "image_size",
+                "threads",
+                "lr",
+            ):
+                cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+            cmd += ["--seed", str(args.seed), "--reward", args.reward]
+            print(f"[bench] {model}/{side} ... (log: {log})", flush=True)
+            t0 = time.perf_counter()
+            with open(log, "w") as fh:
+                try:
+                    rc = subprocess.run(
+                        cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=args.timeout
+                    ).returncode
+                except subprocess.TimeoutExpired:
+                    rc = "timeout"
+            if rc != 0 or not result.is_file():
+                tail = log.read_text().strip().splitlines()[-15:]
+                print(f"[bench] {model}/{side} failed (rc={rc}):\n  " + "\n  ".join(tail), flush=True)
+                raw[model][side] = {"error": f"rc={rc}; see {log}"}
+                continue
+            raw[model][side] = json.loads(result.read_text())
+            print(f"[bench] {model}/{side} done in {time.perf_counter() - t0:.0f}s", flush=True)
+    rates.append(matmul_rate())
+    rate = statistics.median(rates)
+    summary = {
+        m: {s: (r if "error" in r else summarise(r, args, rate)) for s, r in sides_.items()}
+        for m, sides_ in raw.items()
+    }
+    print_table(summary, rates, args)
+    import transformers
+
+    try:
+        import trl
+
+        trl_version = trl.__version__
+    except ImportError:
+        trl_version = None
+    report = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+            "threads": args.threads,
+            "fp32_matmul_flops": rates,
+        },
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl_version,
+        },
+        "args": {k: v for k, v in vars(args).items() if k not in ("side", "model", "result")},
+        "results": summary,
+        "raw": raw,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nsaved {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Entry point: ``python src/eval.py ckpt_path=<run>/checkpoints/last.ckpt [group=option ...]`` (Hydra).
+
+avg@k and greedy accuracy with the real and the masked image (configs/eval.yaml). Works without
+installing the package. All logic is in :func:`papo.evaluation.evaluator.evaluate`.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import hydra
+from omegaconf import DictConfig
+
+from papo.utils.run_env import setup_process_env
+
+setup_process_env()
+
+import papo.utils  # noqa: E402,F401  (registers the config resolvers)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    """Run the evaluation; return the greedy accuracy (for Hydra sweepers)."""
+    from papo.evaluation.evaluator import evaluate
+
+    result = evaluate(cfg)
+    metrics = result["metrics"]
+    value = metrics.get("greedy/acc", next(iter(metrics.values()), None))
+    return None if value is None else float(value)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Sample generations at each validation: question, real and masked image, answer, response, reward.
+
+With a ``WandbLogger`` attached: a W&B table ``val/samples`` (``wandb.Image`` for both views; works
+offline, ``wandb sync`` uploads it later). Files (``write_files``: ``auto`` = only without W&B, or
+true / false): ``<dirpath>/step<N>.md`` with the images as PNGs under ``<dirpath>/images/`` and
+``step<N>.csv``. The samples are the first response of the first ``num_samples`` prompts of the first
+val batch, kept by ``PapoModule.validation_step`` (:mod:`papo.evaluation.validation`) in
+``module.val_samples`` once this callback sets ``module.num_val_samples``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+
+from papo.evaluation.samples import SAMPLE_COLUMNS, write_samples
+
+log = logging.getLogger(__name__)
+
+
+def wandb_sample_table(samples: list[dict[str, Any]]) -> Any:
+    """A ``wandb.Table`` with the text columns plus ``image`` and ``image_masked`` (``wandb.Image``)."""
+    import wandb
+
+    columns = ["image", "image_masked", *SAMPLE_COLUMNS]
+    table = wandb.Table(columns=columns)
+    for s in samples:
+        real = s.get("images") or []
+        masked = s.get("images_masked") or []
+        table.add_data(
+            wandb.Image(real[0]) if real else None,
+            wandb.Image(masked[0]) if masked else None,
+            *[s.get(c) for c in SAMPLE_COLUMNS],
+        )
+    return table
+
+
+class SampleTableCallback(Callback):
+    """Log / write the kept validation samples after each validation run (see module docstring).
+
+    Args:
+        num_samples: prompts to show (the module keeps this many from the first val batch; 0 disables).
+        dirpath: folder for the Markdown/CSV files (None: ``<default_root_dir>/val_samples``).
+        write_files: ``"auto"`` (only when no WandbLogger is attached), True or False.
+        key: W&B key of the table.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 8,
+        dirpath: str | None = None,
+        write_files: bool | str = "auto",
+        key: str = "val/samples",
+    ) -> None:
+        super().__init__()
+        if write_files not in ("auto", True, False):
+            raise ValueError(f"sample_table.write_files must be auto, true or false, got {write_files!r}")
+        self.num_samples = int(num_samples)
+        self.dirpath = dirpath
+        self.write_files = write_files
+        self.key = key
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pl_module.num_val_samples = self.num_samples
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        samples = getattr(pl_module, "val_samples", None)
+        if not samples or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        step = int(trainer.global_step)
+        for s in samples:
+            s["step"] = step
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        for lg in wandb_loggers:
+            lg.experiment.log({self.key: wandb_sample_table(samples), "trainer/global_step": step})
+        if self.write_files is True or (self.write_files == "auto" and not wandb_loggers):
+            out = Path(self.dirpath or Path(trainer.default_root_dir) / "val_samples")
+            md, _ = write_samples(samples, out, f"step{step:06d}")
+            log.info("validation samples written to %s", md)

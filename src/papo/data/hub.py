@@ -1,0 +1,274 @@
+"""Load a dataset split from the Hugging Face hub or from local files into the standard columns.
+
+The datamodule (:class:`papo.data.datamodule.PapoDataModule`) consumes ``datasets.Dataset`` objects with the
+columns ``images`` (a list of images per row), ``problem`` and ``answer`` (plus optional ``task_type``,
+``vision_dependency``, ``uid``). :func:`load_split` produces exactly that from
+
+- a hub dataset id (``PAPOGalaxy/PAPO_ViRL39K_train``), fetched with ``datasets.load_dataset`` at run time
+  (on the user's machine; tests never download);
+- a local file: ``.parquet``, ``.arrow``, ``.jsonl`` / ``.json``, or ``.csv`` (a glob such as
+  ``data/*.parquet`` or a list of files works too);
+- a local directory written by ``Dataset.save_to_disk`` (or a ``DatasetDict``'s, then ``split`` picks one), or
+  a directory of such files.
+
+``columns`` maps source column names to the standard names, e.g. ``{question: problem, solution: answer,
+image: images}``. A column mapped to ``images`` may hold one image or a list of images per row (multi-image
+rows are kept as lists; every image is later decoded and masked). Image entries may be ``datasets.Image``
+values (``{bytes, path}``), raw bytes, or path strings; relative paths are resolved against ``image_dir``
+(default: the data file's directory), so a jsonl file next to an image folder works as is.
+
+Images are NOT decoded here (``datasets.Image`` features are switched to ``decode=False``): the datamodule
+decodes each image with :func:`papo.data.images.load_image` when a row is drawn, so a bad image names its row.
+
+Differences from EasyR1/verl (which the PAPO release uses): EasyR1 places each image at its ``<image>``
+placeholder inside the question; our prompts put all images first and then the text (the Qwen-VL
+convention of :func:`papo.rollout.inputs.build_messages`), so ``<image>`` placeholders are removed from the
+question (``strip_image_placeholders``).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LOCAL_FORMATS", "STANDARD_COLUMNS", "load_split", "resolve_source"]
+
+#: columns the datamodule reads (everything else is dropped)
+STANDARD_COLUMNS = ("images", "problem", "answer", "task_type", "vision_dependency", "uid")
+#: file suffix -> ``datasets`` builder name
+LOCAL_FORMATS = {
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+}
+_IMAGE_PLACEHOLDER = re.compile(r"\s*<image>\s*")
+
+
+def _no_decode(feature: Any) -> Any:
+    """A copy of ``feature`` with every ``datasets.Image`` set to ``decode=False`` (lists/dicts recursed)."""
+    from datasets import Image as ImageFeature
+
+    if isinstance(feature, ImageFeature):
+        return ImageFeature(decode=False)
+    if isinstance(feature, dict):
+        return type(feature)({k: _no_decode(v) for k, v in feature.items()})
+    for attr in ("feature",):  # datasets.List / Sequence / LargeList
+        inner = getattr(feature, attr, None)
+        if inner is not None and hasattr(feature, "__dataclass_fields__"):
+            import dataclasses
+
+            return dataclasses.replace(feature, **{attr: _no_decode(inner)})
+    if isinstance(feature, list) and len(feature) == 1:  # old-style [feature]
+        return [_no_decode(feature[0])]
+    return feature
+
+
+def resolve_source(source: str | Sequence[str]) -> tuple[str, Any]:
+    """Classify ``source``: ``("files", (builder, [files]))``, ``("disk", path)`` or ``("hub", id)``.
+
+    A string that names an existing file, directory or glob is local; anything else is a hub id.
+    """
+    if not isinstance(source, str):
+        files = [str(Path(s).expanduser()) for s in source]
+        return "files", (_builder_for(files), files)
+    path = Path(source).expanduser()
+    if path.is_file():
+        return "files", (_builder_for([str(path)]), [str(path)])
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            return "disk", str(path)
+        files = sorted(str(p) for p in path.iterdir() if p.suffix in LOCAL_FORMATS)
+        if not files:
+            raise FileNotFoundError(
+                f"directory {path} holds neither a saved dataset (save_to_disk) nor data files "
+                f"with a suffix in {sorted(LOCAL_FORMATS)}"
+            )
+        return "files", (_builder_for(files), files)
+    if any(ch in source for ch in "*?["):
+        files = sorted(glob.glob(os.path.expanduser(source)))
+        if not files:
+            raise FileNotFoundError(f"no file matches {source!r}")
+        return "files", (_builder_for(files), files)
+    if source.startswith((".", "/", "~")) or source.endswith(tuple(LOCAL_FORMATS)):
+        raise FileNotFoundError(f"local data source {source!r} does not exist")
+    return "hub", source
+
+
+def _builder_for(files: list[str]) -> str:
+    suffixes = {Path(f).suffix for f in files}
+    unknown = suffixes - set(LOCAL_FORMATS)
+    if unknown or len({LOCAL_FORMATS[s] for s in suffixes}) != 1:
+        raise ValueError(
+            f"data files must share one format with a suffix in {sorted(LOCAL_FORMATS)}; got {sorted(suffixes)}"
+        )
+    return LOCAL_FORMATS[suffixes.pop()]
+
+
+def _load_raw(
+    source: str | Sequence[str],
+    split: str,
+    name: str | None,
+    revision: str | None,
+    cache_dir: str | None,
+) -> tuple[Any, str | None]:
+    """The source as a ``datasets.Dataset`` (all columns, images undecoded) and its local directory."""
+    import datasets
+
+    kind, what = resolve_source(source)
+    if kind == "disk":
+        ds = datasets.load_from_disk(what)
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise ValueError(f"saved dataset {what} has splits {list(ds)}, not {split!r}")
+            ds = ds[split]
+        return ds, what
+    if kind == "files":
+        builder, files = what
+        # local files: one "train" split holds every file (``split`` only names it in messages)
+        ds = datasets.load_dataset(builder, data_files={"train": files}, split="train", cache_dir=cache_dir)
+        return ds, str(Path(files[0]).parent)
+    log.info("loading hub dataset %s (config %s, split %s, revision %s)", what, name, split, revision)
+    ds = datasets.load_dataset(what, name, split=split, revision=revision, cache_dir=cache_dir)
+    return ds, None
+
+
+def _as_image_list(value: Any, image_dir: str | None) -> list[Any]:
+    """One row's images as a list; relative path strings resolved against ``image_dir``."""
+    if value is None:
+        return []
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, str) and image_dir and not os.path.isabs(item):
+            item = os.path.join(image_dir, item)
+        elif isinstance(item, Mapping) and not item.get("bytes") and item.get("path") and image_dir:
+            p = item["path"]
+            item = {"bytes": None, "path": p if os.path.isabs(p) else os.path.join(image_dir, p)}
+        out.append(item)
+    return out
+
+
+def load_split(
+    source: str | Sequence[str],
+    split: str = "train",
+    name: str | None = None,
+    revision: str | None = None,
+    columns: Mapping[str, str] | None = None,
+    image_dir: str | None = None,
+    limit: int | None = None,
+    strip_image_placeholders: bool = True,
+    defaults: Mapping[str, str] | None = None,
+    cache_dir: str | None = None,
+    num_proc: int | None = None,
+) -> Any:
+    """Load ``split`` of ``source`` as a ``datasets.Dataset`` with the standard columns (module docstring).
+
+    Args:
+        source: hub id, local file / glob / directory, or a list of local files.
+        split: hub split (``train``, ``test``, ...) or the split of a saved ``DatasetDict``.
+        name: hub config name (e.g. ``testmini`` for MathVerse).
+        revision: hub revision (commit / tag) to pin.
+        columns: ``{source_column: standard_column}``; unmapped standard columns must exist under their own name.
+        image_dir: base directory of relative image paths (default: the data file's directory).
+        limit: keep only the first ``limit`` rows (smoke runs, quick evaluation).
+        strip_image_placeholders: remove ``<image>`` tokens from ``problem`` (images go before the text).
+        defaults: constant values for optional columns absent from the source, e.g. ``{task_type: geometry}``.
+        cache_dir: ``datasets`` cache directory (default: ``HF_DATASETS_CACHE``).
+        num_proc: worker processes for the column conversion (None: in-process).
+
+    Returns:
+        ``datasets.Dataset`` with ``images`` (list per row, undecoded), ``problem``, ``answer`` (strings) and
+        any of ``task_type``, ``vision_dependency``, ``uid`` present in the source or ``defaults``.
+
+    Raises:
+        ValueError: a required column is missing after the mapping (the message lists the present columns).
+    """
+    ds, base_dir = _load_raw(source, split, name, revision, cache_dir)
+    mapping = dict(columns or {})
+    unknown = sorted(set(mapping.values()) - set(STANDARD_COLUMNS))
+    if unknown:
+        raise ValueError(
+            f"columns maps to unknown standard name(s) {unknown}; valid: {list(STANDARD_COLUMNS)}"
+        )
+    absent = sorted(set(mapping) - set(ds.column_names))
+    if absent:
+        raise ValueError(
+            f"data source {source!r}: mapped column(s) {absent} not found; present columns: {ds.column_names}"
+        )
+    if limit is not None:
+        ds = ds.select(range(min(int(limit), len(ds))))
+    ds = ds.cast(_no_decode(ds.features))
+    renamed = {src: dst for src, dst in mapping.items() if src != dst}
+    clash = [dst for src, dst in renamed.items() if dst in ds.column_names and dst not in renamed]
+    if clash:  # e.g. mapping image -> images while an unrelated "images" column exists: drop it
+        ds = ds.remove_columns(clash)
+    if renamed:
+        ds = ds.rename_columns(renamed)
+    missing = [c for c in ("images", "problem", "answer") if c not in ds.column_names]
+    if missing:
+        raise ValueError(
+            f"data source {source!r} ({split}) has no column(s) {missing} after the mapping {mapping}; "
+            f"present columns: {ds.column_names}. Map them with columns={{source_name: standard_name}}."
+        )
+    ds = ds.remove_columns([c for c in ds.column_names if c not in STANDARD_COLUMNS])
+    for key, value in (defaults or {}).items():
+        if key not in STANDARD_COLUMNS:
+            raise ValueError(f"defaults has unknown column {key!r}; valid: {list(STANDARD_COLUMNS)}")
+        if key not in ds.column_names:
+            ds = ds.add_column(key, [str(value)] * len(ds))
+    img_base = str(Path(image_dir).expanduser()) if image_dir else base_dir
+
+    images_feature = ds.features["images"]
+    single = not (hasattr(images_feature, "feature") or isinstance(images_feature, list))
+    needs_paths = img_base is not None and _has_string_images(ds)
+    if single or needs_paths or strip_image_placeholders:
+
+        def convert(batch: dict[str, list]) -> dict[str, list]:
+            out = dict(batch)
+            if single or needs_paths:
+                out["images"] = [_as_image_list(v, img_base) for v in batch["images"]]
+            if strip_image_placeholders:
+                out["problem"] = [
+                    _IMAGE_PLACEHOLDER.sub(" ", p).strip() if isinstance(p, str) else p
+                    for p in batch["problem"]
+                ]
+            return out
+
+        features = ds.features.copy()
+        if single or needs_paths:
+            features = None  # let datasets infer the new images type (list of dicts / strings)
+        ds = ds.map(
+            convert, batched=True, batch_size=256, features=features, num_proc=num_proc, desc="columns"
+        )
+    for key in ("problem", "answer"):
+        if str(getattr(ds.features[key], "dtype", "string")) not in ("string", "large_string"):
+            ds = ds.cast_column(key, _string_feature())
+    log.info("data source %s (%s): %d rows, columns %s", source, split, len(ds), ds.column_names)
+    return ds
+
+
+def _string_feature() -> Any:
+    from datasets import Value
+
+    return Value("string")
+
+
+def _has_string_images(ds: Any) -> bool:
+    """Whether image entries are path strings or path-only dicts (sampled on the first rows)."""
+    head = ds.select(range(min(len(ds), 8))).with_format("arrow")["images"].to_pylist()
+    for value in head:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                return True
+            if isinstance(item, Mapping) and not item.get("bytes") and item.get("path"):
+                return True
+    return False

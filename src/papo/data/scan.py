@@ -1,0 +1,233 @@
+"""One pass over a split before training: find bad rows and prompts longer than ``max_prompt_length``.
+
+:func:`scan_split` reads every row once (in Arrow batches, images NOT decoded: only their headers are
+opened for the size), and returns the rows to keep plus a :class:`ScanReport`. A row is *bad* when its
+``problem`` is missing or empty, its ``answer`` is missing, or an image cannot be opened. With
+``on_bad_row="error"`` the first bad row raises a ``ValueError`` naming the dataset, split, row and
+reason; with ``"skip"`` bad rows are dropped, counted and logged (the first few by row and reason).
+Never silently.
+
+Prompt lengths are exact token counts of what the rollout feeds the model (:class:`PromptLength`): the
+processor's chat template around the templated prompt, tokenised, plus each image's token count from the
+image processor's own resize rule (``get_number_of_image_patches`` / merge size, so Qwen2.5-VL's 28-px and
+Qwen3-VL's 32-px grids and the configured ``min_pixels`` / ``max_pixels`` are honoured). Prompts longer than
+``max_prompt_length`` are dropped with a logged count, as verl/EasyR1's ``filter_overlong_prompts`` does
+(the released code filters with the same rule, but decodes every image to count).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from papo.data.prompts import build_prompt
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ON_BAD_ROW", "PromptLength", "ScanReport", "image_size", "scan_split"]
+
+ON_BAD_ROW = ("error", "skip")
+_SENTINEL = "\x00PAPO_PROMPT\x00"
+
+
+def image_size(obj: Any, max_pixels: int = 64_000_000) -> tuple[int, int]:
+    """``(width, height)`` of an image in any form :func:`~papo.data.images.load_image` accepts, reading
+    only the header. Raises ``ValueError`` with the reason when it cannot be opened."""
+    if isinstance(obj, Image.Image):
+        size = obj.size
+    elif isinstance(obj, np.ndarray):
+        if obj.ndim not in (2, 3):
+            raise ValueError(f"array of shape {obj.shape} is not an image")
+        size = (obj.shape[1], obj.shape[0])
+    else:
+        if isinstance(obj, Mapping):
+            data, path = obj.get("bytes"), obj.get("path")
+            if not data and not path:
+                raise ValueError(f"image dict has neither 'bytes' nor 'path' (keys: {sorted(obj)})")
+            obj = bytes(data) if data else path
+        if obj is None:
+            raise ValueError("image is None")
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            if len(obj) == 0:
+                raise ValueError("empty bytes")
+            src: Any = io.BytesIO(bytes(obj))
+        elif isinstance(obj, (str, os.PathLike)):
+            if not os.path.isfile(obj):
+                raise ValueError(f"no such file: {os.fspath(obj)!r}")
+            src = obj
+        else:
+            raise ValueError(f"unsupported image type {type(obj).__name__}")
+        try:
+            with Image.open(src) as img:
+                size = img.size
+        except Exception as e:  # PIL raises several types for corrupt data
+            raise ValueError(f"cannot open image: {type(e).__name__}: {e}") from None
+    if size[0] <= 0 or size[1] <= 0:
+        raise ValueError(f"empty image of size {size[0]}x{size[1]}")
+    if size[0] * size[1] > max_pixels:
+        raise ValueError(f"{size[0]}x{size[1]} pixels exceeds the decompression-bomb limit {max_pixels}")
+    return size
+
+
+class PromptLength:
+    """Exact prompt token counts for a processor: ``fn(prompts, image_sizes) -> [int]``.
+
+    ``prompts`` are templated user prompts; ``image_sizes[i]`` lists ``(width, height)`` of prompt i's images.
+    The chat text is the processor's template rendered once per image count with a sentinel in place of the
+    prompt (so one template render serves every row), then tokenised in batches.
+    """
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        ip = getattr(processor, "image_processor", None)
+        self.image_processor = ip
+        self.merge = int(getattr(ip, "merge_size", 1) or 1) if ip is not None else 1
+        self._templates: dict[int, str] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str, min_pixels: int | None = None, max_pixels: int | None = None, **kwargs: Any
+    ) -> PromptLength:
+        """Load only the processor of ``path`` (hub id or directory) with the model's pixel bounds."""
+        from pathlib import Path
+
+        from transformers import AutoProcessor
+
+        from papo.models.loading import set_pixel_bounds
+
+        local = Path(str(path)).expanduser().is_dir()
+        processor = AutoProcessor.from_pretrained(str(path), local_files_only=local, **kwargs)
+        set_pixel_bounds(processor, min_pixels, max_pixels)
+        return cls(processor)
+
+    def _template(self, num_images: int) -> str:
+        if num_images not in self._templates:
+            from papo.rollout.inputs import chat_texts
+
+            text = chat_texts(self.processor, [_SENTINEL], [num_images])[0]
+            if text.count(_SENTINEL) != 1:
+                raise RuntimeError("the chat template does not copy the prompt text verbatim")
+            self._templates[num_images] = text
+        return self._templates[num_images]
+
+    def image_tokens(self, width: int, height: int) -> int:
+        """Tokens one image of this size becomes (after the processor's smart resize and patch merge)."""
+        if self.image_processor is None:
+            raise ValueError("this processor has no image processor but the prompt has images")
+        patches = self.image_processor.get_number_of_image_patches(height, width, {})
+        return int(patches) // (self.merge**2)
+
+    def __call__(self, prompts: list[str], image_sizes: list[list[tuple[int, int]]]) -> list[int]:
+        texts = [
+            self._template(len(s)).replace(_SENTINEL, p) for p, s in zip(prompts, image_sizes, strict=True)
+        ]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        # each image is one <|image_pad|> in the text; the processor expands it to image_tokens(...) tokens
+        return [
+            len(i) + sum(self.image_tokens(w, h) - 1 for w, h in sizes)
+            for i, sizes in zip(ids, image_sizes, strict=True)
+        ]
+
+
+@dataclass
+class ScanReport:
+    """What a scan found: rows kept, bad rows (row, reason), rows over the prompt limit, length stats."""
+
+    num_rows: int = 0
+    keep: list[int] = field(default_factory=list)
+    bad: list[tuple[int, str]] = field(default_factory=list)
+    too_long: list[int] = field(default_factory=list)
+    max_length: int = 0
+    mean_length: float = 0.0
+
+    def summary(self, name: str, split: str, max_prompt_length: int | None) -> str:
+        parts = [f"dataset={name} split={split}: {self.num_rows} rows, kept {len(self.keep)}"]
+        if self.bad:
+            first = "; ".join(f"row {r}: {why}" for r, why in self.bad[:3])
+            parts.append(f"skipped {len(self.bad)} bad row(s) (first: {first})")
+        if max_prompt_length is not None:
+            parts.append(
+                f"filtered {len(self.too_long)} prompt(s) longer than max_prompt_length={max_prompt_length} "
+                f"tokens (longest {self.max_length}, mean {self.mean_length:.0f})"
+            )
+        return "; ".join(parts)
+
+
+def _row_problem(problem: Any, answer: Any) -> str | None:
+    """Why the text fields are bad, or None (the rules of ``papo.data.datamodule.text_field``: None, empty,
+    not text or not UTF-8; numbers are fine answers)."""
+    from papo.data.datamodule import text_field
+
+    return text_field(problem, "problem")[1] or text_field(answer, "answer")[1]
+
+
+def _decoded(text: Any) -> str:
+    return bytes(text).decode("utf-8") if isinstance(text, (bytes, bytearray, memoryview)) else str(text)
+
+
+def scan_split(
+    hf_dataset: Any,
+    *,
+    dataset_name: str = "dataset",
+    split: str = "train",
+    prompt_template: str = "published",
+    on_bad_row: str = "error",
+    max_prompt_length: int | None = None,
+    prompt_length_fn: Callable[[list[str], list[list[tuple[int, int]]]], list[int]] | None = None,
+    max_pixels: int = 64_000_000,
+    batch_size: int = 1024,
+) -> ScanReport:
+    """Scan every row of ``hf_dataset`` (hub-convention columns). See the module docstring.
+
+    Raises:
+        ValueError: a bad row with ``on_bad_row="error"`` (names dataset, split, row, reason and the switch).
+    """
+    if on_bad_row not in ON_BAD_ROW:
+        raise ValueError(f"on_bad_row={on_bad_row!r} is unknown; valid: {list(ON_BAD_ROW)}")
+    report = ScanReport(num_rows=len(hf_dataset))
+    lengths: list[int] = []
+    table = hf_dataset.select_columns(["images", "problem", "answer"]).with_format("arrow")
+    for start in range(0, len(hf_dataset), batch_size):
+        rows = table[start : start + batch_size].to_pylist()
+        good_rows, prompts, sizes = [], [], []
+        for offset, record in enumerate(rows):
+            row = start + offset
+            reason = _row_problem(record["problem"], record["answer"])
+            row_sizes: list[tuple[int, int]] = []
+            if reason is None:
+                images = record["images"]
+                items = [] if images is None else images if isinstance(images, list) else [images]
+                for j, item in enumerate(items):
+                    try:
+                        row_sizes.append(image_size(item, max_pixels))
+                    except ValueError as e:
+                        reason = f"image {j}: {e}"
+                        break
+            if reason is not None:
+                if on_bad_row == "error":
+                    raise ValueError(
+                        f"bad row in dataset={dataset_name} split={split} row={row}: {reason}. "
+                        "Fix the data, or set data.on_bad_row=skip to drop such rows (counted and logged)."
+                    )
+                report.bad.append((row, reason))
+                continue
+            good_rows.append(row)
+            prompts.append(build_prompt(_decoded(record["problem"]), prompt_template))
+            sizes.append(row_sizes)
+        if prompt_length_fn is None or max_prompt_length is None:
+            report.keep.extend(good_rows)
+            continue
+        for row, n in zip(good_rows, prompt_length_fn(prompts, sizes), strict=True):
+            lengths.append(n)
+            (report.keep if n <= max_prompt_length else report.too_long).append(row)
+    if lengths:
+        report.max_length, report.mean_length = max(lengths), float(np.mean(lengths))
+    return report

@@ -1,0 +1,193 @@
+"""Multi-device helpers: everything here defers to Lightning's strategies and ``torch.distributed``.
+
+Scaling is Lightning's job (``configs/trainer/{ddp,ddp_sim,fsdp,deepspeed_zero2,deepspeed_zero3}.yaml``); this
+module only holds the few places where the RL update must know it runs on several ranks:
+
+- :func:`all_reduce`: the token-mean normaliser of a mini-batch is the token count summed over ranks
+  (each rank then divides by ``global / world_size`` so that DDP's gradient AVERAGE equals the global
+  token mean; :meth:`papo.models.papo_module.PapoModule._update`); DAPO's dynamic sampling takes the MIN of
+  the kept groups over ranks so all ranks update in the same step (collectives must match).
+- :func:`clip_grad_norm`: the global grad norm under DDP (plain, gradients are already all-reduced), FSDP2
+  (the norm of sharded DTensor gradients) and DeepSpeed (the engine clips inside ``step``: configure it in
+  the strategy; its norm is read back).
+- :func:`is_sharded`: HF ``generate`` on sharded weights (FSDP, ZeRO-3) must run with ``synced_gpus``.
+- :func:`fully_shard_model`: FSDP2 sharding of the policy / reference (trainer=fsdp, Lightning's
+  ``ModelParallelStrategy``; FSDP1's ``FSDPStrategy`` cannot be used: it finalises gradients when the wrapped
+  LightningModule's forward returns, but manual optimisation steps inside ``training_step``).
+- :func:`generation_context`: FSDP2 shards gathered once per rollout (HF generate).
+- :func:`check_strategy_available`: a clear error when a strategy's package is missing (DeepSpeed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+__all__ = [
+    "all_reduce",
+    "check_strategy_available",
+    "clip_grad_norm",
+    "fully_shard_model",
+    "generation_context",
+    "is_distributed",
+    "is_sharded",
+    "world_size",
+]
+
+
+def is_distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if is_distributed() else 1
+
+
+def all_reduce(value: float, op: str = "sum", device: torch.device | str | None = None) -> float:
+    """``value`` reduced over all ranks (``sum`` | ``min`` | ``max``); the value itself on one process.
+
+    ``device`` must be the rank's CUDA device under NCCL (CPU is fine under gloo).
+    """
+    if not is_distributed():
+        return float(value)
+    ops = {"sum": torch.distributed.ReduceOp.SUM, "min": torch.distributed.ReduceOp.MIN}
+    ops["max"] = torch.distributed.ReduceOp.MAX
+    if op not in ops:
+        raise ValueError(f"unknown reduce op {op!r}; valid: {sorted(ops)}")
+    if device is None or torch.distributed.get_backend() == "gloo":
+        device = "cpu"
+    t = torch.tensor(float(value), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=ops[op])
+    return float(t)
+
+
+def _strategy(trainer: Any) -> Any:
+    return getattr(trainer, "strategy", None) if trainer is not None else None
+
+
+def _strategy_kind(trainer: Any) -> str:
+    name = type(_strategy(trainer)).__name__.lower()
+    if "deepspeed" in name:
+        return "deepspeed"
+    if "modelparallel" in name:
+        return "fsdp2"
+    if "fsdp" in name:
+        return "fsdp"
+    return "other"
+
+
+def is_sharded(trainer: Any) -> bool:
+    """Whether the policy's weights are sharded over several ranks (FSDP / DeepSpeed): every forward then
+    gathers weights collectively, so generation must keep all ranks stepping (``synced_gpus``)."""
+    return _strategy_kind(trainer) in ("fsdp", "fsdp2", "deepspeed") and world_size() > 1
+
+
+def clip_grad_norm(trainer: Any, params: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm to ``max_norm`` and return the norm before clipping.
+
+    Under DeepSpeed the engine clips inside ``optimizer.step()`` (``gradient_clipping`` in the strategy
+    config); this returns its last global norm (NaN when unknown) and clips nothing.
+    """
+    kind = _strategy_kind(trainer)
+    if (
+        kind == "fsdp2"
+    ):  # gradients are sharded DTensors: the norm over all shards, then clip (TorchTitan's way)
+        params = [p for p in params if p.grad is not None]
+        total = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if hasattr(total, "full_tensor"):
+            total = total.full_tensor()
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+        return total
+    if kind == "deepspeed":
+        engine = trainer.strategy.model
+        norm = getattr(engine, "get_global_grad_norm", lambda: None)()
+        return torch.tensor(float("nan") if norm is None else float(norm))
+    return torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+
+
+@contextlib.contextmanager
+def generation_context(model: torch.nn.Module) -> Iterator[None]:
+    """FSDP2: every shard of ``model`` gathered for the duration of a rollout (a no-op otherwise).
+
+    HF ``generate`` on Qwen-VL encodes images through submodules called outside the model's ``forward``, where
+    FSDP2's hooks would not gather the root's parameters; and re-gathering each block at every decoding step
+    is slow. So all units are unsharded once (full bf16 weights on each GPU for the rollout) and resharded after.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch < 2.6
+        yield
+        return
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        yield
+        return
+    root = units[0]  # model.modules() lists the outermost unit first
+    # HF generate runs the vision tower outside the root's forward: without this, the first block to run would
+    # lazily initialise as an FSDP root of its own (FSDP2 then refuses the real root's forward)
+    state = getattr(root, "_get_fsdp_state", lambda: None)()
+    if state is not None and hasattr(state, "_lazy_init"):
+        state._lazy_init()
+    toggle = hasattr(root, "set_reshard_after_forward")
+    if toggle:
+        root.set_reshard_after_forward(False, recurse=True)  # keep them gathered between decoding steps
+    for m in units:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+        if toggle:
+            for m in units[1:]:  # back to resharding blocks after forward (the root never reshards)
+                m.set_reshard_after_forward(True, recurse=False)
+
+
+#: transformer blocks that become their own FSDP2 unit (text decoder layers + vision blocks, both families)
+SHARD_LAYER_CLASSES = (
+    "Qwen2_5_VLDecoderLayer",
+    "Qwen2_5_VLVisionBlock",
+    "Qwen3VLTextDecoderLayer",
+    "Qwen3VLVisionBlock",
+)
+
+
+def fully_shard_model(model: torch.nn.Module, mesh: Any, bf16: bool = True) -> torch.nn.Module:
+    """FSDP2 (``torch.distributed.fsdp.fully_shard``): one unit per transformer block, then the whole model.
+
+    ``bf16``: all-gather and compute in bfloat16 with float32 master weights and gradient reductions (the
+    published runs' mixed precision). Called from ``PapoModule.configure_model`` under trainer=fsdp
+    (Lightning's ``ModelParallelStrategy``, which hands the module its device mesh).
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    kwargs: dict[str, Any] = {"mesh": mesh} if mp is None else {"mesh": mesh, "mp_policy": mp}
+    n = 0
+    for module in model.modules():
+        if type(module).__name__ in SHARD_LAYER_CLASSES:
+            fully_shard(module, **kwargs)
+            n += 1
+    if n == 0:
+        raise ValueError(f"no block of {SHARD_LAYER_CLASSES} in {type(model).__name__}: cannot shard it")
+    fully_shard(model, **kwargs)
+    return model
+
+
+def check_strategy_available(strategy: Any) -> None:
+    """Raise ``ImportError`` with an install hint when ``strategy`` needs a package that is missing."""
+    target = ""
+    if isinstance(strategy, str):
+        target = strategy
+    elif isinstance(strategy, dict) or hasattr(strategy, "get"):
+        target = str(strategy.get("_target_", ""))
+    if "deepspeed" in target.lower() and importlib.util.find_spec("deepspeed") is None:
+        raise ImportError(
+            "trainer strategy DeepSpeed was selected but the deepspeed package is not installed: "
+            "pip install 'papo[deepspeed]' (needs a CUDA toolchain), or choose trainer=ddp / trainer=fsdp"
+        )

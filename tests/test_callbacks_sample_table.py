@@ -1,0 +1,44 @@
+"""The validation sample table with an offline W&B logger: a table with both images is logged, no files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from papo.callbacks.sample_table import SampleTableCallback
+from papo.evaluation.samples import collect_samples
+from test_eval_metrics import _batch, make_exp
+
+
+def test_wandb_table_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wandb = pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))  # artifact staging (table media)
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    batch = _batch(2)
+    samples: list = []
+    collect_samples(batch, make_exp([1, 0], ["count"] * 2, ["high"] * 2), False, samples, 2)
+    collect_samples(batch, make_exp([0, 0], ["count"] * 2, ["high"] * 2), True, samples, 2)
+    logger = WandbLogger(project="papo-test", save_dir=str(tmp_path), offline=True)
+    cb = SampleTableCallback(num_samples=2, dirpath=str(tmp_path / "files"))
+    trainer = SimpleNamespace(
+        loggers=[logger],
+        is_global_zero=True,
+        sanity_checking=False,
+        global_step=4,
+        default_root_dir=str(tmp_path),
+    )
+    try:
+        cb.on_validation_end(trainer, SimpleNamespace(val_samples=samples))
+        run_dir = Path(logger.experiment.dir).parent
+    finally:
+        wandb.finish()
+    tables = list(run_dir.glob("files/media/table/val/samples_*.table.json"))
+    assert tables, f"no table in {run_dir}"
+    assert '"image_masked"' in tables[0].read_text()
+    assert not (tmp_path / "files").exists()  # write_files=auto: W&B attached, no Markdown

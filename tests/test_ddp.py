@@ -1,0 +1,150 @@
+"""Data parallelism through Lightning on CPU (gloo): the real multi-process path.
+
+- ``python src/train.py trainer=ddp_sim`` runs 2 RL steps on 2 processes; both ranks must end with identical
+  policy weights (papo.callbacks.rank_sync writes each rank's parameter hash), the weights must have moved,
+  and the train sampler must have given the ranks disjoint prompts (so groups never span ranks).
+- The token-mean normaliser: with each rank dividing by (token count all-reduced over ranks) / world size,
+  DDP's gradient average equals the gradient of ONE token mean over all ranks' tokens, even when the ranks
+  hold different numbers of tokens (checked against a single-process computation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_two_rl_steps_identical_weights(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "sync"
+    cmd = [
+        sys.executable,
+        str(ROOT / "src" / "train.py"),
+        "trainer=ddp_sim",
+        "trainer.max_steps=2",
+        "trainer.enable_progress_bar=false",
+        "warm_start=none",
+        "callbacks=[rank_sync]",
+        f"callbacks.rank_sync.output_dir={out}",
+        "logger=none",
+        "validate_before=false",
+        "validate_after=false",
+        "data.batch_size=2",
+        "data.train_dataset.size=16",
+        "data.val_dataset.size=4",
+        "data.test_dataset.size=4",
+        "algo.group_size=2",
+        "rollout.max_new_tokens=4",
+        "optim.lr=1e-3",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    env = {
+        **os.environ,
+        "PAPO_CACHE_DIR": str(cache_dir),
+        "WANDB_MODE": "offline",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "MASTER_PORT": str(_free_port()),
+    }
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and [r["global_step"] for r in ranks] == [2, 2]
+    assert ranks[0]["start_digest"] == ranks[1]["start_digest"]
+    assert ranks[0]["end_digest"] == ranks[1]["end_digest"], "ranks diverged"
+    assert ranks[0]["end_digest"] != ranks[0]["start_digest"], "no update reached the weights"
+    uids = [set(r["uids"]) for r in ranks]
+    assert all(len(u) == 4 for u in uids), "2 steps x 2 prompts per rank"
+    assert not uids[0] & uids[1], "the sampler must shard prompts: each group lives on one rank"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _token_mean_worker(rank: int, world: int, port: int, queue) -> None:  # pragma: no cover - subprocess
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model, inputs = _toy_problem(rank)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        loss = _pg_loss(ddp, inputs, distributed=True)
+        loss.backward()
+        queue.put((rank, model.weight.grad.tolist()))  # plain lists: no shared-memory handles
+    finally:
+        dist.destroy_process_group()
+
+
+def _toy_problem(rank: int):
+    """A linear 'policy' over token features; rank r holds a batch with a different token count."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1, bias=False)
+    g = torch.Generator().manual_seed(100 + rank)
+    B, T = 2, 5
+    feats = torch.randn(B, T, 3, generator=g)
+    mask = torch.zeros(B, T)
+    lengths = [5, 1] if rank == 0 else [2, 3]  # 6 vs 5 tokens: unequal on purpose
+    for b, n in enumerate(lengths):
+        mask[b, :n] = 1
+    advantages = torch.randn(B, 1, generator=g).expand(B, T)
+    old = torch.full((B, T), -0.7)
+    return model, (feats, mask, advantages, old)
+
+
+def _pg_loss(model, inputs, distributed: bool) -> torch.Tensor:
+    from papo.losses.base import LossInputs
+    from papo.losses.policy_gradient import PolicyGradientLoss
+    from papo.utils.distributed import all_reduce, world_size
+
+    feats, mask, adv, old = inputs
+    logps = torch.nn.functional.logsigmoid(model(feats).squeeze(-1))  # (B, T)
+    # what PapoModule._update passes: the mini-batch token count all-reduced over ranks, / world size
+    num_tokens = all_reduce(float(mask.sum()), "sum") / world_size() if distributed else float(mask.sum())
+    inp = LossInputs(logps, old, adv, mask, agg_mode="token-mean", num_tokens=num_tokens)
+    loss, _ = PolicyGradientLoss("ppo_clip", 0.2, 0.28, 3.0)(inp)
+    return loss
+
+
+@pytest.mark.slow
+def test_all_reduced_token_count_gives_the_global_token_mean_gradient() -> None:
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [ctx.Process(target=_token_mean_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    grads = {r: torch.tensor(g) for r, g in (queue.get() for _ in procs)}
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    torch.testing.assert_close(grads[0], grads[1])  # DDP all-reduced them
+
+    # one process, one token mean over BOTH ranks' tokens
+    model, a = _toy_problem(0)
+    _, b = _toy_problem(1)
+    joint = tuple(torch.cat([x, y]) for x, y in zip(a, b, strict=True))
+    _pg_loss(model, joint, distributed=False).backward()
+    torch.testing.assert_close(grads[0], model.weight.grad)
+
+    # the naive per-rank token mean (each rank its own count) would weight tokens unequally
+    naive = []
+    for rank in (0, 1):
+        m, inputs = _toy_problem(rank)
+        _pg_loss(m, inputs, distributed=False).backward()
+        naive.append(m.weight.grad)
+    assert not torch.allclose((naive[0] + naive[1]) / 2, model.weight.grad)

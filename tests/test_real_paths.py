@@ -1,0 +1,256 @@
+"""The paths researchers run on GPUs, exercised on CPU: the published experiment configs (each runs one RL step
+with its model swapped for the tiny stand-in of the same architecture and its hub dataset for a local parquet
+file with the same columns), the Qwen2.5-VL / Qwen3-VL stand-ins, LoRA with the reference = base model with
+adapters disabled, and clear errors for backends/strategies whose package is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from papo.config_validation import ConfigError, validate_config
+from papo.data.digits import build_digits_split
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+#: every experiment of configs/experiment except the embedded ones and the shared _published fragment
+EXPERIMENTS = sorted(
+    p.stem for p in (CONFIGS / "experiment").glob("*.yaml") if not p.stem.startswith(("_", "embedded"))
+)
+
+
+def compose_run_cfg(make_cfg, name: str, data_file: str, out: Path, extra: list[str] | None = None):
+    """``experiment=name`` on CPU: the tiny stand-in of its model family (all other model options kept), its
+    hub datasets replaced by ``data_file`` (same columns), one rollout batch of 3 prompts, short responses."""
+    return make_cfg(
+        [
+            f"experiment={name}",
+            "trainer=cpu",
+            "trainer.devices=1",
+            "trainer.num_nodes=1",
+            "trainer.max_steps=3",  # one rollout batch = 3 optimiser steps (algo.num_minibatches)
+            "trainer.val_check_interval=null",
+            "trainer.enable_progress_bar=false",
+            "model.stand_in=tiny",
+            "model.min_pixels=3136",  # the stand-in's 4 image tokens per 56 px image
+            "model.max_pixels=12544",
+            f"data.train_dataset.source={data_file}",
+            f"data.val_dataset.source={data_file}",
+            "data.val_dataset.limit=4",
+            "data.batch_size=3",
+            "data.num_workers=0",
+            "algo.group_size=2",
+            "algo.micro_batch_size=4",
+            "algo.dynamic_sampling.enabled=false",  # a random-init policy never solves a group
+            "rollout.max_new_tokens=4",
+            "rollout.max_prompt_length=512",
+            "validate_before=false",
+            "validate_after=false",
+            # random-init stand-in: rewards are ~0, so most steps move the weights by weight decay only;
+            # a larger lr makes that visible in float32 (1e-6 * 1e-2 is below float32 resolution)
+            "optim.lr=1e-3",
+            "logger=none",
+            "callbacks=[rank_sync]",
+            f"callbacks.rank_sync.output_dir={out / 'sync'}",
+            *(extra or []),
+        ],
+        tiny=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def local_parquet(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A local file with ViRL39K's columns (images, problem, answer) and real (digit) images."""
+    path = tmp_path_factory.mktemp("local_data") / "virl39k_like.parquet"
+    build_digits_split("train", 12, seed=0).select_columns(["images", "problem", "answer"]).to_parquet(
+        str(path)
+    )
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------ composition
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_with_the_published_hyperparameters(name: str) -> None:
+    from conftest import compose_cfg
+
+    header = (CONFIGS / "experiment" / f"{name}.yaml").read_text().splitlines()
+    assert header[0] == "# @package _global_"
+    assert any(f"python src/train.py experiment={name}" in line for line in header[:4]), "command comment"
+    assert any("Hardware:" in line and "H100" in line for line in header[:5]), "hardware comment"
+    cfg = compose_cfg([f"experiment={name}"])
+    validate_config(cfg)
+    assert cfg.algo.group_size == 5 and cfg.algo.num_minibatches == 3 and cfg.algo.ppo_epochs == 1
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip) == (1e-6, 1e-2, 1.0)
+    r = cfg.rollout
+    assert (r.temperature, r.top_p, r.max_new_tokens, r.max_prompt_length) == (1.0, 0.99, 2048, 4096)
+    assert cfg.warm_start.enabled is False and cfg.data.dataset_name == "virl39k"
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_steps == 606
+    devices = int(cfg.trainer.devices)
+    assert cfg.data.batch_size * devices == 384
+    if "qwen3" not in name:
+        assert (cfg.model.min_pixels, cfg.model.max_pixels) == (256 * 28 * 28, 1280 * 28 * 28)
+        assert devices == (4 if name.endswith("7b") else 2)
+    assert (cfg.algo.kl_coef == 0) == ("nokl" in name or name.startswith(("dapo", "papo_d")))
+    gamma = {"papo_g": 0.02, "papo_d": 0.01}.get(cfg.loss.name.removesuffix("_7b"))
+    if gamma is not None:
+        assert cfg.loss.gamma == gamma
+    if name == "papo_g_7b" or name == "papo_g_nokl_7b":
+        assert (cfg.loss.eta_real, cfg.loss.eta_masked) == (0.05, 0.05)
+
+
+@pytest.mark.parametrize(
+    "group", ["data=geometry3k", "data=mmk12", "data=clevr_count", "data=mathverse", "data=digits"]
+)
+def test_data_configs_compose(group: str) -> None:
+    from conftest import compose_cfg
+
+    cfg = compose_cfg([group])
+    assert cfg.data._target_ == "papo.data.datamodule.PapoDataModule" and cfg.data.val_dataset is not None
+
+
+# ------------------------------------------------------------------------------------------ one RL step
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_runs_one_rl_step_on_stand_ins(
+    name: str, local_parquet: str, make_cfg, tmp_path: Path
+) -> None:
+    from papo.pipeline import train
+
+    cfg = compose_run_cfg(make_cfg, name, local_parquet, tmp_path)
+    train(cfg)
+    rec = json.loads((tmp_path / "sync" / "rank0.json").read_text())
+    assert rec["global_step"] == 3  # one rollout batch = num_minibatches (3) optimiser steps
+    assert rec["start_digest"] != rec["end_digest"], "the optimiser must have stepped the policy"
+
+
+# ------------------------------------------------------------------------------------------ stand-ins
+@pytest.mark.parametrize(
+    ("family", "cls", "proc_cls"),
+    [
+        ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
+        ("qwen3_vl", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
+    ],
+)
+def test_stand_ins_are_the_real_classes(family: str, cls: str, proc_cls: str, cache_dir: Path) -> None:
+    from papo.models.loading import generation_suppress_token_ids, load_policy
+    from papo.models.stand_in import ensure_stand_in
+    from papo.rollout.inputs import chat_texts, encode_prompts
+
+    path = ensure_stand_in(family, cache_dir / "models")
+    model, proc = load_policy(path, gradient_checkpointing=True, freeze_vision_tower=True)
+    assert type(model).__name__ == cls and type(proc).__name__ == proc_cls
+    tok = proc.tokenizer
+    suppressed = set(tok.convert_ids_to_tokens(generation_suppress_token_ids(proc)))
+    assert "<|image_pad|>" in suppressed and "<|im_end|>" not in suppressed
+    assert "<think>" not in suppressed  # an added token in Qwen3: must stay sampleable
+    if family == "qwen3_vl":
+        assert "<think>" in tok.get_added_vocab()
+    img = build_digits_split("val", 1, seed=0)[0]["images"]
+    from papo.data.images import load_images
+
+    texts = chat_texts(proc, ["What is the sum?"], [1])
+    assert texts[0].startswith("<|im_start|>") and texts[0].endswith("<|im_start|>assistant\n")
+    enc = encode_prompts(proc, texts, [load_images(img)])
+    assert "mm_token_type_ids" in enc and int(enc["mm_token_type_ids"].sum()) == 4  # 4 image tokens
+    out = model.generate(**enc, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > enc["input_ids"].shape[1]
+
+
+# ------------------------------------------------------------------------------------------ LoRA
+def test_lora_reference_is_the_base_model_with_adapters_disabled(cache_dir: Path) -> None:
+    from papo.models.loading import is_lora, load_policy
+    from papo.models.stand_in import ensure_stand_in
+    from papo.rollout.inputs import chat_texts, encode_prompts
+
+    path = ensure_stand_in("qwen3_vl", cache_dir / "models")
+    lora = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": None, "vision": False}
+    model, proc = load_policy(path, lora=lora)
+    base, _ = load_policy(path)
+    assert is_lora(model) and not is_lora(base)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any("visual" in n for n in trainable)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)  # adapters that change the output
+    from papo.data.images import load_images
+
+    img = load_images(build_digits_split("val", 1, seed=0)[0]["images"])
+    enc = encode_prompts(proc, chat_texts(proc, ["What?"], [1]), [img])
+    with torch.no_grad():
+        ref = base(**enc).logits
+        with model.disable_adapter():
+            disabled = model(**enc).logits
+        adapted = model(**enc).logits
+    torch.testing.assert_close(disabled, ref)
+    assert not torch.allclose(adapted, ref)
+
+
+@pytest.mark.slow
+def test_lora_training_keeps_one_model_and_only_moves_adapters(
+    local_parquet: str, make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from papo.models import papo_module
+    from papo.pipeline import train
+
+    cfg = compose_run_cfg(make_cfg, "grpo_3b", local_parquet, tmp_path, ["model.lora.rank=4"])
+    captured = {}
+    original = papo_module.PapoModule.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        captured["m"] = self
+        captured["before"] = {k: v.detach().clone() for k, v in self.policy.named_parameters()}
+
+    monkeypatch.setattr(papo_module.PapoModule, "__init__", spy)
+    train(cfg)
+    m = captured["m"]
+    assert m.needs_ref and m.reference is None  # KL against the base model, no second copy
+    changed = {
+        k for k, v in m.policy.named_parameters() if not torch.equal(v.detach(), captured["before"][k])
+    }
+    assert changed and all("lora_" in k for k in changed)
+
+
+# ------------------------------------------------------------------------------------------ missing packages
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_vllm_backend_without_vllm_is_a_clear_error(make_cfg) -> None:
+    cfg = make_cfg(["rollout=vllm"])
+    with pytest.raises(ConfigError, match=r"rollout=vllm needs vLLM.*pip install 'papo\[vllm\]'"):
+        validate_config(cfg)
+    from papo.rollout.vllm_backend import VLLMEngine
+
+    with pytest.raises(ImportError, match="not installed"):
+        VLLMEngine("any/model")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed")
+@pytest.mark.parametrize("trainer", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_deepspeed_without_deepspeed_is_a_clear_error(trainer: str, make_cfg) -> None:
+    cfg = make_cfg([f"trainer={trainer}"])
+    assert cfg.trainer.strategy.config.zero_optimization.stage == int(trainer[-1])
+    with pytest.raises(ConfigError, match=r"deepspeed package is not installed.*papo\[deepspeed\]"):
+        validate_config(cfg)
+
+
+def test_sharded_trainer_configs_compose(make_cfg, cache_dir: Path) -> None:
+    from papo.models.loading import load_policy
+    from papo.models.stand_in import ensure_stand_in
+    from papo.utils.distributed import SHARD_LAYER_CLASSES
+
+    for name in ("ddp", "ddp_sim", "fsdp"):
+        cfg = make_cfg([f"trainer={name}"])
+        validate_config(cfg)
+        assert cfg.trainer.use_distributed_sampler is False
+    cfg = make_cfg(["trainer=fsdp", "trainer.devices=4", "trainer.num_nodes=2"])
+    assert cfg.trainer.strategy._target_.endswith("ModelParallelStrategy")
+    assert cfg.trainer.strategy.data_parallel_size == 8 and cfg.trainer.strategy.tensor_parallel_size == 1
+    # FSDP2 finds blocks to shard (text decoder + vision tower) in both families
+    for family in ("qwen2_5_vl", "qwen3_vl"):
+        model, _ = load_policy(ensure_stand_in(family, cache_dir / "models"))
+        names = {type(m).__name__ for m in model.modules()} & set(SHARD_LAYER_CLASSES)
+        assert len(names) == 2, (family, names)
