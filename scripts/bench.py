@@ -1,8 +1,9 @@
 """Speed and memory benchmark: TRL's ``GRPOTrainer`` vs our GRPO/DAPO step vs our PAPO step, at equal work.
 
-    python scripts/bench.py                                   # full measurement (quiet machine, ~10-20 min)
-    python scripts/bench.py --models tiny --steps 2 --warmup 1 --prompts 2 --group-size 2 \\
-        --max-new-tokens 8 --skip-trl                         # smoke run (< 1 min)
+    python scripts/bench.py                                   # full measurement (quiet machine, ~5-10 min)
+    python scripts/bench.py --models tiny --rounds 1 --steps 2 --warmup 1 --prompts 2 --group-size 2 \\
+        --max-new-tokens 8 --threads 1 --skip-trl             # smoke run (< 1 min)
+    python scripts/bench.py --sides trl,grpo,papo,grpo_base,papo_base   # + ours with the speed-ups off
 
 What runs, side by side, on the same embedded Qwen2.5-VL (``tiny`` ~0.4M and ``small`` ~14M parameters,
 papo.models.tiny_vlm), the same prompts and images (papo.data.synthetic), the same G, prompt and response
@@ -12,12 +13,15 @@ gradient checkpointing, one optimiser step per rollout batch, no reference model
 
 * ``trl``:  TRL ``GRPOTrainer`` (``use_vllm=False``, ``bf16=False``, ``loss_type="dapo"``, ``beta=0``,
   ``num_iterations=1``, ``steps_per_generation=1``, ``gradient_accumulation_steps=1``: one generation batch per
-  optimiser step and no old-log-prob pass);
+  optimiser step and no old-log-prob pass; ``activation_checkpointing=False``, since TRL defaults it ON);
 * ``grpo``: our ``PapoModule`` under a minimal Lightning ``Trainer``, ``algo=dapo`` without dynamic sampling,
   ``loss=none`` (one update per rollout batch, the first update reuses its own log-probs as old ones);
-* ``papo``: the same plus the masked-image forward and both PAPO loss terms (``loss=papo``).
+* ``papo``: the same plus the masked-image forward and both PAPO loss terms (``loss=papo``);
+* ``grpo_base`` / ``papo_base`` (optional): ours with docs/performance.md's speed-ups turned off (per-tensor
+  AdamW; images encoded once per sequence in generation), to show what they bought.
 
-Each (model, side) runs in its own subprocess, so peak resident memory (``ru_maxrss``) is per side. Per step
+Each (model, side, round) runs in its own subprocess, so peak resident memory (``ru_maxrss``) is per side;
+``--rounds`` repeats the sides in alternating order and pools their steps (robust to load drift). Per step
 (after ``--warmup`` discarded steps) it records wall seconds between consecutive step ends, response tokens
 per second and time per phase: ``generate`` (HF ``generate`` itself), ``score`` (reward calls),
 ``rollout_other`` (chat template, processor, decoding, batching), ``logp_nograd`` (no-grad log-prob passes:
@@ -64,6 +68,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 SIDES = ("trl", "grpo", "papo")
+# ablations: our sides with this branch's speed-ups turned off (what each change bought)
+BASE_SIDES = ("grpo_base", "papo_base")
 PHASES = ("generate", "score", "rollout_other", "logp_nograd", "forward", "backward", "other")
 
 
@@ -200,8 +206,9 @@ def our_overrides(args: argparse.Namespace, side: str) -> list[str]:
         "algo.ppo_epochs=1",
         f"rollout.max_new_tokens={args.max_new_tokens}",
         f"rollout.min_new_tokens={args.max_new_tokens}",
-        f"rollout.generation_batch_size={n}",
-        f"loss={'papo' if side == 'papo' else 'none'}",
+        # *_base: a chunk size that is no multiple of G turns off per-prompt generation (images encoded G times)
+        f"rollout.generation_batch_size={n + 1 if side.endswith('_base') and args.group_size > 1 else n}",
+        f"loss={'papo' if side.startswith('papo') else 'none'}",
         "warm_start=none",
         "logger=none",
         "callbacks=none",
@@ -385,6 +392,7 @@ def measure_module(
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     clock = Clock(sync)
     # finer phases inside the module's "generate" (= whole rollout) timer
+    originals = collect.hf_generate, collect.score_batch
     collect.hf_generate = clock.timed("generate", collect.hf_generate)
     collect.score_batch = clock.timed("score", collect.score_batch)
     pending: list[dict[str, float]] = []
@@ -444,14 +452,26 @@ def measure_module(
         limit_val_batches=0,
         callbacks=[StepClock()],
     )
-    trainer.fit(module, train_dataloaders=loader)
+    try:
+        trainer.fit(module, train_dataloaders=loader)
+    finally:
+        collect.hf_generate, collect.score_batch = originals
     phases = [finish_phases(s, p) for s, p in zip(clock.steps, clock.phases, strict=True)]
     return clock.steps, phases
 
 
 def run_ours(args: argparse.Namespace, side: str) -> dict[str, Any]:
     import psutil
+    import torch
 
+    if side.endswith("_base"):  # the per-tensor AdamW loop instead of the fused kernel
+
+        class UnfusedAdamW(torch.optim.AdamW):
+            def __init__(self, *a: Any, **k: Any) -> None:
+                k.pop("fused", None)
+                super().__init__(*a, **k)
+
+        torch.optim.AdamW = UnfusedAdamW
     module, model_dir = build_module(args, side)
     batches = build_batches(args)
     rss_setup = psutil.Process().memory_info().rss
@@ -461,7 +481,7 @@ def run_ours(args: argparse.Namespace, side: str) -> dict[str, Any]:
         "phases": phases,
         "rss_setup": rss_setup,
         "model_dir": str(model_dir),
-        **flop_info(module.policy, module.processor, batches, args, masked_forward=side == "papo"),
+        **flop_info(module.policy, module.processor, batches, args, masked_forward=side.startswith("papo")),
     }
 
 
@@ -544,7 +564,9 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         lr_scheduler_type="constant",
         weight_decay=cfg.optim.weight_decay,
         max_grad_norm=cfg.optim.grad_clip,
-        max_steps=len(batches),  # gradient checkpointing: off by default
+        max_steps=len(batches),
+        # TRL's configs default to gradient checkpointing ON: off, like ours (no recompute)
+        activation_checkpointing=False,
         shuffle_dataset=False,
         mask_truncated_completions=False,
         report_to="none",
@@ -580,6 +602,10 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
             clock.end(raw)
 
     trainer.add_callback(StepClock())
+    if getattr(model, "is_activation_checkpointing", False) or getattr(
+        model, "is_gradient_checkpointing", False
+    ):
+        raise RuntimeError("TRL turned gradient checkpointing on: the sides would not do equal work")
     rss_setup = psutil.Process().memory_info().rss
     trainer.train()
     import trl
@@ -611,13 +637,15 @@ def worker(args: argparse.Namespace) -> None:
 # ==========================================================================================================
 # Driver: run the workers, summarise, print, save
 # ==========================================================================================================
-def summarise(res: dict[str, Any], args: argparse.Namespace, rate: float) -> dict[str, Any]:
-    steps = res["step_s"][args.warmup :]
-    phases = res["phases"][args.warmup :]
+def summarise(runs: list[dict[str, Any]], args: argparse.Namespace, rate: float) -> dict[str, Any]:
+    """Pool the post-warm-up steps of every round of one (model, side); peak RSS is the largest round's."""
+    steps = [x for r in runs for x in r["step_s"][args.warmup :]]
+    phases = [x for r in runs for x in r["phases"][args.warmup :]]
     med = statistics.median(steps)
     q = statistics.quantiles(steps, n=4) if len(steps) >= 2 else [steps[0]] * 3
     tokens = args.prompts * args.group_size * args.max_new_tokens
-    floor_s = res["flops"]["total"] / rate
+    flops = runs[0]["flops"]
+    floor_s = flops["total"] / rate
     return {
         "step_s_median": med,
         "step_s_p25": q[0],
@@ -627,12 +655,12 @@ def summarise(res: dict[str, Any], args: argparse.Namespace, rate: float) -> dic
         "steps_measured": len(steps),
         "response_tokens_per_s": tokens / med,
         "phase_s_median": {p: statistics.median(x[p] for x in phases) for p in PHASES},
-        "peak_rss_mb": res["peak_rss"] / 2**20,
-        "setup_rss_mb": res["rss_setup"] / 2**20,
-        "flops_per_step": res["flops"],
+        "peak_rss_mb": max(r["peak_rss"] for r in runs) / 2**20,
+        "setup_rss_mb": max(r["rss_setup"] for r in runs) / 2**20,
+        "flops_per_step": flops,
         "floor_s": floor_s,
         "mfu": floor_s / med,
-        "params": res["params"],
+        "params": runs[0]["params"],
     }
 
 
@@ -645,7 +673,7 @@ def print_table(results: dict[str, dict[str, dict]], rates: list[float], args: a
     print(
         f"work per step: {args.prompts} prompts x G={args.group_size} = {args.prompts * args.group_size} sequences, "
         f"{args.max_new_tokens} response tokens each (forced), images {args.image_size}px; "
-        f"{args.steps} measured steps after {args.warmup} warm-up"
+        f"{args.rounds} rounds x {args.steps} measured steps (each after {args.warmup} warm-up), pooled"
     )
     head = (
         f"{'model':<6} {'side':<5} {'s/step':>7} {'p25-p75':>13} {'min-max':>13} {'tok/s':>7} {'floor s':>8} "
@@ -682,6 +710,10 @@ def print_table(results: dict[str, dict[str, dict]], rates: list[float], args: a
             parts.append(
                 f"PAPO/GRPO step time {ok['papo']['step_s_median'] / ok['grpo']['step_s_median']:.2f}x"
             )
+        for side in ("grpo", "papo"):
+            if side in ok and f"{side}_base" in ok:
+                speedup = ok[f"{side}_base"]["step_s_median"] / ok[side]["step_s_median"]
+                parts.append(f"{side.upper()} speed-ups bought {speedup:.2f}x")
         print(f"  {model}: " + ("; ".join(parts) or "n/a"))
 
 
@@ -703,10 +735,17 @@ def main() -> None:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     ap.add_argument("--models", default="tiny,small", help="comma list of embedded sizes: tiny,small")
-    ap.add_argument("--sides", default=",".join(SIDES), help="comma list of: trl,grpo,papo")
+    ap.add_argument(
+        "--sides",
+        default=",".join(SIDES),
+        help="comma list of: trl,grpo,papo (+ grpo_base,papo_base: ours with the speed-ups of docs/performance.md off)",
+    )
     ap.add_argument("--skip-trl", action="store_true", help="drop the TRL side (e.g. TRL not installed)")
-    ap.add_argument("--steps", type=int, default=10, help="measured steps (>= 5 for the report)")
+    ap.add_argument("--steps", type=int, default=6, help="measured steps per round (rounds x steps >= 5)")
     ap.add_argument("--warmup", type=int, default=2, help="steps run first and discarded")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="worker runs per side, in alternating order (steps are pooled)"
+    )
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
     ap.add_argument("--group-size", type=int, default=4, help="G, responses per prompt")
     ap.add_argument("--max-new-tokens", type=int, default=64, help="response length (forced on every side)")
@@ -732,9 +771,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     sides = [s for s in args.sides.split(",") if s and not (args.skip_trl and s == "trl")]
-    unknown = sorted(set(sides) - set(SIDES))
+    unknown = sorted(set(sides) - set(SIDES) - set(BASE_SIDES))
     if unknown:
-        ap.error(f"unknown sides {unknown}; valid: {list(SIDES)}")
+        ap.error(f"unknown sides {unknown}; valid: {list(SIDES + BASE_SIDES)}")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else ROOT / "logs" / "bench" / f"bench-{stamp}.json"
     log_dir = out.with_suffix("")
@@ -742,44 +781,55 @@ def main() -> None:
     rates = [matmul_rate()]
     raw: dict[str, dict[str, Any]] = {}
     for model in args.models.split(","):
-        raw[model] = {}
-        for side in sides:
-            result = log_dir / f"{model}-{side}.json"
-            log = log_dir / f"{model}-{side}.log"
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--model", model]
-            cmd += ["--result", str(result)]
-            for k in (
-                "steps",
-                "warmup",
-                "prompts",
-                "group_size",
-                "max_new_tokens",
-                "image_size",
-                "threads",
-                "lr",
-            ):
-                cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
-            cmd += ["--seed", str(args.seed), "--reward", args.reward]
-            print(f"[bench] {model}/{side} ... (log: {log})", flush=True)
-            t0 = time.perf_counter()
-            with open(log, "w") as fh:
-                try:
-                    rc = subprocess.run(
-                        cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=args.timeout
-                    ).returncode
-                except subprocess.TimeoutExpired:
-                    rc = "timeout"
-            if rc != 0 or not result.is_file():
-                tail = log.read_text().strip().splitlines()[-15:]
-                print(f"[bench] {model}/{side} failed (rc={rc}):\n  " + "\n  ".join(tail), flush=True)
-                raw[model][side] = {"error": f"rc={rc}; see {log}"}
-                continue
-            raw[model][side] = json.loads(result.read_text())
-            print(f"[bench] {model}/{side} done in {time.perf_counter() - t0:.0f}s", flush=True)
-    rates.append(matmul_rate())
+        raw[model] = {side: [] for side in sides}
+        for rnd in range(
+            args.rounds
+        ):  # alternate the order so slow drifts of the machine hit every side alike
+            for side in sides if rnd % 2 == 0 else sides[::-1]:
+                if raw[model][side] and "error" in raw[model][side][-1]:
+                    continue
+                name = f"{model}-{side}-r{rnd}"
+                result, log = log_dir / f"{name}.json", log_dir / f"{name}.log"
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--model", model]
+                cmd += ["--result", str(result), "--seed", str(args.seed), "--reward", args.reward]
+                for k in (
+                    "steps",
+                    "warmup",
+                    "prompts",
+                    "group_size",
+                    "max_new_tokens",
+                    "image_size",
+                    "threads",
+                    "lr",
+                ):
+                    cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+                print(f"[bench] {name} ... (log: {log})", flush=True)
+                t0 = time.perf_counter()
+                with open(log, "w") as fh:
+                    try:
+                        rc = subprocess.run(
+                            cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=args.timeout
+                        ).returncode
+                    except subprocess.TimeoutExpired:
+                        rc = "timeout"
+                if rc != 0 or not result.is_file():
+                    tail = log.read_text().strip().splitlines()[-15:]
+                    print(f"[bench] {name} failed (rc={rc}):\n  " + "\n  ".join(tail), flush=True)
+                    raw[model][side].append({"error": f"rc={rc}; see {log}"})
+                    continue
+                raw[model][side].append(json.loads(result.read_text()))
+                print(f"[bench] {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
+            rates.append(matmul_rate())
     rate = statistics.median(rates)
     summary = {
-        m: {s: (r if "error" in r else summarise(r, args, rate)) for s, r in sides_.items()}
+        m: {
+            s: (
+                {"error": runs[-1]["error"]}
+                if any("error" in r for r in runs)
+                else summarise(runs, args, rate)
+            )
+            for s, runs in sides_.items()
+        }
         for m, sides_ in raw.items()
     }
     print_table(summary, rates, args)

@@ -59,6 +59,7 @@ export PAPO_CACHE_DIR="${PAPO_CACHE_DIR:-$PWD/.cache}"
 
 exec "$PY" - "$@" <<'PYEOF'
 """bench_gpu: see scripts/bench_gpu.sh's header."""
+
 import argparse
 import datetime as dt
 import gc
@@ -132,7 +133,10 @@ device = torch.device("cuda" if cuda else "cpu")
 card = torch.cuda.get_device_name(0) if cuda else "cpu"
 import transformers  # noqa: E402
 
-print(f"[bench_gpu] device {card}; torch {torch.__version__}, transformers {transformers.__version__}", flush=True)
+print(
+    f"[bench_gpu] device {card}; torch {torch.__version__}, transformers {transformers.__version__}",
+    flush=True,
+)
 
 
 def build_policy(tokenizer):
@@ -233,6 +237,8 @@ def main() -> None:
         module.policy = None  # keep the shared policy alive, free this module's optimiser state
         del module
         gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
     rates.append(matmul_bf16())
     rate = statistics.median([r for r in rates if r]) if any(rates) else None
     for r in results.values():
@@ -244,8 +250,12 @@ def main() -> None:
         f"grad ckpt {'off' if args.no_grad_ckpt else 'on'}, bf16 params"
     )
     if rate:
-        print(f"measured bf16 matmul (8192^3): {rate / 1e12:.0f} TFLOP/s; MFU below is vs {args.peak_tflops:.0f} peak")
-    head = f"{'side':<5} {'s/step':>7} {'min-max':>15} {'tok/s':>7} {'TFLOP/s':>8} {'MFU':>6} {'GPU GiB':>8} | "
+        print(
+            f"measured bf16 matmul (8192^3): {rate / 1e12:.0f} TFLOP/s; MFU below is vs {args.peak_tflops:.0f} peak"
+        )
+    head = (
+        f"{'side':<5} {'s/step':>7} {'min-max':>15} {'tok/s':>7} {'TFLOP/s':>8} {'MFU':>6} {'GPU GiB':>8} | "
+    )
     head += " ".join(f"{p[:8]:>8}" for p in bench.PHASES)
     print(head)
     print("-" * len(head))
@@ -257,7 +267,9 @@ def main() -> None:
             f"{mem} | " + " ".join(f"{r['phase_s_median'][p]:>8.2f}" for p in bench.PHASES)
         )
     if "grpo" in results and "papo" in results:
-        print(f"PAPO/GRPO step time: {results['papo']['step_s_median'] / results['grpo']['step_s_median']:.2f}x")
+        print(
+            f"PAPO/GRPO step time: {results['papo']['step_s_median'] / results['grpo']['step_s_median']:.2f}x"
+        )
     report = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "commit": bench.git_commit(),

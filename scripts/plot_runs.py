@@ -187,6 +187,7 @@ class Panel:
     logy: bool | None = None  # None: log scale when positive values span > 30x
     fallback: list[tuple[str, str, str]] | None = None  # used when no run logged ``series``
     note: str = ""
+    zero_note: str = ""  # shown when every logged value is exactly 0
 
 
 PANELS = [
@@ -235,6 +236,8 @@ PANELS = [
             ("train/pg/clipfrac_low", "--", "low side"),
         ],
         logy=False,
+        zero_note="all 0: one on-policy update per rollout batch (ratio = 1);\n"
+        "clipping needs algo.num_minibatches > 1 or algo.ppo_epochs > 1",
     ),
 ]
 
@@ -245,7 +248,7 @@ def draw_panel(ax: Any, panel: Panel, runs: list[Run], smooth: float) -> bool:
     series = panel.series
     if not any(r.series(k) is not None for r in runs for k, _, _ in series) and panel.fallback:
         series = panel.fallback
-    drawn, positives = False, []
+    drawn, positives, nonzero = False, [], False
     for i, run in enumerate(runs):
         for j, (key, style, what) in enumerate(series):
             # one run: a colour per metric; several runs: a colour per run, a line style per metric
@@ -261,6 +264,7 @@ def draw_panel(ax: Any, panel: Panel, runs: list[Run], smooth: float) -> bool:
             s = run.series(key)
             if s is not None:
                 positives.extend(float(v) for v in s.values if v > 0)
+                nonzero |= bool((s != 0).any())
         step = _collapse_step(run)
         if step is not None:
             ax.axvline(step, color="red", linestyle=":", linewidth=1.2)
@@ -275,6 +279,17 @@ def draw_panel(ax: Any, panel: Panel, runs: list[Run], smooth: float) -> bool:
             )
     if not drawn:
         ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
+    elif not nonzero and panel.zero_note:
+        ax.text(
+            0.5,
+            0.3,
+            panel.zero_note,
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="grey",
+            fontsize=8,
+        )
     logy = panel.logy
     if logy is None:
         logy = len(positives) > 1 and max(positives) / max(min(positives), 1e-12) > 30

@@ -5,6 +5,9 @@
     python scripts/reproduce.py --quick      # 6 arms x 3 seeds, ~14 min (<= 20 min) on 2 CPU cores
     python scripts/reproduce.py --dry-run    # print the commands and the expected time, run nothing
     python scripts/reproduce.py --report-only  # rebuild the table and plots from the finished runs
+    # --seeds 0 1 2 3 (>= 3), --arms grpo papo_g ..., --out DIR, --steps N, --val-size N,
+    # --override K=V (every training run; model/data/rollout/... ones also reach the re-evaluations),
+    # --eval-override K=V (the src/eval.py re-evaluations only)
 
 Every arm runs ``python src/train.py`` (a Hydra multirun over the arm's missing seeds, ``-m seed=0,1,2``: one
 process per arm, one job per seed) into ``<out>/<arm>/seed<k>/`` (its own CSV log, W&B offline run and
@@ -162,8 +165,9 @@ class Settings:
     val_size: int  # val prompts (each evaluated with the real and the masked image)
     arms: tuple[str, ...]
     seeds: tuple[int, ...]
-    extra: tuple[str, ...] = ()  # overrides appended to every command (e.g. trainer=gpu)
-    calibration_steps: int = 30  # SFT steps of the timing calibration
+    extra: tuple[str, ...] = ()  # overrides appended to every training command (e.g. trainer=gpu)
+    eval_extra: tuple[str, ...] = ()  # overrides appended to the src/eval.py commands (configs/eval.yaml)
+    calibration_steps: int = 100  # SFT steps of the timing calibration (~15 s)
 
     def plan(self) -> dict[str, Any]:
         """The settings that must not change within one output directory."""
@@ -195,6 +199,7 @@ def settings_for(
     extra: Sequence[str] = (),
     steps: int | None = None,
     val_size: int | None = None,
+    eval_extra: Sequence[str] = (),
 ) -> Settings:
     """Full or quick settings, optionally restricted to some arms or with other step / val budgets."""
     chosen = tuple(arms) if arms else (QUICK_ARMS if quick else tuple(a.name for a in ARMS))
@@ -208,6 +213,7 @@ def settings_for(
         arms=chosen,
         seeds=tuple(int(s) for s in seeds),
         extra=tuple(extra),
+        eval_extra=tuple(eval_extra),
     )
 
 
@@ -290,8 +296,29 @@ def eval_command(ckpts: Sequence[Path], seed: int, s: Settings, out: Path) -> li
         f"data.val_dataset.size={s.val_size}",
         "logger=none",
         f"hydra.sweep.dir={out / '_eval' / f'seed{seed}'}",
-        *s.extra,
+        *(o for o in s.extra if _override_key(o).split(".")[0] in EVAL_SHARED),
+        *s.eval_extra,
     ]
+
+
+# groups / keys of configs/eval.yaml that a training override also sets for the re-evaluation (so the model,
+# data, prompts and decoding match the training run's validation); masking stays PAPO's default view
+EVAL_SHARED = (
+    "model",
+    "data",
+    "data_seed",
+    "rollout",
+    "reward",
+    "algo",
+    "warm_start",
+    "paths",
+    "num_threads",
+)
+
+
+def _override_key(override: str) -> str:
+    """``+a.b=1`` / ``~a.b`` / ``a.b=1`` -> ``a.b``."""
+    return override.lstrip("+~").split("=", 1)[0]
 
 
 EVAL_FILE = Path("eval") / "eval_val_last.json"  # written by src/eval.py next to the training run
@@ -419,7 +446,7 @@ def run_all(s: Settings, out: Path, dry_run: bool = False) -> bool:
                 continue
         if not dry_run:
             _set_aside(out, arm.name, todo)
-        rc = _run(train_command(arm, todo, s, out, sft_steps), out / arm.name / "reproduce.log", dry_run)
+        rc = _run(train_command(arm, todo, s, out, sft_steps), out / arm.name / "launcher.log", dry_run)
         if rc != 0:
             ok = False
             print(f"  [{arm.name}] some seeds failed; see {out / arm.name / 'failed_jobs.txt'}")
@@ -539,7 +566,7 @@ def collect(out: Path, arms: Sequence[str], seeds: Sequence[int]) -> dict[str, l
     before = read_before(out, seeds)
     if before:
         res["warm_start"] = before
-    for a in arms:
+    for a in [x.name for x in ARMS if x.name in arms]:  # table order: main, sft, gamma, mask, controls
         runs = [r for k in seeds if (r := read_run(out, a, k)) is not None]
         if runs:
             res[a] = runs
@@ -651,6 +678,7 @@ def make_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     def err(r: dict[str, Any], key: str) -> float:
         h = (r[f"{key}_ci95_hi"] - r[f"{key}_ci95_lo"]) / 2
@@ -699,11 +727,13 @@ def make_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                 label=label,
             )
         if "grpo" in by_arm:
-            ax.axhline(by_arm["grpo"]["acc_mean"], color="grey", ls="--", label="GRPO")
+            ax.axhline(by_arm["grpo"]["acc_mean"], color="grey", ls="--", label="GRPO (overall)")
         if "warm_start" in by_arm:
-            ax.axhline(by_arm["warm_start"]["acc_mean"], color="grey", ls=":", label="warm start")
+            ax.axhline(by_arm["warm_start"]["acc_mean"], color="grey", ls=":", label="warm start (overall)")
         if logx:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks([x for x, _ in pts], [f"{x:g}" for x, _ in pts])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("final val accuracy")
         ax.legend(fontsize=8)
@@ -777,14 +807,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--out", type=Path, default=None, help="default: logs/reproduce (quick: logs/reproduce_quick)"
     )
-    p.add_argument("--override", action="append", default=[], help="extra Hydra override for every run")
+    p.add_argument(
+        "--override", action="append", default=[], help="extra Hydra override of every training run"
+    )
+    p.add_argument(
+        "--eval-override", action="append", default=[], help="extra Hydra override of the src/eval.py runs"
+    )
     p.add_argument("--steps", type=int, default=None, help="RL steps per run (default: 150; quick: 40)")
     p.add_argument("--val-size", type=int, default=None, help="val prompts (default: 3000; quick: 500)")
     args = p.parse_args(argv)
     if len(set(args.seeds)) < 3:
         p.error("at least 3 distinct seeds are needed for a 95% interval worth reading")
     try:
-        s = settings_for(args.quick, args.seeds, args.arms, args.override, args.steps, args.val_size)
+        s = settings_for(
+            args.quick, args.seeds, args.arms, args.override, args.steps, args.val_size, args.eval_override
+        )
     except ValueError as err:
         p.error(str(err))
     out = (args.out or ROOT / "logs" / ("reproduce_quick" if args.quick else "reproduce")).resolve()

@@ -4,10 +4,13 @@ avg@k and greedy accuracy with the real and the masked image (configs/eval.yaml)
 installing the package. All logic is in :func:`papo.evaluation.evaluator.evaluate`.
 """
 
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the project root (configs/paths uses it for logs/ and .cache/), wherever the command is run from
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 import hydra
 from omegaconf import DictConfig

@@ -4,10 +4,13 @@ Works without installing the package: src/ is put on the import path. All logic 
 :func:`papo.pipeline.train`.
 """
 
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the project root (configs/paths uses it for logs/ and .cache/), wherever the command is run from
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 import hydra
 from omegaconf import DictConfig

@@ -3,23 +3,39 @@ masked branch carries gradient only when ``mask_branch_grad=true``."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 import torch
 
 from papo.pipeline import train
+from papo.rewards import REWARD_FUNCTIONS
 
 ALGOS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "algo").glob("*.yaml"))
 LOSSES = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "loss").glob("*.yaml"))
 FAST = ["logger=csv", "validate_before=false", "validate_after=false"]
 
 
+def _coin_reward(response: str, truth: str, format_weight: float = 0.1, timeout_s: float = 2.0) -> dict:
+    """Test reward: a fair coin per response, so every group has mixed outcomes (DAPO keeps it)."""
+    acc = float(random.random() < 0.5)
+    return {"overall": acc, "accuracy": acc, "format": 1.0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def coin_reward():
+    REWARD_FUNCTIONS.register("coin")(_coin_reward)
+    yield
+    REWARD_FUNCTIONS.unregister("coin")  # other modules' tests list the registered names
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ALGOS)
 def test_every_algo_trains_two_steps(make_cfg, algo: str) -> None:
-    # DAPO's dynamic sampling may legitimately need several rollout batches; give it room.
-    cfg = make_cfg([f"algo={algo}", "loss=papo", *FAST, "algo.dynamic_sampling.max_tries=50"])
+    # a barely warm-started tiny model almost never solves a group, which DAPO's dynamic sampling would
+    # (rightly) reject batch after batch: the coin reward gives every group mixed outcomes
+    cfg = make_cfg([f"algo={algo}", "loss=papo", "reward.name=coin", *FAST])
     train(cfg)
 
 

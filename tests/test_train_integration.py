@@ -59,6 +59,8 @@ def test_papo_trains_and_logs_every_term(make_cfg, tmp_path: Path, monkeypatch: 
         "perf/tokens_per_s",
         "val/acc",
         "val/acc_masked",
+        "val/sampled/acc",
+        "val/sampled/acc_masked",
     ]:
         assert key in keys, f"{key} was not logged; logged: {sorted(keys)}"
     assert "val/acc" in metrics and "before/val/acc" in metrics

@@ -104,14 +104,22 @@ def instantiate_masking(cfg: DictConfig | None) -> Any:
 
 
 def format_comparison(before: dict[str, float], after: dict[str, float]) -> str:
-    """A small table of the headline val metrics before and after RL."""
-    keys = [
-        k for k in ("val/acc", "val/acc_masked", "val/vision_gap", "val/format", "val/reward") if k in after
-    ]
-    lines = [f"{'metric':<18}{'before RL':>12}{'after RL':>12}{'change':>10}"]
+    """A small table of the headline val metrics before and after RL (greedy, then avg@k sampled)."""
+    names = (
+        "val/acc",
+        "val/acc_masked",
+        "val/vision_gap",
+        "val/format",
+        "val/reward",
+        "val/sampled/acc",
+        "val/sampled/acc_masked",
+        "val/sampled/vision_gap",
+    )
+    keys = [k for k in names if k in after]
+    lines = [f"{'metric':<26}{'before RL':>12}{'after RL':>12}{'change':>10}"]
     for k in keys:
         b, a = before.get(k, float("nan")), after[k]
-        lines.append(f"{k:<18}{b:>12.4f}{a:>12.4f}{a - b:>+10.4f}")
+        lines.append(f"{k:<26}{b:>12.4f}{a:>12.4f}{a - b:>+10.4f}")
     return "\n".join(lines)
 
 

@@ -142,6 +142,7 @@ class PapoModule(L.LightningModule):
         self._engine_stale = True
         self.timer = PhaseTimer()
         self.val_metrics = ValidationMetrics()
+        self.val_metrics_sampled = ValidationMetrics()  # avg@k at rollout.val_sampled_temperature
         self.last_val: dict[str, float] = {}
         self._buffer: list[Experience] = []  # DAPO dynamic sampling: kept groups awaiting a full batch
         self._tries = 0
@@ -168,11 +169,18 @@ class PapoModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.policy.parameters() if p.requires_grad]
+        # fused AdamW (one kernel for all tensors; HF Trainer's default): ~3.5x faster than the per-tensor
+        # loop on CPU; sharded strategies (FSDP, DeepSpeed) keep torch's default implementation
+        strategy = type(getattr(self._trainer, "strategy", None)).__name__.lower()
+        fused = not any(s in strategy for s in ("deepspeed", "fsdp", "modelparallel")) and all(
+            p.device.type in ("cpu", "cuda") for p in params
+        )
         opt = torch.optim.AdamW(
             params,
             lr=self.optim_cfg["lr"],
             weight_decay=self.optim_cfg["weight_decay"],
             betas=tuple(self.optim_cfg.get("betas", (0.9, 0.999))),
+            **({"fused": True} if fused else {}),
         )
         warmup = int(self.optim_cfg.get("warmup_steps", 0))
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -483,6 +491,23 @@ class PapoModule(L.LightningModule):
         self._ensure_engine()
         with generation_context(self.policy):  # FSDP2: gathered once for both views
             self._validation_views(batch, batch_idx, cfg, views)
+            k = int(self.rollout_cfg.get("val_sampled_k") or 0)
+            if k > 0:  # the published protocol too: avg@k at temperature T (val/sampled/*)
+                r = self.rollout_cfg
+                sampled = GenerationConfig(
+                    r["max_new_tokens"], r.get("val_sampled_temperature", 1.0), 1.0, 0, k
+                )
+                for masked in views:
+                    exp, _ = self.generator.rollout(
+                        self.policy,
+                        batch,
+                        sampled,
+                        self.reward_fn,
+                        use_masked_images=masked,
+                        on_error=self.reward_on_error,
+                        device=self.device,
+                    )
+                    self.val_metrics_sampled.update(exp, masked=masked)
 
     def _validation_views(
         self, batch: dict[str, Any], batch_idx: int, cfg: GenerationConfig, views: list
@@ -502,6 +527,9 @@ class PapoModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metrics.compute(prefix="val")
+        sampled = self.val_metrics_sampled.compute(prefix="val/sampled")
+        metrics.update({k: v for k, v in sampled.items() if "_by_" not in k})  # headline keys only
+        self.val_metrics_sampled.reset()
         self.last_val = metrics
         if metrics:
             self.log_dict(metrics, on_epoch=True, sync_dist=True)

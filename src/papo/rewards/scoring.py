@@ -104,6 +104,12 @@ class RewardRegistry(Mapping[str, RewardFn]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (e.g. a reward registered by a test or a plugin); unknown names are an error."""
+        if name not in self._entries:
+            raise UnknownRewardFunctionError(f"unknown reward function {name!r}; valid names: {self.names()}")
+        del self._entries[name]
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._entries)

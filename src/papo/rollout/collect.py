@@ -78,16 +78,26 @@ class Generator:
             texts_in = chat_texts(self.processor, batch["prompt"], [len(x) for x in images])
             ids, m = self.engine.generate(texts_in, images, cfg, self.eos_id, self.pad_id, self.suppress_ids)
             responses, masks = [ids], [m]
+        # chunks of whole groups: pass each prompt once and let generate sample G rows from it (its images are
+        # encoded once, not G times); otherwise (greedy, or chunks that split a group) one row per sequence
+        per_prompt = G > 1 and cfg.temperature > 0 and self.batch_size % G == 0
         for s in range(0, len(rows) if self.engine is None else 0, self.batch_size):  # chunks (memory knob)
             sl = slice(s, s + self.batch_size)
-            chunk = {k: v[sl] for k, v in text_inputs.items()}
-            vis = [v for v in row_visual[sl] if v is not None]
+            if per_prompt:
+                psl = slice(s // G, (s + self.batch_size) // G)
+                chunk = {k: v[psl] for k, v in enc.items()}
+                vis = [v for v in gen_visual[psl] if v is not None]
+            else:
+                chunk = {k: v[sl] for k, v in text_inputs.items()}
+                vis = [v for v in row_visual[sl] if v is not None]
             if vis:
                 chunk["pixel_values"] = torch.cat([v["pixel_values"] for v in vis])
                 chunk["image_grid_thw"] = torch.cat([v["image_grid_thw"] for v in vis])
             if device is not None:
                 chunk = {k: v.to(device) for k, v in chunk.items()}
-            ids, m = hf_generate(model, chunk, cfg, self.eos_id, self.pad_id, self.suppress_ids)
+            ids, m = hf_generate(
+                model, chunk, cfg, self.eos_id, self.pad_id, self.suppress_ids, G if per_prompt else 1
+            )
             responses.append(ids.cpu())
             masks.append(m.cpu())
         T = max(r.shape[1] for r in responses)

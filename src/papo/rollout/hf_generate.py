@@ -43,8 +43,11 @@ def hf_generate(
     eos_id: int,
     pad_id: int,
     suppress_ids: list[int],
+    num_return_sequences: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """Sample responses. ``inputs`` already holds one row per sequence (prompts repeated G times).
+    """Sample responses. ``inputs`` holds one row per sequence (prompts repeated G times), or one row per
+    prompt with ``num_return_sequences=G`` (sampling only): ``generate`` then encodes each prompt's images
+    once and repeats the encoding for its G rows (rows come out grouped by prompt, as ``repeat_interleave``).
 
     Returns response_ids (N, T) (pad after EOS) and response_mask (N, T) float.
     """
@@ -60,6 +63,8 @@ def hf_generate(
     )
     if cfg.synced_gpus:
         gen_kwargs["synced_gpus"] = True
+    if num_return_sequences > 1:
+        gen_kwargs["num_return_sequences"] = num_return_sequences
     if cfg.min_new_tokens > 0:
         gen_kwargs["min_new_tokens"] = min(cfg.min_new_tokens, cfg.max_new_tokens)
     if sample:

@@ -36,4 +36,6 @@ def continue_warm_start(cfg: DictConfig, policy_dir: Path | str, train_dataset: 
         cont.warm_start.seed = int(cfg.warm_start.get("continue_seed", cfg.seed))
         cont.warm_start.pop("continue_steps", None)
         cont.warm_start.pop("continue_seed", None)
+        # its SFT log goes to <run>/continued_sft/warm_start/ (the warm start's own log, if built, stays)
+        cont.paths.output_dir = str(Path(cfg.paths.output_dir) / "continued_sft")
     return ensure_warm_start(cont, Path(policy_dir), train_dataset)
