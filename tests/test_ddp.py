@@ -84,6 +84,8 @@ def _token_mean_worker(rank: int, world: int, port: int, queue) -> None:  # prag
         loss = _pg_loss(ddp, inputs, distributed=True)
         loss.backward()
         queue.put((rank, model.weight.grad.tolist()))  # plain lists: no shared-memory handles
+        del ddp
+        dist.barrier()  # neither rank tears gloo down while the other still uses it (SIGABRT at exit)
     finally:
         dist.destroy_process_group()
 

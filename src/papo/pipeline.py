@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # Lightning warns that manual-optimisation checkpoints hold the post-step state: that is what we want.
 warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+# the frozen reference model is in eval mode on purpose
+warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
