@@ -339,32 +339,16 @@ def finish_phases(step_s: float, raw: dict[str, float]) -> dict[str, float]:
 def build_module(args: argparse.Namespace, side: str, extra_overrides: list[str] | None = None) -> Any:
     """Our ``PapoModule`` configured for ``side`` (grpo | papo) as ``src/papo/pipeline.py`` builds it, with the
     benchmark reward. Returns (module, model_dir)."""
-    import hydra
     import lightning as L
-    from omegaconf import OmegaConf
 
     from papo.data.synthetic import synthetic_corpus
-    from papo.models.papo_module import PapoModule
+    from papo.pipeline import build_module as build_papo_module
     from papo.pipeline import resolve_model_dir
 
     cfg = compose(our_overrides(args, side) + list(extra_overrides or []))
     L.seed_everything(args.seed, workers=True, verbose=False)
     model_dir = resolve_model_dir(cfg.model, corpus_fn=synthetic_corpus)
-    c = {
-        k: OmegaConf.to_container(cfg[k], resolve=True)
-        for k in ("model", "algo", "rollout", "reward", "optim")
-    }
-    components = {name: hydra.utils.instantiate(x) for name, x in (cfg.loss.get("components") or {}).items()}
-    module = PapoModule(
-        policy_path=str(model_dir),
-        model_cfg=c["model"],
-        algo=c["algo"],
-        rollout=c["rollout"],
-        reward=c["reward"],
-        optim=c["optim"],
-        components=components,
-        total_steps=args.warmup + args.steps,
-    )
+    module = build_papo_module(cfg, model_dir, total_steps=args.warmup + args.steps)
     kind = getattr(args, "reward", "math_jitter")
     module.reward_fn = lambda text, truth: {
         "overall": bench_reward(text, truth, kind),

@@ -125,6 +125,28 @@ def format_comparison(before: dict[str, float], after: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def build_module(cfg: DictConfig, policy_dir: Path | str, total_steps: int) -> Any:
+    """The RL LightningModule for ``cfg``: loss components from ``cfg.loss.components`` (Hydra targets),
+    the algo/rollout/reward/optim/model groups as plain dicts. Shared by training and the benchmark."""
+    from papo.models.papo_module import PapoModule
+
+    components = {name: hydra.utils.instantiate(c) for name, c in (cfg.loss.get("components") or {}).items()}
+    groups = {
+        k: OmegaConf.to_container(cfg[k], resolve=True)
+        for k in ("model", "algo", "rollout", "reward", "optim")
+    }
+    return PapoModule(
+        policy_path=str(policy_dir),
+        model_cfg=groups["model"],
+        algo=groups["algo"],
+        rollout=groups["rollout"],
+        reward=groups["reward"],
+        optim=groups["optim"],
+        components=components,
+        total_steps=total_steps,
+    )
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, float]:
     """Warm start (if enabled) then RL. Returns val metrics after RL (plus ``before/...`` keys)."""
@@ -153,24 +175,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             policy_dir = continue_warm_start(cfg, policy_dir, datamodule.train_set)
         L.seed_everything(cfg.seed, workers=True)  # RL seed independent of whether SFT just ran
 
-    components = {name: hydra.utils.instantiate(c) for name, c in (cfg.loss.get("components") or {}).items()}
-    from papo.models.papo_module import PapoModule
-
+    module = build_module(cfg, policy_dir, total_steps=cfg.trainer.max_steps)
     container = {
         k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
         for k in cfg
         if k != "hydra"
     }
-    module = PapoModule(
-        policy_path=str(policy_dir),
-        model_cfg=container["model"],
-        algo=container["algo"],
-        rollout=container["rollout"],
-        reward=container["reward"],
-        optim=container["optim"],
-        components=components,
-        total_steps=cfg.trainer.max_steps,
-    )
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
     if ckpt is not None:  # resuming in the same run dir: keep the CSV log Lightning would delete
