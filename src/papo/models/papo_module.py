@@ -486,32 +486,31 @@ class PapoModule(L.LightningModule):
         self.val_metrics.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        cfg = self._gen_cfg(train=False)
         views = [False, True] if batch.get("images_masked") is not None else [False]
         self._ensure_engine()
-        with generation_context(self.policy):  # FSDP2: gathered once for both views
-            self._validation_views(batch, batch_idx, cfg, views)
+        with generation_context(self.policy):  # FSDP2: gathered once for every view and protocol
+            self._validation_views(batch, batch_idx, self._gen_cfg(train=False), views, self.val_metrics)
             k = int(self.rollout_cfg.get("val_sampled_k") or 0)
             if k > 0:  # the published protocol too: avg@k at temperature T (val/sampled/*)
                 r = self.rollout_cfg
                 sampled = GenerationConfig(
                     r["max_new_tokens"], r.get("val_sampled_temperature", 1.0), 1.0, 0, k
                 )
-                for masked in views:
-                    exp, _ = self.generator.rollout(
-                        self.policy,
-                        batch,
-                        sampled,
-                        self.reward_fn,
-                        use_masked_images=masked,
-                        on_error=self.reward_on_error,
-                        device=self.device,
-                    )
-                    self.val_metrics_sampled.update(exp, masked=masked)
+                self._validation_views(
+                    batch, batch_idx, sampled, views, self.val_metrics_sampled, hooks=False
+                )
 
     def _validation_views(
-        self, batch: dict[str, Any], batch_idx: int, cfg: GenerationConfig, views: list
+        self,
+        batch: dict[str, Any],
+        batch_idx: int,
+        cfg: GenerationConfig,
+        views: list,
+        metrics: ValidationMetrics,
+        hooks: bool = True,
     ) -> None:
+        """Generate with each view (real, masked) and accumulate into ``metrics``; ``hooks``: also the
+        held-out KL_prcp and the sample table (once per batch, on the main protocol)."""
         for masked in views:
             exp, _ = self.generator.rollout(
                 self.policy,
@@ -522,8 +521,9 @@ class PapoModule(L.LightningModule):
                 on_error=self.reward_on_error,
                 device=self.device,
             )
-            self.val_metrics.update(exp, masked=masked)
-            after_validation_generation(self, batch, batch_idx, exp, masked)  # val/kl_prcp, samples
+            metrics.update(exp, masked=masked)
+            if hooks:
+                after_validation_generation(self, batch, batch_idx, exp, masked)  # val/kl_prcp, samples
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metrics.compute(prefix="val")
