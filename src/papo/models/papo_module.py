@@ -484,6 +484,7 @@ class PapoModule(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
         self.val_metrics.reset()
+        self.val_metrics_sampled.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         views = [False, True] if batch.get("images_masked") is not None else [False]
@@ -529,7 +530,6 @@ class PapoModule(L.LightningModule):
         metrics = self.val_metrics.compute(prefix="val")
         sampled = self.val_metrics_sampled.compute(prefix="val/sampled")
         metrics.update({k: v for k, v in sampled.items() if "_by_" not in k})  # headline keys only
-        self.val_metrics_sampled.reset()
         self.last_val = metrics
         if metrics:
             self.log_dict(metrics, on_epoch=True, sync_dist=True)
