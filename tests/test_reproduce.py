@@ -80,6 +80,7 @@ def test_train_command(rp, tmp_path: Path) -> None:
     assert _value(cmd, "data.val_dataset.size") == str(rp.QUICK_VAL)
     assert _value(cmd, "logger") == "csv" and _value(cmd, "logger.wandb.group") is None
     assert _value(cmd, "validate_before") == "false"
+    assert _value(cmd, "rollout.val_sampled_k") == str(rp.SAMPLED_K)  # the table's protocol, explicitly
     full = rp.settings_for(False, [0, 1, 2], extra=["trainer=gpu"])
     cmd = rp.train_command(rp.ARMS_BY_NAME["grpo"], [0, 1, 2], full, tmp_path)
     assert _value(cmd, "logger") is None and _value(cmd, "logger.wandb.group") == "reproduce-grpo"
@@ -100,8 +101,10 @@ def test_calibration_and_eval_commands(rp, tmp_path: Path) -> None:
     assert ev[1].endswith("src/eval.py") and ev[2] == "-m"
     assert _value(ev, "ckpt_path") == ",".join(str(c) for c in ckpts)
     assert _value(ev, "masking") == "random_patch" and _value(ev, "seed") == "0"
-    assert _value(ev, "eval.split") == "val" and _value(ev, "eval.samples") == "0"
+    assert _value(ev, "eval.split") == "val" and _value(ev, "eval.samples") == str(rp.SAMPLED_K)
+    assert f"avg@{rp.SAMPLED_K}/acc_masked" == rp.EVAL_MASKED_KEY
     cfg = compose_cfg([c for c in ev[3:] if not c.startswith(("hydra.", "ckpt_path="))], "eval")
+    assert cfg.eval.temperature == rp.SAMPLED_T and not cfg.eval.greedy
     assert cfg.masking.mask_prob == 0.6 and cfg.data.val_dataset.size == rp.QUICK_VAL
     # training overrides reach the eval only where they shape the model, data or decoding
     extra = ["trainer=gpu", "num_threads=1", "rollout.max_new_tokens=8", "masking.mask_prob=0.4"]
@@ -149,12 +152,14 @@ def test_mean_ci_matches_scipy(rp) -> None:
 def _fake_run(out: Path, arm: str, seed: int, acc: float, masked: float, **extra) -> Path:
     d = out / arm / f"seed{seed}"
     d.mkdir(parents=True)
-    after = {
-        "val/acc": acc,
-        "val/acc_masked": masked,
-        "val/acc_by_vd/high": acc - 0.1,
-        "val/acc_by_vd/medium": acc,
-        "val/acc_by_vd/none": acc + 0.2,
+    after = {  # the table reads the sampled protocol (val/sampled/*) and greedy val/acc aside
+        "val/sampled/acc": acc,
+        "val/sampled/acc_masked": masked,
+        "val/sampled/acc_by_vd/high": acc - 0.1,
+        "val/sampled/acc_by_vd/medium": acc,
+        "val/sampled/acc_by_vd/none": acc + 0.2,
+        "val/acc": acc + 0.05,
+        "val/acc_masked": 0.99,  # greedy masked accuracy is not a column: must not leak into acc_masked
     }
     final = {"after": after, "before": extra.pop("before", {}), "rl_seconds": 100.0 + seed, "rl_steps": 150}
     final.update(seed=seed, policy_dir=str(extra.pop("policy_dir", out / "ws")), **extra)
@@ -165,7 +170,7 @@ def _fake_run(out: Path, arm: str, seed: int, acc: float, masked: float, **extra
 @pytest.fixture
 def fake_out(rp, tmp_path: Path) -> Path:
     out = tmp_path / "repro"
-    before = {"val/acc": 0.40, "val/acc_masked": 0.30, "val/acc_by_vd/high": 0.3}
+    before = {"val/sampled/acc": 0.40, "val/sampled/acc_masked": 0.30, "val/sampled/acc_by_vd/high": 0.3}
     for k in range(3):
         _fake_run(out, "grpo", k, 0.50 + 0.01 * k, 0.35, before=before)
         _fake_run(out, "papo_g", k, 0.55 + 0.01 * k, 0.33)
@@ -173,7 +178,9 @@ def fake_out(rp, tmp_path: Path) -> Path:
             _fake_run(out, f"papo_g_gamma{g}", k, 0.5 - g, 0.3)
         d = _fake_run(out, "papo_g_mask1.0", k, 0.52, 0.10)  # trained with another view: eval file wins
         (d / "eval").mkdir()
-        (d / "eval" / "eval_val_last.json").write_text(json.dumps({"metrics": {"greedy/acc_masked": 0.25}}))
+        (d / "eval" / "eval_val_last.json").write_text(
+            json.dumps({"metrics": {"avg@4/acc_masked": 0.25, "greedy/acc_masked": 0.9}})
+        )
         ws = tmp_path / f"ws_cont{k}"
         ws.mkdir()
         (ws / "warm_start.json").write_text(json.dumps({"seconds": 90.0, "config": {"max_steps": 600}}))
@@ -195,6 +202,7 @@ def test_report_on_fake_runs(rp, fake_out: Path) -> None:
     assert float(g["acc_ci95_hi"]) - float(g["acc_mean"]) == pytest.approx(half, rel=1e-3)
     assert float(g["acc_vd_none_mean"]) == pytest.approx(0.71)
     assert float(g["vision_gap_mean"]) == pytest.approx(0.51 - 0.35)
+    assert float(g["acc_greedy_mean"]) == pytest.approx(0.56)
     # default-view masked accuracy: from src/eval.py for arms trained with another view
     assert float(rows["papo_g_mask1.0"]["acc_masked_mean"]) == pytest.approx(0.25)
     assert rows["papo_g_mask1.0"]["masked_source"] == "eval"

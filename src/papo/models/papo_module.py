@@ -529,7 +529,8 @@ class PapoModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metrics.compute(prefix="val")
         sampled = self.val_metrics_sampled.compute(prefix="val/sampled")
-        metrics.update({k: v for k, v in sampled.items() if "_by_" not in k})  # headline keys only
+        # headline keys and the accuracy per vision-dependency level (the reproduction's table reads them)
+        metrics.update({k: v for k, v in sampled.items() if "_by_" not in k or "/acc_by_vd/" in k})
         self.last_val = metrics
         if metrics:
             self.log_dict(metrics, on_epoch=True, sync_dist=True)
