@@ -314,3 +314,41 @@ def test_continued_sft_control_runs_without_rl(make_cfg, tmp_path: Path) -> None
     assert ws["config"]["max_steps"] == 2 and ws["config"]["seed"] == 7
     assert "continue_steps" not in ws["config"]
     assert Path(final["policy_dir"]).name.count("-") == 3  # <model>-<warm start>-<continuation>, cached
+
+
+# ---------------------------------------------------------------------------------------------- streams
+
+
+def test_streams_balance_the_arms_and_keep_the_sft_control_after_its_rl_arms(rp) -> None:
+    s = rp.settings_for(False, [0, 1, 2])
+    groups = rp.split_streams(s, 2)
+    assert sorted(a for g in groups for a in g) == sorted(s.arms)  # every arm once
+    first = list(groups[0])
+    assert first.index("sft_continued") > max(first.index(a) for a in rp.SFT_MATCH)
+    loads = [rp.estimate_seconds(rp.replace(s, arms=g)) for g in groups]
+    assert max(loads) < 0.6 * rp.estimate_seconds(s)  # close to half each
+    quick = rp.settings_for(True, [0, 1, 2], arms=["grpo", "papo_g_gamma0.1"])  # no SFT arm: nothing pinned
+    assert sorted(rp.split_streams(quick, 2)) == [("grpo",), ("papo_g_gamma0.1",)]
+    assert rp.split_streams(quick, 5) == rp.split_streams(quick, 2)  # no empty streams
+
+
+def test_stream_processes_get_their_arms_and_one_thread(rp, tmp_path: Path, monkeypatch) -> None:
+    launched: list[list[str]] = []
+
+    class FakeProc:
+        def __init__(self, cmd, **kw) -> None:
+            launched.append(cmd)
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(rp.subprocess, "Popen", FakeProc)
+    argv = ["--quick", "--arms", "grpo", "papo_g", "--streams", "2", "--out", str(tmp_path)]
+    assert rp.main(argv) == 1  # the fake streams ran nothing: reported as unfinished
+    assert len(launched) == 2
+    for cmd in launched:
+        assert "--runs-only" in cmd and "--streams" not in " ".join(cmd)
+        assert cmd[cmd.index("--override") + 1] == "num_threads=1"
+        assert cmd.count("--arms") == 1 and cmd[cmd.index("--arms") + 1] in ("grpo", "papo_g")
+    assert json.loads((tmp_path / "plan.json").read_text())["extra"] == ["num_threads=1"]
+    assert rp._strip_option(["--a", "x", "y", "--b", "z"], "--a") == ["--b", "z"]
