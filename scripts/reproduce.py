@@ -821,12 +821,13 @@ def run_streams(s: Settings, out: Path, n: int, argv: Sequence[str]) -> bool:
     """Run the arms in ``n`` parallel processes of this script (one torch thread each: 2 processes on 2
     cores beat one process with 2 threads for this overhead-bound model). Logs: ``<out>/_streams/``."""
     streams = split_streams(s, n)
-    base = [a for a in _strip_option(argv, "--arms") if not a.startswith("--streams")]
+    base = _strip_option(_strip_option(argv, "--arms"), "--streams")
     procs = []
     for i, arms in enumerate(streams):
         log = out / "_streams" / f"stream{i}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--arms", *arms, "--runs-only"]
+        cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--arms", *arms, "--streams", "1"]
+        cmd.append("--runs-only")
         print(f"[stream {i}] {' '.join(arms)} (log: {log})", flush=True)
         procs.append((i, subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT)))
     ok = True
@@ -843,6 +844,8 @@ def _strip_option(argv: Sequence[str], option: str) -> list[str]:
     for a in argv:
         if a == option:
             skipping = True
+            continue
+        if a.startswith(option + "="):
             continue
         if skipping and a.startswith("--"):
             skipping = False

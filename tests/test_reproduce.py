@@ -347,8 +347,10 @@ def test_stream_processes_get_their_arms_and_one_thread(rp, tmp_path: Path, monk
     assert rp.main(argv) == 1  # the fake streams ran nothing: reported as unfinished
     assert len(launched) == 2
     for cmd in launched:
-        assert "--runs-only" in cmd and "--streams" not in " ".join(cmd)
+        assert "--runs-only" in cmd and cmd[cmd.index("--streams") + 1] == "1"  # a stream does not split
+        assert cmd.count("--streams") == 1
         assert cmd[cmd.index("--override") + 1] == "num_threads=1"
         assert cmd.count("--arms") == 1 and cmd[cmd.index("--arms") + 1] in ("grpo", "papo_g")
     assert json.loads((tmp_path / "plan.json").read_text())["extra"] == ["num_threads=1"]
     assert rp._strip_option(["--a", "x", "y", "--b", "z"], "--a") == ["--b", "z"]
+    assert rp._strip_option(["--a=3", "--b", "z"], "--a") == ["--b", "z"]
