@@ -314,6 +314,12 @@ def test_continued_sft_control_runs_without_rl(make_cfg, tmp_path: Path) -> None
     assert ws["config"]["max_steps"] == 2 and ws["config"]["seed"] == 7
     assert "continue_steps" not in ws["config"]
     assert Path(final["policy_dir"]).name.count("-") == 3  # <model>-<warm start>-<continuation>, cached
+    # it continues FROM the warm start every RL run shares (continue_* keys do not change its cache key)
+    shared_ws = Path(final["policy_dir"]).parent / Path(final["policy_dir"]).name.rsplit("-", 1)[0]
+    rl = make_cfg(["validate_before=false", "validate_after=false", "trainer.max_steps=1", "seed=7"])
+    train(rl)
+    rl_final = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert Path(rl_final["policy_dir"]) == shared_ws
 
 
 # ---------------------------------------------------------------------------------------------- streams

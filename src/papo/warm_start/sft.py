@@ -84,7 +84,9 @@ class SFTModule(L.LightningModule):
 
 
 def _cache_key(ws: dict, base_dir: Path, data_cfg: dict, template: str) -> str:
-    spec = {k: v for k, v in ws.items() if k not in ("cache", "enabled")}
+    # continue_* belong to the continued-SFT control (papo.warm_start.continued), which starts FROM this
+    # checkpoint: they must not give the shared warm start another key (it would be rebuilt per control)
+    spec = {k: v for k, v in ws.items() if k not in ("cache", "enabled") and not k.startswith("continue_")}
     blob = json.dumps(
         {"ws": spec, "base": base_dir.name, "data": data_cfg, "template": template},
         sort_keys=True,
