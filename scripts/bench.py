@@ -18,7 +18,7 @@ gradient checkpointing, one optimiser step per rollout batch, no reference model
   ``loss=none`` (one update per rollout batch, the first update reuses its own log-probs as old ones);
 * ``papo``: the same plus the masked-image forward and both PAPO loss terms (``loss=papo``);
 * ``grpo_base`` / ``papo_base`` (optional): ours with docs/performance.md's speed-ups turned off (per-tensor
-  AdamW; images encoded once per sequence in generation), to show what they bought.
+  AdamW; images encoded once per sequence in generation and in the log-prob passes), to show what they bought.
 
 Each (model, side, round) runs in its own subprocess, so peak resident memory (``ru_maxrss``) is per side;
 ``--rounds`` repeats the sides in alternating order and pools their steps (robust to load drift). Per step
@@ -35,6 +35,8 @@ FLOP floor: the model FLOPs of one step counted from the model's linear layers (
 forward, backward = 2x forward) plus attention (4 * layers * heads * head_dim per query-key pair, causal):
 the rollouts' vision encoding, prefill and decode (KV cache, LM head on one position per new token), the
 log-prob forward (LM head on response positions only) and its backward, and for PAPO the masked forward.
+Each prompt's images count once per pass (rollout, forward, backward, masked forward), not once per row: a
+group's G rows share them, so encoding them G times is overhead, not floor.
 Divided by this machine's fp32 matmul rate (median of timed 2048x2048 ``torch.matmul``), it is the time a
 step would take at 100 % of that rate; MFU = floor / measured median step time. TRL and our GRPO step do the
 same model work, so they share one floor.
@@ -139,12 +141,19 @@ def generate_flops(
 
 
 def step_flops(
-    d: dict[str, Any], rows: list[tuple[int, list[tuple[int, int]]]], resp_len: int, masked_forward: bool
+    d: dict[str, Any],
+    rows: list[tuple[int, list[tuple[int, int]]]],
+    resp_len: int,
+    masked_forward: bool,
+    group_size: int = 1,
 ) -> dict[str, float]:
     """Model FLOPs of one RL step over ``rows`` = [(prompt tokens, [image grids (h, w) in patches])] (one per
-    sequence, i.e. prompts repeated G times): rollout + forward + backward (2x) [+ masked forward]."""
-    gen = sum(generate_flops(d, p, resp_len, g) for p, g in rows)
-    fwd = sum(forward_flops(d, p, resp_len, g) for p, g in rows)
+    sequence: each prompt's row repeated ``group_size`` times in a row): rollout + forward + backward (2x)
+    [+ masked forward]. The floor is the work a step needs, so each prompt's images are encoded once per
+    pass (the G rows of a group can share them), not once per row."""
+    vision = sum(vision_flops(d, g) for _, grids in rows[::group_size] for g in grids)
+    gen = vision + sum(generate_flops(d, p, resp_len, []) for p, _ in rows)
+    fwd = vision + sum(forward_flops(d, p, resp_len, []) for p, _ in rows)
     out = {
         "generate": gen,
         "forward": fwd,
@@ -449,6 +458,7 @@ def run_ours(args: argparse.Namespace, side: str) -> dict[str, Any]:
     import torch
 
     if side.endswith("_base"):  # the per-tensor AdamW loop instead of the fused kernel
+        import papo.models.logprobs
 
         class UnfusedAdamW(torch.optim.AdamW):
             def __init__(self, *a: Any, **k: Any) -> None:
@@ -456,6 +466,8 @@ def run_ours(args: argparse.Namespace, side: str) -> dict[str, Any]:
                 super().__init__(*a, **k)
 
         torch.optim.AdamW = UnfusedAdamW
+        # and every row's image through the vision tower in the log-prob passes (pixels repeated per row)
+        papo.models.logprobs.shares_image_features = lambda model: False
     module, model_dir = build_module(args, side)
     batches = build_batches(args)
     rss_setup = psutil.Process().memory_info().rss
@@ -474,7 +486,9 @@ def flop_info(
 ):
     d = model_dims(model)
     per_step = [
-        step_flops(d, batch_rows(processor, b, args.group_size), args.max_new_tokens, masked_forward)
+        step_flops(
+            d, batch_rows(processor, b, args.group_size), args.max_new_tokens, masked_forward, args.group_size
+        )
         for b in batches[args.warmup :]
     ]
     params = sum(p.numel() for p in model.parameters())

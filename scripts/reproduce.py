@@ -188,14 +188,17 @@ QUICK_STEPS, QUICK_VAL = 40, 500
 # k = 4 here, the default of rollout.val_sampled_k), plus greedy
 SAMPLED_K, SAMPLED_T = 4, 1.0
 
-# expected-time model (quiet machine, 2 CPU cores): measured figures of the default configuration
-STEP_S = 0.65  # one RL step, batch 16 prompts x G 8 (GRPO; PAPO's masked forward is included)
+# expected-time model: seconds in ONE of two processes sharing a quiet 2-core machine (--streams 2, one torch
+# thread each), measured with --quick on 2026-11-30 (logs/reproduce_quick/*/seed*/: RL 52 s per 40 PAPO-G
+# steps, ~19 s per validation of 500 prompts, calibration 0.354 s per SFT step)
+STEP_S = 1.3  # one RL step, batch 16 prompts x G 8 (GRPO; PAPO's masked forward is included)
 DAPO_FACTOR = 1.3  # dynamic sampling's extra rollouts
-VAL_S_PER_PROMPT = 10.0 / 3000  # greedy validation, real + masked image
-SFT_S_PER_STEP = 90.0 / 600  # warm-start SFT, batch 64
-WARM_START_S = 90.0  # the warm start, once, when not cached
+VAL_S_PER_PROMPT = 19.0 / 500  # one validation: greedy + avg@4, real + masked image
+SFT_S_PER_STEP = 0.354  # warm-start SFT, batch 64
+WARM_START_S = 200.0  # the warm start, once, when not cached
 PROCESS_S = 12.0  # python + imports per process
 JOB_S = 8.0  # per job: datasets, model load, loggers
+ONE_PROCESS_FACTOR = 0.6  # --streams 1: one process with 2 threads runs an arm in ~0.6x the time above
 
 
 def settings_for(
@@ -342,7 +345,8 @@ def sft_steps_from_timing(rl_seconds: Sequence[float], sft_seconds: float, sft_s
 
 
 def estimate_seconds(s: Settings, warm_start_cached: bool = True) -> float:
-    """Expected wall time of the whole reproduction on a quiet 2-core machine (see the module docstring)."""
+    """Expected wall time of ``s.arms`` in one of two parallel streams on a quiet 2-core machine (see the
+    module docstring); ``--streams 1`` takes about ``ONE_PROCESS_FACTOR`` times the sum over all arms."""
     val = s.val_size * VAL_S_PER_PROMPT
     n = len(s.seeds)
     total = 0.0 if warm_start_cached else WARM_START_S
@@ -352,13 +356,20 @@ def estimate_seconds(s: Settings, warm_start_cached: bool = True) -> float:
         rl = s.steps * STEP_S * (DAPO_FACTOR if dapo else 1.0)  # continued SFT matches the RL time
         per_job = JOB_S + rl + val * (2 if arm.before else 1)
         total += PROCESS_S + n * per_job
-        if not arm.standard_view:  # re-evaluation with the default view
-            total += n * (JOB_S / 2 + val)
+        if not arm.standard_view:  # re-evaluation with the default view: avg@k, masked image only
+            total += n * (JOB_S / 2 + val / 2)
     if any(not ARMS_BY_NAME[a].standard_view for a in s.arms):
         total += n * PROCESS_S  # one eval process per seed
     if "sft_continued" in s.arms:
         total += PROCESS_S + JOB_S + s.calibration_steps * SFT_S_PER_STEP
     return total
+
+
+def expected_seconds(s: Settings, streams: int = 2) -> float:
+    """Expected wall time with ``--streams``: the longest stream (one process with 2 threads when 1)."""
+    if streams <= 1:
+        return ONE_PROCESS_FACTOR * estimate_seconds(s)
+    return max(estimate_seconds(replace(s, arms=g)) for g in split_streams(s, streams))
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -924,7 +935,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_plan(s, out, args.dry_run or args.report_only)
     todo = sum(len(missing_seeds(out, a, s.seeds)) for a in s.arms)
     streams = split_streams(s, args.streams) if args.streams > 1 else [s.arms]
-    est = max(estimate_seconds(replace(s, arms=g)) for g in streams)
+    est = expected_seconds(s, args.streams)
     print(
         f"reproduction ({'quick' if s.quick else 'full'}) in {out}: {len(s.arms)} arms x {len(s.seeds)} seeds, "
         f"{todo} run(s) to do in {len(streams)} stream(s); expected {est / 60:.0f} min for all of it on 2 quiet "

@@ -116,10 +116,11 @@ def test_calibration_and_eval_commands(rp, tmp_path: Path) -> None:
 
 
 def test_expected_times(rp) -> None:
-    quick = rp.estimate_seconds(rp.settings_for(True, [0, 1, 2]))
-    full = rp.estimate_seconds(rp.settings_for(False, [0, 1, 2]))
+    quick = rp.expected_seconds(rp.settings_for(True, [0, 1, 2]))  # default: 2 streams
+    full = rp.expected_seconds(rp.settings_for(False, [0, 1, 2]))
     assert quick <= 20 * 60, quick
     assert 60 * 60 < full < 3 * 3600, full
+    assert rp.expected_seconds(rp.settings_for(True, [0, 1, 2]), streams=1) > quick
     assert rp.sft_steps_from_timing([100.0, 96.0], 15.0, 100) == round(98 / 0.15)
     with pytest.raises(ValueError):
         rp.sft_steps_from_timing([], 15.0, 100)

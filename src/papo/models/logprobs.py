@@ -2,10 +2,16 @@
 
 The sequence is ``[left-padded prompt (P)] + [right-padded response (T)]``. The LM head is applied only
 to the T positions that predict response tokens (``logits_to_keep``), not to prompt/image positions,
-and columns that are padding for every row of the micro-batch are trimmed first.
+and columns that are padding for every row of the micro-batch are trimmed first. Each distinct image of
+the micro-batch goes through the vision tower once (a group's G rows share their prompt's image), when
+the model accepts precomputed image features (``mm_encoder_outputs``: Qwen2.5-VL, Qwen3-VL); otherwise,
+and under FSDP, its pixels are repeated per row as the model's own forward expects.
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
 
 import torch
 from torch import Tensor
@@ -68,7 +74,7 @@ def response_logps(
     p_ids, p_mask, r_ids, r_mask, T = trim_padding(prompt_ids, prompt_mask, response_ids, response_mask)
     input_ids = torch.cat([p_ids, r_ids], dim=1)  # (N, P' + T)
     attention_mask = torch.cat([p_mask, r_mask], dim=1).long()  # (N, P' + T)
-    kwargs = dict(visual)
+    kwargs = visual_model_kwargs(model, visual)
     if extra:
         P = p_ids.shape[1]
         for k, v in extra.items():  # prompt-aligned (N, P_full) -> trimmed + zero for response positions
@@ -87,3 +93,47 @@ def response_logps(
     if T_full > T:
         logps = torch.cat([logps, logps.new_zeros(N, T_full - T)], dim=1)  # (N, T_full)
     return logps
+
+
+def visual_model_kwargs(model: torch.nn.Module, visual: dict[str, Tensor]) -> dict[str, object]:
+    """The model's image arguments for a batch from :func:`papo.rollout.inputs.collate_visual`.
+
+    ``visual`` without ``image_index``: passed as is (one entry per row image). With it (distinct images +
+    which distinct image each row image is): the vision tower encodes the distinct images once and each
+    row gets its image's features through ``mm_encoder_outputs`` (gradients of the shared features add up
+    over the rows, as they would with one encoding per row); models without that argument get the pixels
+    repeated per row.
+    """
+    if "image_index" not in visual:
+        return dict(visual)
+    index, pixels, grid = visual["image_index"], visual["pixel_values"], visual["image_grid_thw"]
+    rows = index.tolist()
+    row_grid = grid[index.to(grid.device)]
+    if shares_image_features(model):
+        out = model.get_image_features(pixel_values=pixels, image_grid_thw=grid, return_dict=True)
+        # per-image tuples -> per row image: the merged embeddings and (Qwen3-VL) each deepstack layer's
+        out.pooler_output = tuple(out.pooler_output[i] for i in rows)
+        if getattr(out, "deepstack_features", None) is not None:
+            out.deepstack_features = [tuple(layer[i] for i in rows) for layer in out.deepstack_features]
+        return {"mm_encoder_outputs": {"image": out}, "image_grid_thw": row_grid}
+    chunks = torch.split(pixels, grid.prod(-1).tolist())  # patch rows of each distinct image
+    return {"pixel_values": torch.cat([chunks[i] for i in rows], 0), "image_grid_thw": row_grid}
+
+
+def shares_image_features(model: torch.nn.Module) -> bool:
+    """True if the model's forward takes precomputed image features (``mm_encoder_outputs``) and has
+    ``get_image_features``, and it is not FSDP-sharded (its vision tower would run outside the root's
+    forward, whose hooks gather the parameters)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch < 2.6
+        FSDPModule = ()
+    if isinstance(model, FSDPModule):
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the wrapped model
+    return hasattr(base, "get_image_features") and _forward_takes(type(base), "mm_encoder_outputs")
+
+
+@functools.cache
+def _forward_takes(cls: type, name: str) -> bool:
+    return name in inspect.signature(cls.forward).parameters

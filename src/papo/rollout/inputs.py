@@ -73,11 +73,30 @@ def per_prompt_visual(
 
 
 def collate_visual(items: list[dict[str, Tensor] | None]) -> dict[str, Tensor]:
-    """Concatenate per-sequence visual dicts back into one batch (order preserved)."""
+    """Per-row visual dicts -> one batch for the log-prob passes, each distinct image once.
+
+    The G rows of a group share one visual dict object (the rollout repeats a reference, not a copy), so
+    rows are matched by identity: ``pixel_values`` / ``image_grid_thw`` hold the distinct rows' images
+    (in first-seen order) and ``image_index`` (one entry per image of every row, in row order) says which
+    distinct image each row image is. :func:`papo.models.logprobs.visual_model_kwargs` encodes each
+    distinct image once and gives every row its features.
+    """
     items = [x for x in items if x is not None]
     if not items:
         return {}
+    first: dict[int, int] = {}  # id(row dict) -> position of its first image among the distinct ones
+    distinct: list[dict[str, Tensor]] = []
+    index: list[int] = []
+    n_images = 0
+    for x in items:
+        k = int(x["image_grid_thw"].shape[0])
+        if id(x) not in first:
+            first[id(x)] = n_images
+            distinct.append(x)
+            n_images += k
+        index.extend(range(first[id(x)], first[id(x)] + k))
     return {
-        "pixel_values": torch.cat([x["pixel_values"] for x in items], 0),
-        "image_grid_thw": torch.cat([x["image_grid_thw"] for x in items], 0),
+        "pixel_values": torch.cat([x["pixel_values"] for x in distinct], 0),
+        "image_grid_thw": torch.cat([x["image_grid_thw"] for x in distinct], 0),
+        "image_index": torch.tensor(index, dtype=torch.long),
     }

@@ -1,0 +1,60 @@
+"""scripts/bench.py's FLOP floor: hand-computed counts on made-up dimensions, each prompt's images once."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+DIMS = {
+    "text_linear": 100,
+    "lm_head": 10,
+    "text_attn_dim": 2,
+    "text_layers": 1,
+    "vision_linear": 50,
+    "merger_linear": 8,
+    "vision_attn_dim": 1,
+    "vision_depth": 1,
+    "vision_full_blocks": 1,
+    "vision_window": 8,
+    "merge": 2,
+}
+
+
+def test_vision_flops_by_hand(bench) -> None:
+    # 2x2 patches: linear 2*50*4 + merger 2*8*4/4 + full attention 4*1*(4*4)
+    assert bench.vision_flops(DIMS, (2, 2)) == 400 + 16 + 64
+
+
+def test_forward_flops_by_hand(bench) -> None:
+    # prompt 3 + response 2 = 5 tokens: linear 2*100*5, attention 4*1*2*15 pairs, LM head 2*10*2, no image
+    assert bench.forward_flops(DIMS, 3, 2, []) == 1000 + 120 + 40
+
+
+def test_each_prompts_images_count_once_per_pass(bench) -> None:
+    G = 4
+    rows = [(3, [(2, 2)])] * G + [(5, [(2, 2), (2, 2)])] * G  # two prompts, one and two images
+    vision = 3 * bench.vision_flops(DIMS, (2, 2))  # three distinct images
+    text_gen = sum(bench.generate_flops(DIMS, p, 2, []) for p, _ in rows)
+    text_fwd = sum(bench.forward_flops(DIMS, p, 2, []) for p, _ in rows)
+    f = bench.step_flops(DIMS, rows, 2, masked_forward=True, group_size=G)
+    assert f["generate"] == vision + text_gen
+    assert f["forward"] == vision + text_fwd and f["masked_forward"] == f["forward"]
+    assert f["backward"] == 2 * f["forward"]
+    assert f["total"] == f["generate"] + 4 * f["forward"]
+    per_row = bench.step_flops(DIMS, rows, 2, masked_forward=False, group_size=1)  # G copies counted
+    assert per_row["forward"] - text_fwd == G * vision
