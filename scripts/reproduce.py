@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """One-command reproduction of PAPO's claims on the embedded task (tiny Qwen2.5-VL, synthetic scenes, CPU).
 
-    python scripts/reproduce.py              # full: 15 arms x 3 seeds, ~1.7 h on 2 quiet CPU cores
-    python scripts/reproduce.py --quick      # 6 arms x 3 seeds, ~14 min (<= 20 min) on 2 CPU cores
+    python scripts/reproduce.py              # full: 15 arms x 3 seeds, ~1.8 h on 2 quiet CPU cores
+    python scripts/reproduce.py --quick      # 6 arms x 3 seeds, ~15 min (<= 20 min) on 2 CPU cores
     python scripts/reproduce.py --dry-run    # print the commands and the expected time, run nothing
     python scripts/reproduce.py --report-only  # rebuild the table and plots from the finished runs
     # --seeds 0 1 2 3 (>= 3), --arms grpo papo_g ..., --out DIR, --steps N, --val-size N,
+    # --streams N (parallel processes, default 2 with one torch thread each; docs/reproduction.md),
     # --override K=V (every training run; model/data/rollout/... ones also reach the re-evaluations),
     # --eval-override K=V (the src/eval.py re-evaluations only)
 
@@ -39,11 +40,10 @@ differences between arms), ``runs.csv`` (one row per run), ``acc_by_arm.png``, `
 ``mask_ratio_curve.png``.
 
 ``--quick`` cuts, to finish in <= 20 minutes on 2 CPU cores, while keeping 3 seeds per arm: 40 RL steps
-instead of 150; 500 val prompts instead of 3000; the CSV logger only (no W&B); 6 arms instead of 15
+instead of 150; 500 val prompts instead of 1000; the CSV logger only (no W&B); 6 arms instead of 15
 (grpo, papo_g, sft_continued, papo_g_gamma0.1, papo_g_mask1.0, control_shuffled: one contrast per claim,
-no DAPO arms). It writes to ``logs/reproduce_quick`` so it never mixes with the full run. The expected
-times assume a quiet machine: ~0.65 s per RL step (batch 16 x G 8), ~10 s per validation of 3000 prompts
-x 2 views, ~90 s for the warm start when it is not cached yet (see :func:`estimate_seconds`).
+no DAPO arms). It writes to ``logs/reproduce_quick`` so it never mixes with the full run. Expected times:
+:func:`estimate_seconds` (figures measured by the quick run, two streams on a quiet 2-core machine).
 
 Not the paper's protocol: the embedded task is a synthetic CLEVR-like task for a 0.4M-parameter model; the
 numbers test whether the mechanisms behave as claimed at this scale, not the published accuracies.
@@ -727,8 +727,8 @@ def make_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             )
         ax.set_xticks(list(xs))
         ax.set_xticklabels([f"{r['arm']}\n(n={r['n']})" for r in rows], rotation=45, ha="right", fontsize=8)
-        ax.set_ylabel("final val accuracy")
-        ax.set_title("Embedded task: final val accuracy per arm (mean, 95% t-interval over seeds)")
+        ax.set_ylabel(f"final val accuracy (avg@{SAMPLED_K}, T={SAMPLED_T})")
+        ax.set_title("Final val accuracy per arm (mean, 95% t-interval over seeds)", fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
         p = out / "acc_by_arm.png"
@@ -762,7 +762,7 @@ def make_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks([x for x, _ in pts], [f"{x:g}" for x, _ in pts])
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("final val accuracy")
+        ax.set_ylabel(f"final val accuracy (avg@{SAMPLED_K}, T={SAMPLED_T})")
         ax.legend(fontsize=8)
         fig.tight_layout()
         p = out / fname
