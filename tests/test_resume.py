@@ -311,3 +311,20 @@ def test_redact_secrets() -> None:
     assert out["tags"] == ["a", REDACTED]
     assert out["rollout.max_new_tokens"] == 24 and out["paths.root"] == "/root" and out["none.token"] is None
     assert not is_secret_key("max_new_tokens") and is_secret_key("OPENAI_API_KEY") and is_secret_key("apikey")
+
+
+def test_resume_continues_the_same_wandb_run(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """A run resumed from its own directory writes to the W&B run id it had, not a new run."""
+    from papo.pipeline import train
+    from papo.utils.wandb_resume import previous_wandb_run_id
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    common = ["logger=wandb", "validate_before=false", "validate_after=false", "masking=none", "loss=none"]
+    train(make_cfg([*common, "trainer.max_steps=1"]))
+    first = previous_wandb_run_id(tmp_path)
+    assert first is not None
+    train(make_cfg([*common, "trainer.max_steps=2", "ckpt_path=last"]))
+    runs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.endswith("-" + first) for r in runs), runs
+    assert previous_wandb_run_id(tmp_path / "nowhere") is None

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from papo.config_validation import ConfigError, validate_config
 from papo.utils.checkpointing import CheckpointNotFoundError, preserve_csv_log, resolve_ckpt_path
 from papo.utils.secrets import redact_secrets
+from papo.utils.wandb_resume import continue_wandb_run
 from papo.utils.wrappers import task_wrapper
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if k != "hydra"
     }
     callbacks = instantiate_list(cfg.get("callbacks"))
+    if ckpt is not None and continue_wandb_run(cfg.get("logger")):  # one W&B run across a resume
+        log.info("resuming W&B run %s", cfg.logger.wandb.id)
     loggers = instantiate_list(cfg.get("logger"))
     if ckpt is not None:  # resuming in the same run dir: keep the CSV log Lightning would delete
         for lg in loggers:
