@@ -11,6 +11,7 @@ credentials in the environment never reach the run directory (config, logs, CSV,
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -313,18 +314,27 @@ def test_redact_secrets() -> None:
     assert not is_secret_key("max_new_tokens") and is_secret_key("OPENAI_API_KEY") and is_secret_key("apikey")
 
 
-def test_resume_continues_the_same_wandb_run(make_cfg, tmp_path: Path, monkeypatch) -> None:
-    """A run resumed from its own directory writes to the W&B run id it had, not a new run."""
+def test_resume_continues_the_same_wandb_run_and_keeps_the_before_validation(
+    make_cfg, tmp_path: Path, monkeypatch
+) -> None:
+    """A run resumed from its own directory writes to the W&B run id it had, not a new run, and reuses its
+    validation before RL (val_before.json) instead of validating the warm start again."""
     from papo.pipeline import train
     from papo.utils.wandb_resume import previous_wandb_run_id
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    common = ["logger=wandb", "validate_before=false", "validate_after=false", "masking=none", "loss=none"]
+    common = ["logger=wandb", "validate_before=true", "validate_after=false", "masking=none", "loss=none"]
     train(make_cfg([*common, "trainer.max_steps=1"]))
     first = previous_wandb_run_id(tmp_path)
     assert first is not None
+    before = json.loads((tmp_path / "val_before.json").read_text())
+    assert "val/acc" in before
+    before["val/acc"] = -1.0  # a sentinel: the resumed run must report it, not validate again
+    (tmp_path / "val_before.json").write_text(json.dumps(before))
     train(make_cfg([*common, "trainer.max_steps=2", "ckpt_path=last"]))
     runs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.endswith("-" + first) for r in runs), runs
     assert previous_wandb_run_id(tmp_path / "nowhere") is None
+    final = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert final["before"]["val/acc"] == -1.0 and final["rl_steps"] == 2

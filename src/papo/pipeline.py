@@ -196,9 +196,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         lg.log_hyperparams(redact_secrets(_flat(container)))  # no credentials in W&B / hparams.yaml
 
     before: dict[str, float] = {}
-    if cfg.get("validate_before", True):
+    before_file = Path(cfg.paths.output_dir, "val_before.json")  # a resumed run reuses it, not re-validates
+    if cfg.get("validate_before", True) and ckpt is not None and before_file.exists():
+        before = json.loads(before_file.read_text())
+        log.info("val before RL: from %s (resumed run)", before_file)
+    elif cfg.get("validate_before", True):
         trainer.validate(module, datamodule=datamodule, verbose=False)
         before = dict(module.last_val)
+        if trainer.is_global_zero:
+            before_file.write_text(json.dumps(before, indent=2) + "\n")
         log.info(
             "val before RL: acc %.4f, acc_masked %.4f",
             before.get("val/acc", float("nan")),
