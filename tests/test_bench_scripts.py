@@ -1,8 +1,12 @@
-"""scripts/bench.py's FLOP floor: hand-computed counts on made-up dimensions, each prompt's images once."""
+"""Benchmark scripts: scripts/bench.py's FLOP floor (hand-computed counts on made-up dimensions, each prompt's
+images once) and a smoke run of scripts/bench_logprobs.py (the shared-image A/B of the log-prob pass)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,3 +62,27 @@ def test_each_prompts_images_count_once_per_pass(bench) -> None:
     assert f["total"] == f["generate"] + 4 * f["forward"]
     per_row = bench.step_flops(DIMS, rows, 2, masked_forward=False, group_size=1)  # G copies counted
     assert per_row["forward"] - text_fwd == G * vision
+
+
+def test_bench_logprobs_smoke(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "b.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_logprobs.py"), "--models", "tiny", "--reps", "3"]
+    cmd += [
+        "--prompts",
+        "2",
+        "--group-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "PAPO_CACHE_DIR": str(cache_dir), "WANDB_MODE": "offline"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["vision_patch_rows_per_pass"]["per_row"] == 2 * r["vision_patch_rows_per_pass"]["shared"]
+    assert r["max_abs_logp_diff"] < 1e-5 and r["rows"] == 4
+    assert len(r["raw_s"]["shared"]) == len(r["raw_s"]["per_row"]) == 3
