@@ -154,8 +154,17 @@ def ensure_warm_start(cfg: DictConfig, base_dir: Path, train_dataset: Any) -> Pa
     (tmp / "warm_start.json").write_text(
         json.dumps({"config": ws, "rows": n, "seconds": time.time() - t0}, indent=2)
     )
+    if ws.get("cache", True) and (out_dir / "config.json").exists():
+        # another process (a parallel reproduction stream, a DDP rank) built the same warm start first: keep
+        # theirs, which may already be in use, and drop ours (same config and seed)
+        shutil.rmtree(tmp)
+        log.info("warm start: done in %.0f s; %s was built meanwhile, using it", time.time() - t0, out_dir)
+        return out_dir
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    try:
+        tmp.rename(out_dir)
+    except OSError:  # lost the race to a concurrent builder between the check and the rename
+        shutil.rmtree(tmp)
     log.info("warm start: done in %.0f s, saved to %s", time.time() - t0, out_dir)
     return out_dir
