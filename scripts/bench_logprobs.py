@@ -44,7 +44,7 @@ def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
     """Median seconds of forward + backward for both batch layouts on ``model_name``."""
     import torch
 
-    from papo.models.logprobs import response_logps
+    from papo.models.logprobs import per_row_visual, response_logps
 
     bench = _bench_module()
     ns = argparse.Namespace(**{**vars(args), "model": model_name, "warmup": 0, "steps": 1, "lr": 1e-5})
@@ -55,13 +55,7 @@ def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     exp, _ = module.generator.rollout(policy, batch, cfg, module.reward_fn)
     shared = exp.model_inputs()
-    per_row = {
-        **shared,
-        "visual": {
-            "pixel_values": torch.cat([v["pixel_values"] for v in exp.visual]),
-            "image_grid_thw": torch.cat([v["image_grid_thw"] for v in exp.visual]),
-        },
-    }
+    per_row = {**shared, "visual": per_row_visual(shared["visual"])}
     patch_rows: list[int] = []
     hook = policy.model.visual.register_forward_hook(lambda m, a, o: patch_rows.append(int(a[0].shape[0])))
 

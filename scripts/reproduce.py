@@ -813,17 +813,16 @@ def split_streams(s: Settings, n: int) -> list[tuple[str, ...]]:
     """The arms in ``n`` groups of about equal expected time (longest first into the least loaded group).
     The continued-SFT control stays in group 0 with the RL arms whose wall time it matches, which run
     before it there (``run_all`` keeps the order of ``ARMS``)."""
+    cost = {a: estimate_seconds(replace(s, arms=(a,))) for a in s.arms}
     loads = [0.0] * n
     groups: list[list[str]] = [[] for _ in range(n)]
     if any(ARMS_BY_NAME[a].group == "sft" for a in s.arms):
-        pinned = [a for a in s.arms if a in SFT_MATCH or ARMS_BY_NAME[a].group == "sft"]
-        groups[0] += pinned
-        loads[0] += sum(estimate_seconds(replace(s, arms=(a,))) for a in pinned)
-    rest = [a for a in s.arms if a not in groups[0]]
-    for a in sorted(rest, key=lambda a: -estimate_seconds(replace(s, arms=(a,)))):
+        groups[0] += [a for a in s.arms if a in SFT_MATCH or ARMS_BY_NAME[a].group == "sft"]
+        loads[0] += sum(cost[a] for a in groups[0])
+    for a in sorted((a for a in s.arms if a not in groups[0]), key=lambda a: -cost[a]):
         i = loads.index(min(loads))
         groups[i].append(a)
-        loads[i] += estimate_seconds(replace(s, arms=(a,)))
+        loads[i] += cost[a]
     order = {a.name: i for i, a in enumerate(ARMS)}
     return [tuple(sorted(g, key=order.__getitem__)) for g in groups if g]
 

@@ -106,18 +106,29 @@ def visual_model_kwargs(model: torch.nn.Module, visual: dict[str, Tensor]) -> di
     """
     if "image_index" not in visual:
         return dict(visual)
-    index, pixels, grid = visual["image_index"], visual["pixel_values"], visual["image_grid_thw"]
-    rows = index.tolist()
-    row_grid = grid[index.to(grid.device)]
     if shares_image_features(model):
-        out = model.get_image_features(pixel_values=pixels, image_grid_thw=grid, return_dict=True)
+        index, grid = visual["image_index"], visual["image_grid_thw"]
+        rows, row_grid = index.tolist(), grid[index.to(grid.device)]
+        out = model.get_image_features(
+            pixel_values=visual["pixel_values"], image_grid_thw=grid, return_dict=True
+        )
         # per-image tuples -> per row image: the merged embeddings and (Qwen3-VL) each deepstack layer's
         out.pooler_output = tuple(out.pooler_output[i] for i in rows)
         if getattr(out, "deepstack_features", None) is not None:
             out.deepstack_features = [tuple(layer[i] for i in rows) for layer in out.deepstack_features]
         return {"mm_encoder_outputs": {"image": out}, "image_grid_thw": row_grid}
+    return per_row_visual(visual)
+
+
+def per_row_visual(visual: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A :func:`papo.rollout.inputs.collate_visual` batch with every row's own copy of its images' pixels
+    (what a model's forward takes without precomputed features)."""
+    index, pixels, grid = visual["image_index"], visual["pixel_values"], visual["image_grid_thw"]
     chunks = torch.split(pixels, grid.prod(-1).tolist())  # patch rows of each distinct image
-    return {"pixel_values": torch.cat([chunks[i] for i in rows], 0), "image_grid_thw": row_grid}
+    return {
+        "pixel_values": torch.cat([chunks[i] for i in index.tolist()], 0),
+        "image_grid_thw": grid[index.to(grid.device)],
+    }
 
 
 def shares_image_features(model: torch.nn.Module) -> bool:
