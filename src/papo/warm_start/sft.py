@@ -105,7 +105,11 @@ def ensure_warm_start(cfg: DictConfig, base_dir: Path, train_dataset: Any) -> Pa
     template = cfg.data.get("prompt_template", "published")
     cache_root = Path(cfg.paths.cache_dir) / "warm_start"
     out_dir = cache_root / f"{base_dir.name}-{_cache_key(ws, base_dir, data_cfg, template)}"
-    if ws.get("cache", True) and (out_dir / "config.json").exists():
+
+    def cached() -> bool:
+        return bool(ws.get("cache", True)) and (out_dir / "config.json").exists()
+
+    if cached():
         log.info("warm start: reusing cached checkpoint %s", out_dir)
         return out_dir
 
@@ -154,7 +158,7 @@ def ensure_warm_start(cfg: DictConfig, base_dir: Path, train_dataset: Any) -> Pa
     (tmp / "warm_start.json").write_text(
         json.dumps({"config": ws, "rows": n, "seconds": time.time() - t0}, indent=2)
     )
-    if ws.get("cache", True) and (out_dir / "config.json").exists():
+    if cached():
         # another process (a parallel reproduction stream, a DDP rank) built the same warm start first: keep
         # theirs, which may already be in use, and drop ours (same config and seed)
         shutil.rmtree(tmp)
