@@ -18,25 +18,28 @@ gradient checkpointing, one optimiser step per rollout batch, no reference model
   ``loss=none`` (one update per rollout batch, the first update reuses its own log-probs as old ones);
 * ``papo``: the same plus the masked-image forward and both PAPO loss terms (``loss=papo``);
 * ``grpo_base`` / ``papo_base`` (optional): ours with docs/performance.md's speed-ups turned off (per-tensor
-  AdamW; images encoded once per sequence in generation and in the log-prob passes), to show what they bought.
+  AdamW; HF ``generate`` instead of the lean decode loop; images encoded once per sequence in generation and in
+  the log-prob passes), to show what they bought.
 
 Each (model, side, round) runs in its own subprocess, so peak resident memory (``ru_maxrss``) is per side;
 ``--rounds`` repeats the sides in alternating order and pools their steps (robust to load drift). Per step
 (after ``--warmup`` discarded steps) it records wall seconds between consecutive step ends, response tokens
-per second and time per phase: ``generate`` (HF ``generate`` itself), ``score`` (reward calls),
+per second and time per phase: ``generate`` (the decode loop itself: HF ``generate`` for TRL and the ``*_base``
+sides, our lean loop for ``grpo`` / ``papo``), ``score`` (reward calls),
 ``rollout_other`` (chat template, processor, decoding, batching), ``logp_nograd`` (no-grad log-prob passes:
 PAPO's masked forward), ``forward`` (log-prob forward with grad + loss terms), ``backward``, ``other``
 (optimiser, grad clip, framework overhead, logging). Phases are measured by wrapping functions: TRL's
 ``_generate_single_turn``, ``_calculate_rewards``, ``_generate_and_score_completions``, ``compute_loss`` and
-``accelerator.backward``; ours through the module's PhaseTimer plus wrappers of ``hf_generate`` and
+``accelerator.backward``; ours through the module's PhaseTimer plus wrappers of ``hf_generate``, ``lean_generate`` and
 ``score_batch``.
 
 FLOP floor: the model FLOPs of one step counted from the model's linear layers (2 FLOPs per weight per token
 forward, backward = 2x forward) plus attention (4 * layers * heads * head_dim per query-key pair, causal):
 the rollouts' vision encoding, prefill and decode (KV cache, LM head on one position per new token), the
 log-prob forward (LM head on response positions only) and its backward, and for PAPO the masked forward.
-Each prompt's images count once per pass (rollout, forward, backward, masked forward), not once per row: a
-group's G rows share them, so encoding them G times is overhead, not floor.
+Each prompt's images count once per pass (rollout, forward, backward, masked forward), not once per row, and
+each prompt's rollout prefill once: a group's G rows share them, so computing them G times is overhead, not
+floor.
 Divided by this machine's fp32 matmul rate (median of timed 2048x2048 ``torch.matmul``), it is the time a
 step would take at 100 % of that rate; MFU = floor / measured median step time. TRL and our GRPO step do the
 same model work, so they share one floor.
@@ -128,16 +131,16 @@ def forward_flops(d: dict[str, Any], prompt_len: int, resp_len: int, grid_hw: li
     return sum(vision_flops(d, g) for g in grid_hw) + text + 2.0 * d["lm_head"] * resp_len
 
 
-def generate_flops(
-    d: dict[str, Any], prompt_len: int, resp_len: int, grid_hw: list[tuple[int, int]]
-) -> float:
-    """One row's rollout: vision + prefill (LM head on the last position) + ``resp_len - 1`` decode steps."""
+def prefill_flops(d: dict[str, Any], prompt_len: int) -> float:
+    """One prompt's rollout prefill (text only): all prompt tokens, LM head on the last position."""
     att = 4.0 * d["text_layers"] * d["text_attn_dim"]
-    flops = sum(vision_flops(d, g) for g in grid_hw)
-    flops += 2.0 * d["text_linear"] * prompt_len + att * _causal_pairs(prompt_len) + 2.0 * d["lm_head"]
-    for j in range(1, resp_len):  # input = generated token j, keys = prompt + j tokens
-        flops += 2.0 * (d["text_linear"] + d["lm_head"]) + att * (prompt_len + j)
-    return flops
+    return 2.0 * d["text_linear"] * prompt_len + att * _causal_pairs(prompt_len) + 2.0 * d["lm_head"]
+
+
+def decode_flops(d: dict[str, Any], prompt_len: int, resp_len: int) -> float:
+    """One row's ``resp_len - 1`` decode steps after the prefill (KV cache; LM head on the new token)."""
+    att = 4.0 * d["text_layers"] * d["text_attn_dim"]
+    return sum(2.0 * (d["text_linear"] + d["lm_head"]) + att * (prompt_len + j) for j in range(1, resp_len))
 
 
 def step_flops(
@@ -149,10 +152,16 @@ def step_flops(
 ) -> dict[str, float]:
     """Model FLOPs of one RL step over ``rows`` = [(prompt tokens, [image grids (h, w) in patches])] (one per
     sequence: each prompt's row repeated ``group_size`` times in a row): rollout + forward + backward (2x)
-    [+ masked forward]. The floor is the work a step needs, so each prompt's images are encoded once per
-    pass (the G rows of a group can share them), not once per row."""
-    vision = sum(vision_flops(d, g) for _, grids in rows[::group_size] for g in grids)
-    gen = vision + sum(generate_flops(d, p, resp_len, []) for p, _ in rows)
+    [+ masked forward]. The floor is the work a step needs: each prompt's images are encoded once per pass
+    and each prompt is prefilled once for its G samples (the G rows of a group share both, as with vLLM's
+    prefix caching); the decode steps and the log-prob passes are per row."""
+    prompts = rows[::group_size]
+    vision = sum(vision_flops(d, g) for _, grids in prompts for g in grids)
+    gen = (
+        vision
+        + sum(prefill_flops(d, p) for p, _ in prompts)
+        + sum(decode_flops(d, p, resp_len) for p, _ in rows)
+    )
     fwd = vision + sum(forward_flops(d, p, resp_len, []) for p, _ in rows)
     out = {
         "generate": gen,
@@ -217,6 +226,8 @@ def our_overrides(args: argparse.Namespace, side: str) -> list[str]:
         f"rollout.min_new_tokens={args.max_new_tokens}",
         # *_base: a chunk size that is no multiple of G turns off per-prompt generation (images encoded G times)
         f"rollout.generation_batch_size={n + 1 if side.endswith('_base') and args.group_size > 1 else n}",
+        # *_base: HF generate instead of the lean decode loop
+        f"rollout.decoder={'generate' if side.endswith('_base') else 'lean'}",
         f"loss={'papo' if side.startswith('papo') else 'none'}",
         "warm_start=none",
         "logger=none",
@@ -385,8 +396,9 @@ def measure_module(
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     clock = Clock(sync)
     # finer phases inside the module's "generate" (= whole rollout) timer
-    originals = collect.hf_generate, collect.score_batch
+    originals = collect.hf_generate, collect.lean_generate, collect.score_batch
     collect.hf_generate = clock.timed("generate", collect.hf_generate)
+    collect.lean_generate = clock.timed("generate", collect.lean_generate)
     collect.score_batch = clock.timed("score", collect.score_batch)
     pending: list[dict[str, float]] = []
 
@@ -448,7 +460,7 @@ def measure_module(
     try:
         trainer.fit(module, train_dataloaders=loader)
     finally:
-        collect.hf_generate, collect.score_batch = originals
+        collect.hf_generate, collect.lean_generate, collect.score_batch = originals
     phases = [finish_phases(s, p) for s, p in zip(clock.steps, clock.phases, strict=True)]
     return clock.steps, phases
 

@@ -49,11 +49,19 @@ def test_forward_flops_by_hand(bench) -> None:
     assert bench.forward_flops(DIMS, 3, 2, []) == 1000 + 120 + 40
 
 
-def test_each_prompts_images_count_once_per_pass(bench) -> None:
+def test_rollout_flops_by_hand(bench) -> None:
+    # prefill of 3 tokens: linear 2*100*3, attention 4*1*2*6 pairs, LM head 2*10 on the last position
+    assert bench.prefill_flops(DIMS, 3) == 600 + 48 + 20
+    # decode tokens 2 and 3 (the first comes from the prefill): 2*(100+10) each + attention 4*2*(3+1) and 4*2*(3+2)
+    assert bench.decode_flops(DIMS, 3, 3) == 2 * 220 + 32 + 40
+
+
+def test_each_prompts_images_and_prefill_count_once_per_pass(bench) -> None:
     G = 4
     rows = [(3, [(2, 2)])] * G + [(5, [(2, 2), (2, 2)])] * G  # two prompts, one and two images
     vision = 3 * bench.vision_flops(DIMS, (2, 2))  # three distinct images
-    text_gen = sum(bench.generate_flops(DIMS, p, 2, []) for p, _ in rows)
+    text_gen = bench.prefill_flops(DIMS, 3) + bench.prefill_flops(DIMS, 5)  # one prefill per prompt
+    text_gen += sum(bench.decode_flops(DIMS, p, 2) for p, _ in rows)
     text_fwd = sum(bench.forward_flops(DIMS, p, 2, []) for p, _ in rows)
     f = bench.step_flops(DIMS, rows, 2, masked_forward=True, group_size=G)
     assert f["generate"] == vision + text_gen
@@ -62,6 +70,8 @@ def test_each_prompts_images_count_once_per_pass(bench) -> None:
     assert f["total"] == f["generate"] + 4 * f["forward"]
     per_row = bench.step_flops(DIMS, rows, 2, masked_forward=False, group_size=1)  # G copies counted
     assert per_row["forward"] - text_fwd == G * vision
+    prefills = bench.prefill_flops(DIMS, 3) + bench.prefill_flops(DIMS, 5)
+    assert per_row["generate"] - f["generate"] == (G - 1) * (vision + prefills)
 
 
 def test_bench_logprobs_smoke(tmp_path: Path, cache_dir: Path) -> None:

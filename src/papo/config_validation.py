@@ -11,6 +11,7 @@ import logging
 from omegaconf import DictConfig, OmegaConf
 
 from papo.algos import ADVANTAGE_ESTIMATORS, AGG_MODES, KL_ESTIMATORS, POLICY_LOSSES
+from papo.rollout.hf_generate import DECODERS
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +307,8 @@ def _validate_scale(cfg: DictConfig) -> None:
             raise ConfigError(str(e)) from None
     backend = cfg.rollout.get("backend", "hf")
     _check(backend in ("hf", "vllm"), f"rollout.backend={backend!r} is unknown; valid: ['hf', 'vllm']")
+    decoder = cfg.rollout.get("decoder", "lean")
+    _check(decoder in DECODERS, f"rollout.decoder={decoder!r} is unknown; valid: {list(DECODERS)}")
     if backend == "vllm":
         from papo.rollout.vllm_backend import require_vllm
 

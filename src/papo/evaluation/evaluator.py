@@ -86,6 +86,7 @@ class Evaluator:
         *,
         max_prompt_length: int = 4096,
         generation_batch_size: int = 512,
+        decoder: str = "lean",
         on_error: str = "raise",
         device: torch.device | str = "cpu",
         kl_prcp: bool = True,
@@ -97,7 +98,11 @@ class Evaluator:
         self.processor = processor
         self.reward_fn = reward_fn
         self.generator = Generator(
-            processor, generation_suppress_token_ids(processor), max_prompt_length, generation_batch_size
+            processor,
+            generation_suppress_token_ids(processor),
+            max_prompt_length,
+            generation_batch_size,
+            decoder,
         )
         self.suppress_ids = torch.tensor(self.generator.suppress_ids, dtype=torch.long)
         self.on_error, self.device = on_error, torch.device(device)
@@ -316,6 +321,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         reward_fn,
         max_prompt_length=cfg.rollout.max_prompt_length,
         generation_batch_size=cfg.rollout.generation_batch_size,
+        decoder=cfg.rollout.get("decoder", "lean"),
         on_error=cfg.reward.get("on_error", "raise"),
         device=device,
         kl_prcp=bool(ev.get("kl_prcp", True)),

@@ -129,6 +129,7 @@ class PapoModule(L.LightningModule):
             generation_suppress_token_ids(self.processor),
             rollout["max_prompt_length"],
             rollout["generation_batch_size"],
+            rollout.get("decoder", "lean"),
         )
         self.suppress_ids = torch.tensor(self.generator.suppress_ids, dtype=torch.long)
         # rollout=vllm: a colocated engine, created on the first rollout (on the GPU) and re-synced with the

@@ -9,15 +9,21 @@ import torch
 
 from papo.rewards import score_batch
 from papo.rollout.experience import Experience
-from papo.rollout.hf_generate import GenerationConfig, hf_generate
+from papo.rollout.hf_generate import DECODERS, GenerationConfig, hf_generate
 from papo.rollout.inputs import chat_texts, encode_images, encode_prompts, per_prompt_visual
+from papo.rollout.lean_decode import lean_generate
 
 
 class Generator:
     """Holds the processor-level constants needed to sample from a policy."""
 
     def __init__(
-        self, processor: Any, suppress_ids: list[int], max_prompt_length: int, batch_size: int
+        self,
+        processor: Any,
+        suppress_ids: list[int],
+        max_prompt_length: int,
+        batch_size: int,
+        decoder: str = "lean",
     ) -> None:
         tok = processor.tokenizer
         self.processor = processor
@@ -28,6 +34,10 @@ class Generator:
         self.suppress_ids = suppress_ids
         self.max_prompt_length = max_prompt_length
         self.batch_size = batch_size
+        if decoder not in DECODERS:
+            raise ValueError(f"rollout.decoder={decoder!r} is unknown; valid: {list(DECODERS)}")
+        # "lean" (papo.rollout.lean_decode) or "generate" (HF generate); sharded models always use generate
+        self.decoder = decoder
         # optional generation engine (papo.rollout.vllm_backend.VLLMEngine); None = HF generate on the policy
         self.engine: Any = None
 
@@ -95,7 +105,8 @@ class Generator:
                 chunk["image_grid_thw"] = torch.cat([v["image_grid_thw"] for v in vis])
             if device is not None:
                 chunk = {k: v.to(device) for k, v in chunk.items()}
-            ids, m = hf_generate(
+            decode = hf_generate if self.decoder == "generate" or cfg.synced_gpus else lean_generate
+            ids, m = decode(
                 model, chunk, cfg, self.eos_id, self.pad_id, self.suppress_ids, G if per_prompt else 1
             )
             responses.append(ids.cpu())

@@ -1,5 +1,8 @@
 """Rollouts with Hugging Face ``generate``: G sampled responses per prompt, never a special token.
 
+``rollout.decoder=generate`` selects this path; the default ``lean`` is :mod:`papo.rollout.lean_decode` (same
+sampling semantics, less per-token overhead); sharded strategies always use ``generate``.
+
 Differences from EasyR1/verl (which use vLLM): same sampling semantics (temperature, top_p, top_k,
 max_new_tokens), run on the policy module itself; generation stops as soon as every sequence has
 emitted EOS (HF's stopping criteria). Special tokens other than EOS (vision placeholders, pad,
@@ -12,6 +15,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+# rollout.decoder values: the lean loop (papo.rollout.lean_decode, default) or HF ``generate`` (this module)
+DECODERS = ("lean", "generate")
 
 
 @dataclass
@@ -33,6 +39,18 @@ def response_mask_from_ids(response_ids: Tensor, eos_id: int) -> Tensor:
     is_eos = (response_ids == eos_id).long()  # (N, T)
     after_eos = (torch.cumsum(is_eos, dim=1) - is_eos) > 0  # strictly after the first EOS
     return (~after_eos).float()
+
+
+def finish_responses(response_ids: Tensor, eos_id: int, pad_id: int) -> tuple[Tensor, Tensor]:
+    """(response ids with pad after the first EOS, response mask) of sampled ids (N, T); an empty
+    generation becomes one EOS per row."""
+    if response_ids.shape[1] == 0:  # degenerate: nothing generated
+        response_ids = torch.full(
+            (response_ids.shape[0], 1), eos_id, dtype=response_ids.dtype, device=response_ids.device
+        )
+    mask = response_mask_from_ids(response_ids, eos_id)
+    response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, pad_id))
+    return response_ids, mask
 
 
 @torch.no_grad()
@@ -60,6 +78,7 @@ def hf_generate(
         pad_token_id=pad_id,
         suppress_tokens=suppress_ids or None,
         use_cache=True,
+        repetition_penalty=1.0,  # not the model's generation_config default (Qwen2.5-VL-Instruct ships 1.05)
     )
     if cfg.synced_gpus:
         gen_kwargs["synced_gpus"] = True
@@ -72,9 +91,4 @@ def hf_generate(
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     out = model.generate(**inputs, **gen_kwargs)
-    response_ids = out[:, prompt_len:]  # (N, T)
-    if response_ids.shape[1] == 0:  # degenerate: nothing generated
-        response_ids = torch.full((out.shape[0], 1), eos_id, dtype=out.dtype, device=out.device)
-    mask = response_mask_from_ids(response_ids, eos_id)
-    response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, pad_id))
-    return response_ids, mask
+    return finish_responses(out[:, prompt_len:], eos_id, pad_id)

@@ -1,0 +1,166 @@
+"""The lean decode loop (papo.rollout.lean_decode) and its sampler (papo.rollout.token_sampling): the same
+filtering as HF's logits warpers, draws from the right distribution, and HF ``generate``'s exact tokens when
+greedy (left padding, images of different sizes, Qwen2.5-VL and Qwen3-VL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from papo.models.loading import generation_suppress_token_ids, load_policy
+from papo.models.stand_in import ensure_stand_in
+from papo.rollout.collect import Generator
+from papo.rollout.hf_generate import GenerationConfig
+from papo.rollout.lean_decode import lean_generate
+from papo.rollout.token_sampling import filter_logits, sample_tokens
+from test_rollout_generation import _reward
+
+
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p", [(1.0, 0, 0.9), (0.7, 0, 0.99), (1.3, 5, 1.0), (0.5, 20, 0.8), (1.0, 0, 1.0)]
+)
+def test_filter_logits_matches_hf_warpers(temperature: float, top_k: int, top_p: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 300, generator=gen) * 3
+    logits[:, :7] = float("-inf")  # suppressed tokens
+    logits[0, 7:] = -50.0
+    logits[0, 9] = 10.0  # one dominant token: top-p keeps only it
+    ref = logits.clone()
+    for warper in (
+        TemperatureLogitsWarper(temperature) if temperature != 1.0 else None,
+        TopKLogitsWarper(top_k) if top_k else None,
+        TopPLogitsWarper(top_p) if top_p < 1 else None,
+    ):
+        if warper is not None:
+            ref = warper(None, ref)
+    ours = filter_logits(logits, temperature, top_k, top_p)
+    assert torch.equal(torch.isinf(ours), torch.isinf(ref))
+    finite = ~torch.isinf(ref)
+    assert torch.allclose(ours[finite], ref[finite])
+    if top_p < 1:
+        assert int((~torch.isinf(ours[0])).sum()) == 1
+
+
+def test_filter_logits_rejects_greedy_temperature() -> None:
+    with pytest.raises(ValueError, match="temperature=0"):
+        filter_logits(torch.zeros(1, 3), temperature=0)
+
+
+def test_sample_tokens_draws_from_the_softmax_distribution() -> None:
+    probs = torch.tensor([0.0, 0.5, 0.2, 0.0, 0.25, 0.05])
+    logits = probs.log().expand(40_000, -1)  # zero-probability tokens are -inf
+    gen = torch.Generator().manual_seed(1)
+    draws = sample_tokens(logits, generator=gen)
+    freq = torch.bincount(draws, minlength=6).float() / draws.numel()
+    assert freq[0] == 0 and freq[3] == 0
+    assert torch.allclose(freq, probs, atol=0.01)  # 4 standard errors at n = 40k
+
+
+def _ragged_batch() -> dict:
+    """Prompts of different lengths and images of different sizes (different rope offsets per row)."""
+    rng = np.random.RandomState(0)
+    sizes = [(56, 56), (84, 56), (56, 112)]
+    return {
+        "prompt": [
+            "Count.",
+            "How many red objects are in this picture, in total?",
+            "Which shape is left of it?",
+        ],
+        "images": [[Image.fromarray(rng.randint(0, 256, (h, w, 3), dtype=np.uint8))] for h, w in sizes],
+        "images_masked": None,
+        "answer": ["1"] * 3,
+        "task_type": ["count_all"] * 3,
+        "vision_dependency": ["high"] * 3,
+    }
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def policy(request, cache_dir: Path):
+    torch.set_num_threads(2)
+    return load_policy(ensure_stand_in(request.param, cache_dir / "models"))
+
+
+def _generator(processor, chunk: int, decoder: str) -> Generator:
+    return Generator(processor, generation_suppress_token_ids(processor), 512, chunk, decoder)
+
+
+def test_greedy_lean_decode_gives_hf_generate_tokens(policy) -> None:
+    model, processor = policy
+    batch = _ragged_batch()
+    cfg = GenerationConfig(max_new_tokens=12, temperature=0.0, num_samples=1)
+    hf, _ = _generator(processor, 8, "generate").rollout(model, batch, cfg, _reward)
+    lean, _ = _generator(processor, 8, "lean").rollout(model, batch, cfg, _reward)
+    assert hf.prompt_mask.min() == 0  # left padding is exercised
+    assert torch.equal(lean.response_ids, hf.response_ids)
+    assert torch.equal(lean.response_mask, hf.response_mask)
+
+
+def test_one_prefill_per_prompt_repeats_the_cache_for_its_samples(policy) -> None:
+    """Greedy with num_return_sequences = G: each prompt prefilled once, its G rows equal the per-row result."""
+    model, processor = policy
+    gen = _generator(processor, 8, "lean")
+    enc, per_visual, _ = gen.encode(_ragged_batch(), masked=False)
+    inputs = dict(enc)
+    inputs["pixel_values"] = torch.cat([v["pixel_values"] for v in per_visual])
+    inputs["image_grid_thw"] = torch.cat([v["image_grid_thw"] for v in per_visual])
+    cfg = GenerationConfig(max_new_tokens=10, temperature=0.0)
+    per_row, _ = lean_generate(model, inputs, cfg, gen.eos_id, gen.pad_id, gen.suppress_ids)
+    prefill_rows = []
+    hook = model.register_forward_hook(
+        lambda m, a, k, out: prefill_rows.append(k["input_ids"].shape), with_kwargs=True
+    )
+    try:
+        grouped, mask = lean_generate(model, inputs, cfg, gen.eos_id, gen.pad_id, gen.suppress_ids, 3)
+    finally:
+        hook.remove()
+    assert prefill_rows[0] == inputs["input_ids"].shape  # the prefill ran on the 3 prompts, not 9 rows
+    assert all(s == (9, 1) for s in prefill_rows[1:])
+    assert torch.equal(grouped, per_row.repeat_interleave(3, dim=0))
+    assert mask.shape == grouped.shape
+
+
+def test_sampled_lean_decode_never_emits_special_tokens_and_honours_min_new_tokens(policy) -> None:
+    model, processor = policy
+    gen = _generator(processor, 12, "lean")
+    cfg = GenerationConfig(max_new_tokens=8, temperature=1.5, top_p=1.0, num_samples=4, min_new_tokens=8)
+    torch.manual_seed(0)
+    exp, _ = gen.rollout(model, _ragged_batch(), cfg, _reward)
+    assert exp.response_ids.shape == (12, 8)
+    assert bool((exp.response_mask.sum(1) == 8).all())  # EOS blocked until the 8th token
+    special = set(gen.suppress_ids)
+    assert special and not special & set(exp.response_ids.flatten().tolist())
+    # rows of one group are independent samples, not copies of one another
+    assert len({tuple(r) for r in exp.response_ids.tolist()}) > 3
+
+
+def test_sampling_distribution_is_the_one_the_log_prob_pass_computes(policy, monkeypatch) -> None:
+    """The logits each decode step samples from (KV cache, 3D rope positions, ready-made masks, one prefill
+    repeated for G rows) equal a full forward over prompt + response: the rollouts are on-policy."""
+    import papo.rollout.lean_decode as lean_decode
+    from papo.models.logprobs import response_logps
+
+    model, processor = policy
+    seen: list[torch.Tensor] = []
+
+    def recording_filter(logits, *args):
+        seen.append(logits.clone())
+        return filter_logits(logits, *args)
+
+    monkeypatch.setattr(lean_decode, "filter_logits", recording_filter)
+    gen = _generator(processor, 9, "lean")
+    cfg = GenerationConfig(max_new_tokens=10, temperature=1.0, top_p=1.0, num_samples=3)
+    torch.manual_seed(0)
+    exp, _ = gen.rollout(model, _ragged_batch(), cfg, _reward)
+    steps = torch.stack(seen, dim=1).log_softmax(-1)  # (N, T, V) of the sampler, suppressed ids at -inf
+    sampled = steps.gather(-1, exp.response_ids[:, : steps.shape[1], None]).squeeze(-1)
+    suppress = torch.tensor(gen.suppress_ids, dtype=torch.long)
+    with torch.no_grad():
+        full = response_logps(model, **exp.model_inputs(), suppress_ids=suppress)[:, : steps.shape[1]]
+    live = exp.response_mask[:, : steps.shape[1]].bool()
+    assert live.sum() > 20
+    torch.testing.assert_close(sampled[live], full[live], atol=1e-4, rtol=1e-4)
