@@ -645,6 +645,35 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # ==========================================================================================================
+# A/B timing of one phase (scripts/bench_logprobs.py, scripts/bench_decode.py)
+# ==========================================================================================================
+def interleaved_times(runs: dict[str, Any], reps: int) -> dict[str, list[float]]:
+    """Seconds of each zero-argument callable in ``runs`` (two of them), ``reps`` times each, interleaved
+    A B B A ... in one process, so a drifting machine load hits both alike."""
+    names = list(runs)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(reps):
+        for name in names if i % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def ab_summary(times: dict[str, list[float]], new: str, old: str) -> dict[str, Any]:
+    """Medians, quartiles, the speed-up old / new (median seconds) and the raw times."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "median_s": med,
+        "p25_p75_s": {
+            k: [statistics.quantiles(v, n=4)[0], statistics.quantiles(v, n=4)[2]] for k, v in times.items()
+        },
+        "speedup": med[old] / med[new],
+        "raw_s": times,
+    }
+
+
+# ==========================================================================================================
 # Driver: run the workers, summarise, print, save
 # ==========================================================================================================
 def summarise(runs: list[dict[str, Any]], args: argparse.Namespace, rate: float) -> dict[str, Any]:

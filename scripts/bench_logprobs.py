@@ -22,9 +22,7 @@ import argparse
 import datetime as dt
 import importlib.util
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -59,25 +57,21 @@ def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
     patch_rows: list[int] = []
     hook = policy.model.visual.register_forward_hook(lambda m, a, o: patch_rows.append(int(a[0].shape[0])))
 
-    def run(inputs: dict) -> tuple[float, torch.Tensor]:
+    def run(inputs: dict) -> torch.Tensor:
         policy.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
         logps = response_logps(policy, **inputs)
         logps.sum().backward()
-        return time.perf_counter() - t0, logps.detach()
+        return logps.detach()
 
     try:
-        _, a = run(shared)  # warm-up, and the equality check
-        _, b = run(per_row)
+        a = run(shared)  # warm-up, and the equality check
+        b = run(per_row)
         rows = {"shared": patch_rows[0], "per_row": patch_rows[1]}
-        times: dict[str, list[float]] = {"shared": [], "per_row": []}
-        for i in range(args.reps):
-            order = ("shared", "per_row") if i % 2 == 0 else ("per_row", "shared")
-            for name in order:
-                times[name].append(run(shared if name == "shared" else per_row)[0])
+        times = bench.interleaved_times(
+            {"shared": lambda: run(shared), "per_row": lambda: run(per_row)}, args.reps
+        )
     finally:
         hook.remove()
-    med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "model": model_name,
         "params": sum(p.numel() for p in policy.parameters()),
@@ -85,12 +79,7 @@ def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
         "response_tokens": int(exp.response_mask.sum()),
         "vision_patch_rows_per_pass": rows,
         "max_abs_logp_diff": float((a - b).abs().max()),
-        "median_s": med,
-        "p25_p75_s": {
-            k: [statistics.quantiles(v, n=4)[0], statistics.quantiles(v, n=4)[2]] for k, v in times.items()
-        },
-        "speedup": med["per_row"] / med["shared"],
-        "raw_s": times,
+        **bench.ab_summary(times, new="shared", old="per_row"),
     }
 
 

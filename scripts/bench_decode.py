@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""A/B benchmark of the rollout decode loop: ``rollout.decoder=lean`` vs Hugging Face ``generate``.
+
+    python scripts/bench_decode.py                        # tiny and small, 8 prompts x G=4, 64 tokens
+    python scripts/bench_decode.py --models small --reps 9 --threads 1
+
+One rollout chunk of ``scripts/bench.py``'s work (same models, prompts, 112 px images, G, forced response
+length via ``min_new_tokens``, T = 1.0, top-p 0.99, as the training rollouts call it: one row per prompt and
+``num_return_sequences = G``) is decoded by ``papo.rollout.lean_decode.lean_generate`` and by
+``papo.rollout.hf_generate.hf_generate``, interleaved (A B B A ...) in one process; it reports medians, the
+speed-up and response tokens per second. It also checks that greedy decoding gives the same tokens on both.
+JSON: ``logs/bench/bench_decode-<time>.json``.
+
+This isolates one phase; ``scripts/bench.py`` measures whole steps (``--sides grpo,grpo_base`` for the step
+with all of docs/performance.md's speed-ups off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
+    """Median seconds of one rollout chunk's decode with each loop on ``model_name``."""
+    import torch
+
+    import bench
+    from papo.rollout.hf_generate import GenerationConfig, hf_generate
+    from papo.rollout.lean_decode import lean_generate
+
+    ns = argparse.Namespace(**{**vars(args), "model": model_name, "warmup": 0, "steps": 1, "lr": 1e-5})
+    module, _ = bench.build_module(ns, "grpo")
+    policy, gen = module.policy.eval(), module.generator
+    enc, per_visual, _ = gen.encode(bench.build_batches(ns)[0], masked=False)
+    inputs = dict(enc)  # one row per prompt, as the rollout passes whole groups
+    inputs["pixel_values"] = torch.cat([v["pixel_values"] for v in per_visual])
+    inputs["image_grid_thw"] = torch.cat([v["image_grid_thw"] for v in per_visual])
+    G, T = args.group_size, args.max_new_tokens
+    cfg = GenerationConfig(T, 1.0, 0.99, 0, G, min_new_tokens=T)
+    special = (gen.eos_id, gen.pad_id, gen.suppress_ids, G)
+
+    greedy = GenerationConfig(T, 0.0, 1.0, 0, 1)
+    same_greedy = torch.equal(
+        lean_generate(policy, inputs, greedy, *special[:3])[0],
+        hf_generate(policy, inputs, greedy, *special[:3])[0],
+    )
+    runs = {
+        "lean": lambda: lean_generate(policy, inputs, cfg, *special),
+        "generate": lambda: hf_generate(policy, inputs, cfg, *special),
+    }
+    for run in runs.values():  # warm-up
+        ids, _ = run()
+    times = bench.interleaved_times(runs, args.reps)
+    out = bench.ab_summary(times, new="lean", old="generate")
+    return {
+        "model": model_name,
+        "params": sum(p.numel() for p in policy.parameters()),
+        "rows": int(ids.shape[0]),
+        "response_tokens": int(ids.numel()),
+        "greedy_tokens_identical": bool(same_greedy),
+        "tokens_per_s": {k: ids.numel() / v for k, v in out["median_s"].items()},
+        **out,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="tiny,small")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--group-size", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--image-size", type=int, default=112)
+    ap.add_argument("--reps", type=int, default=7, help="timed decodes per loop (interleaved)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.reps < 3:
+        ap.error("--reps must be >= 3 for a median and quartiles")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = [measure(args, m) for m in args.models.split(",")]
+    print(
+        f"rollout decode, {args.prompts} prompts x G={args.group_size}, {args.max_new_tokens} forced tokens, "
+        f"T=1.0 top-p 0.99, {args.image_size} px, {torch.get_num_threads()} thread(s), {args.reps} interleaved reps"
+    )
+    print(
+        f"{'model':<6} {'lean s':>8} {'generate s':>11} {'speed-up':>9} {'lean tok/s':>11} {'greedy same':>12}"
+    )
+    for r in results:
+        m = r["median_s"]
+        print(
+            f"{r['model']:<6} {m['lean']:>8.4f} {m['generate']:>11.4f} {r['speedup']:>8.2f}x "
+            f"{r['tokens_per_s']['lean']:>11.0f} {r['greedy_tokens_identical']!s:>12}"
+        )
+    out = Path(args.out or ROOT / "logs" / "bench" / f"bench_decode-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps({"args": vars(args), "threads": torch.get_num_threads(), "results": results}, indent=2)
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
