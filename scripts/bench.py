@@ -1,6 +1,6 @@
 """Speed and memory benchmark: TRL's ``GRPOTrainer`` vs our GRPO/DAPO step vs our PAPO step, at equal work.
 
-    python scripts/bench.py                                   # full measurement (quiet machine, ~5-10 min)
+    python scripts/bench.py                                   # full measurement (quiet machine, ~12 min)
     python scripts/bench.py --models tiny --rounds 1 --steps 2 --warmup 1 --prompts 2 --group-size 2 \\
         --max-new-tokens 8 --threads 1 --skip-trl             # smoke run (< 1 min)
     python scripts/bench.py --sides trl,grpo,papo,grpo_base,papo_base   # + ours with the speed-ups off
@@ -692,6 +692,8 @@ def summarise(runs: list[dict[str, Any]], args: argparse.Namespace, rate: float)
         "step_s_min": min(steps),
         "step_s_max": max(steps),
         "steps_measured": len(steps),
+        # one median per round (rounds alternate the sides' order): the spread of a ratio across rounds
+        "round_medians_s": [statistics.median(r["step_s"][args.warmup :]) for r in runs],
         "response_tokens_per_s": tokens / med,
         "phase_s_median": {p: statistics.median(x[p] for x in phases) for p in PHASES},
         "peak_rss_mb": max(r["peak_rss"] for r in runs) / 2**20,
@@ -737,8 +739,13 @@ def print_table(results: dict[str, dict[str, dict]], rates: list[float], args: a
         ok = {k: v for k, v in sides.items() if "error" not in v}
         parts = []
         if "trl" in ok and "grpo" in ok:
+            per_round = [
+                t / g
+                for t, g in zip(ok["trl"]["round_medians_s"], ok["grpo"]["round_medians_s"], strict=False)
+            ]
             parts.append(
-                f"GRPO/TRL throughput {ok['trl']['step_s_median'] / ok['grpo']['step_s_median']:.2f}x"
+                f"GRPO/TRL throughput {ok['trl']['step_s_median'] / ok['grpo']['step_s_median']:.2f}x "
+                f"(by round: {', '.join(f'{r:.2f}' for r in per_round)})"
             )
             parts.append(f"peak RSS GRPO/TRL {ok['grpo']['peak_rss_mb'] / ok['trl']['peak_rss_mb']:.2f}")
         if "trl" in ok and "papo" in ok:
@@ -783,7 +790,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="measured steps per round (rounds x steps >= 5)")
     ap.add_argument("--warmup", type=int, default=2, help="steps run first and discarded")
     ap.add_argument(
-        "--rounds", type=int, default=2, help="worker runs per side, in alternating order (steps are pooled)"
+        "--rounds", type=int, default=3, help="worker runs per side, in alternating order (steps are pooled)"
     )
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
     ap.add_argument("--group-size", type=int, default=4, help="G, responses per prompt")
