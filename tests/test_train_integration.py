@@ -85,3 +85,26 @@ def test_grpo_baseline_runs_without_masked_forward(make_cfg, tmp_path: Path) -> 
     assert "train/pg/loss" in keys
     assert not any(k.startswith("train/perception_kl") for k in keys)
     assert not any(k.startswith("train/ref_kl") for k in keys)  # DAPO: no reference model
+
+
+@pytest.mark.slow
+def test_final_validation_runs_once_when_the_trainer_validated_the_last_step(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """val_check_interval = max_steps: the fit's validation at the last step is the 'after' one (not twice)."""
+    from papo.models import papo_module
+
+    calls: list[tuple[str, int]] = []
+    original = papo_module.PapoModule.on_validation_epoch_end
+
+    def spy(self):
+        original(self)
+        calls.append((self.trainer.state.fn.value, self.global_step))
+
+    monkeypatch.setattr(papo_module.PapoModule, "on_validation_epoch_end", spy)
+    cfg = make_cfg(["loss=none", "algo=dapo", "algo.dynamic_sampling.enabled=false", "masking=none"])
+    cfg.trainer.val_check_interval = 2  # = max_steps
+    cfg.trainer.check_val_every_n_epoch = None
+    metrics = train(cfg)
+    assert calls == [("validate", 0), ("fit", 2)]  # before RL, then once at the final step
+    assert "val/acc" in metrics and "before/val/acc" in metrics

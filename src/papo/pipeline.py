@@ -214,7 +214,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     rl_seconds = time.perf_counter() - t_fit
     after: dict[str, float] = dict(module.last_val)
-    if cfg.get("validate_after", True):
+    # the trainer's own validation (val_check_interval) may already have run on the final weights
+    validated_final = module.last_val_fit_step == trainer.global_step and bool(after)
+    if cfg.get("validate_after", True) and not validated_final:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         after = dict(module.last_val)
     if before or after:

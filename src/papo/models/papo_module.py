@@ -145,6 +145,8 @@ class PapoModule(L.LightningModule):
         self.val_metrics = ValidationMetrics()
         self.val_metrics_sampled = ValidationMetrics()  # avg@k at rollout.val_sampled_temperature
         self.last_val: dict[str, float] = {}
+        # global step of the last validation run inside fit (None: none yet, or it ran in trainer.validate)
+        self.last_val_fit_step: int | None = None
         self._buffer: list[Experience] = []  # DAPO dynamic sampling: kept groups awaiting a full batch
         self._tries = 0
         self._group_counter = 0
@@ -533,6 +535,8 @@ class PapoModule(L.LightningModule):
         # headline keys and the accuracy per vision-dependency level (the reproduction's table reads them)
         metrics.update({k: v for k, v in sampled.items() if "_by_" not in k or "/acc_by_vd/" in k})
         self.last_val = metrics
+        in_fit = self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
+        self.last_val_fit_step = self.global_step if in_fit else None
         if metrics:
             self.log_dict(metrics, on_epoch=True, sync_dist=True)
 
