@@ -79,10 +79,22 @@ def _ragged_batch() -> dict:
     }
 
 
-@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl", "qwen2_5_vl+lora"])
 def policy(request, cache_dir: Path):
+    """The two families, and a peft LoRA policy whose adapters change the output (the decode loop calls the
+    wrapped model)."""
     torch.set_num_threads(2)
-    return load_policy(ensure_stand_in(request.param, cache_dir / "models"))
+    family, _, lora = request.param.partition("+")
+    adapters = (
+        {"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": None, "vision": False} if lora else None
+    )
+    model, processor = load_policy(ensure_stand_in(family, cache_dir / "models"), lora=adapters)
+    if lora:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+    return model, processor
 
 
 def _generator(processor, chunk: int, decoder: str) -> Generator:

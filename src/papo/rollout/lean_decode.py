@@ -50,7 +50,8 @@ def _cache_of(out: Any) -> Any:
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
     """The name ``forward`` takes the KV cache under: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the HF model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
