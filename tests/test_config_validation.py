@@ -26,6 +26,7 @@ BAD_VALUES = [
     ("reward.name=nope", "reward.name='nope' is unknown; valid: ['math'"),
     ("reward.on_error=ignore", "reward.on_error='ignore' is unknown; valid: ['raise', 'zero']"),
     ("data.on_bad_row=drop", "data.on_bad_row='drop' is unknown; valid: ['error', 'skip']"),
+    ("rollout.decoder=fast", "rollout.decoder='fast' is unknown; valid: ['lean', 'generate']"),
     ("loss.components.perception_kl.kind=k9", "loss.components.perception_kl.kind='k9' is unknown"),
     ("loss.components.perception_kl.direction=up", "perception_kl.direction='up' is unknown; valid:"),
     ("loss.schedule=cosine", "loss.schedule='cosine' is unknown; valid: ['fixed', 'linear']"),
