@@ -21,6 +21,8 @@ Differences from what EasyR1/verl (the PAPO release) do:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -232,6 +234,21 @@ def load_policy(
 
 #: linear layers of the Qwen2/2.5/3-VL decoders (attention + MLP), the usual LoRA targets
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model itself: ``model``, or the model a peft wrapper (LoRA) holds."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def forward_accepts(model: torch.nn.Module, name: str) -> bool:
+    """Whether the HF model's ``forward`` (under any peft wrapper) has a parameter ``name`` (cached per class)."""
+    return _forward_accepts(type(hf_model(model)), name)
+
+
+@functools.cache
+def _forward_accepts(cls: type, name: str) -> bool:
+    return name in inspect.signature(cls.forward).parameters
 
 
 def is_lora(model: torch.nn.Module) -> bool:

@@ -10,11 +10,10 @@ and under FSDP, its pixels are repeated per row as the model's own forward expec
 
 from __future__ import annotations
 
-import functools
-import inspect
-
 import torch
 from torch import Tensor
+
+from papo.models.loading import forward_accepts, hf_model
 
 
 def token_logps_from_logits(
@@ -141,10 +140,4 @@ def shares_image_features(model: torch.nn.Module) -> bool:
         FSDPModule = ()
     if isinstance(model, FSDPModule):
         return False
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the wrapped model
-    return hasattr(base, "get_image_features") and _forward_takes(type(base), "mm_encoder_outputs")
-
-
-@functools.cache
-def _forward_takes(cls: type, name: str) -> bool:
-    return name in inspect.signature(cls.forward).parameters
+    return hasattr(hf_model(model), "get_image_features") and forward_accepts(model, "mm_encoder_outputs")

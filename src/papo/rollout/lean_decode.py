@@ -24,12 +24,12 @@ Sharded strategies (FSDP / ZeRO-3, ``cfg.synced_gpus``) use ``generate``: every 
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from papo.models.loading import forward_accepts
 from papo.rollout.hf_generate import GenerationConfig, finish_responses
 from papo.rollout.token_sampling import filter_logits, sample_tokens
 
@@ -46,12 +46,6 @@ def _prepared_masks(model: torch.nn.Module) -> bool:
 def _cache_of(out: Any) -> Any:
     cache = getattr(out, "cache", None)
     return cache if cache is not None else getattr(out, "past_key_values", None)
-
-
-def _cache_kwarg(model: torch.nn.Module) -> str:
-    """The name ``forward`` takes the KV cache under: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the HF model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -84,7 +78,9 @@ def lean_generate(
     n, device = logits.shape[0], logits.device
     next_pos = positions[..., -1:]
     suppress = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long, device=device)
-    prepared, cache_kw = _prepared_masks(model), _cache_kwarg(model)
+    # the name forward takes the KV cache under: ``cache`` (recent transformers 5.x) or ``past_key_values``
+    cache_kw = "cache" if forward_accepts(model, "cache") else "past_key_values"
+    prepared = _prepared_masks(model)
     new_col = torch.ones(n, 1, dtype=attn.dtype, device=device)
     unfinished = torch.ones(n, dtype=torch.bool, device=device)
     sample = cfg.temperature > 0

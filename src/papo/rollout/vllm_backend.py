@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from papo.models.loading import hf_model
 from papo.rollout.hf_generate import GenerationConfig, response_mask_from_ids
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,7 @@ def require_vllm() -> None:
 
 def _hf_weights(policy: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
     """``(name, tensor)`` of the policy in the HF checkpoint layout vLLM loads (LoRA merged by the caller)."""
-    base = policy
-    if hasattr(base, "get_base_model"):  # PEFT
-        base = base.get_base_model()
-    for name, tensor in base.state_dict().items():
+    for name, tensor in hf_model(policy).state_dict().items():
         if "lora_" in name:
             continue
         if hasattr(tensor, "full_tensor"):  # FSDP2 shard (DTensor): gather the full weight
