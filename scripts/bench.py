@@ -660,6 +660,42 @@ def interleaved_times(runs: dict[str, Any], reps: int) -> dict[str, list[float]]
     return times
 
 
+def ab_setup(args: argparse.Namespace, model_name: str) -> tuple[Any, dict[str, Any]]:
+    """Our GRPO module on ``model_name`` and the first batch of this benchmark's work (the A/B scripts)."""
+    ns = argparse.Namespace(**{**vars(args), "model": model_name, "warmup": 0, "steps": 1, "lr": 1e-5})
+    module, _ = build_module(ns, "grpo")
+    return module, build_batches(ns)[0]
+
+
+def run_ab_script(doc: str, stem: str, measure: Any, print_results: Any) -> None:
+    """The command line of an A/B script: its options, ``measure(args, model) -> dict`` per model,
+    ``print_results(args, results, threads)``, and the JSON ``logs/bench/<stem>-<time>.json`` (``--out``)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--models", default="tiny,small")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--group-size", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--image-size", type=int, default=112)
+    ap.add_argument("--reps", type=int, default=7, help="timed runs per variant (interleaved)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.reps < 3:
+        ap.error("--reps must be >= 3 for a median and quartiles")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = [measure(args, m) for m in args.models.split(",")]
+    threads = torch.get_num_threads()
+    print_results(args, results, threads)
+    out = Path(args.out or ROOT / "logs" / "bench" / f"{stem}-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "threads": threads, "results": results}, indent=2))
+    print(f"wrote {out}")
+
+
 def ab_summary(times: dict[str, list[float]], new: str, old: str) -> dict[str, Any]:
     """Medians, quartiles, the speed-up old / new (median seconds) and the raw times."""
     med = {k: statistics.median(v) for k, v in times.items()}

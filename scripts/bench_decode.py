@@ -18,29 +18,21 @@ with all of docs/performance.md's speed-ups off).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "scripts"))
+import bench  # scripts/bench.py (this directory); it puts src/ on the path
 
 
 def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
     """Median seconds of one rollout chunk's decode with each loop on ``model_name``."""
     import torch
 
-    import bench
     from papo.rollout.hf_generate import GenerationConfig, hf_generate
     from papo.rollout.lean_decode import lean_generate
 
-    ns = argparse.Namespace(**{**vars(args), "model": model_name, "warmup": 0, "steps": 1, "lr": 1e-5})
-    module, _ = bench.build_module(ns, "grpo")
+    module, batch = bench.ab_setup(args, model_name)
     policy, gen = module.policy.eval(), module.generator
-    enc, per_visual, _ = gen.encode(bench.build_batches(ns)[0], masked=False)
+    enc, per_visual, _ = gen.encode(batch, masked=False)
     inputs = dict(enc)  # one row per prompt, as the rollout passes whole groups
     inputs["pixel_values"] = torch.cat([v["pixel_values"] for v in per_visual])
     inputs["image_grid_thw"] = torch.cat([v["image_grid_thw"] for v in per_visual])
@@ -72,28 +64,10 @@ def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="tiny,small")
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--group-size", type=int, default=4)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--image-size", type=int, default=112)
-    ap.add_argument("--reps", type=int, default=7, help="timed decodes per loop (interleaved)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    if args.reps < 3:
-        ap.error("--reps must be >= 3 for a median and quartiles")
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    results = [measure(args, m) for m in args.models.split(",")]
+def print_results(args: argparse.Namespace, results: list[dict[str, Any]], threads: int) -> None:
     print(
         f"rollout decode, {args.prompts} prompts x G={args.group_size}, {args.max_new_tokens} forced tokens, "
-        f"T=1.0 top-p 0.99, {args.image_size} px, {torch.get_num_threads()} thread(s), {args.reps} interleaved reps"
+        f"T=1.0 top-p 0.99, {args.image_size} px, {threads} thread(s), {args.reps} interleaved reps"
     )
     print(
         f"{'model':<6} {'lean s':>8} {'generate s':>11} {'speed-up':>9} {'lean tok/s':>11} {'greedy same':>12}"
@@ -104,13 +78,7 @@ def main() -> None:
             f"{r['model']:<6} {m['lean']:>8.4f} {m['generate']:>11.4f} {r['speedup']:>8.2f}x "
             f"{r['tokens_per_s']['lean']:>11.0f} {r['greedy_tokens_identical']!s:>12}"
         )
-    out = Path(args.out or ROOT / "logs" / "bench" / f"bench_decode-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"args": vars(args), "threads": torch.get_num_threads(), "results": results}, indent=2)
-    )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    bench.run_ab_script(__doc__, "bench_decode", measure, print_results)

@@ -19,23 +19,9 @@ This isolates one phase; ``scripts/bench.py --sides grpo,grpo_base`` measures wh
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import importlib.util
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-
-def _bench_module() -> Any:
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module
-    spec.loader.exec_module(module)
-    return module
+import bench  # scripts/bench.py (this directory); it puts src/ on the path
 
 
 def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
@@ -44,11 +30,8 @@ def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
 
     from papo.models.logprobs import per_row_visual, response_logps
 
-    bench = _bench_module()
-    ns = argparse.Namespace(**{**vars(args), "model": model_name, "warmup": 0, "steps": 1, "lr": 1e-5})
-    module, _ = bench.build_module(ns, "grpo")
+    module, batch = bench.ab_setup(args, model_name)
     policy = module.policy
-    batch = bench.build_batches(ns)[0]
     cfg = module._gen_cfg(train=True)
     torch.manual_seed(args.seed)
     exp, _ = module.generator.rollout(policy, batch, cfg, module.reward_fn)
@@ -83,28 +66,10 @@ def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="tiny,small")
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--group-size", type=int, default=4)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--image-size", type=int, default=112)
-    ap.add_argument("--reps", type=int, default=7, help="timed passes per layout (interleaved)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    if args.reps < 3:
-        ap.error("--reps must be >= 3 for a median and quartiles")
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    results = [measure(args, m) for m in args.models.split(",")]
+def print_results(args: argparse.Namespace, results: list[dict[str, Any]], threads: int) -> None:
     print(
         f"log-prob forward + backward, {args.prompts} prompts x G={args.group_size}, {args.max_new_tokens} tokens, "
-        f"{args.image_size} px, {torch.get_num_threads()} thread(s), {args.reps} interleaved reps"
+        f"{args.image_size} px, {threads} thread(s), {args.reps} interleaved reps"
     )
     print(
         f"{'model':<6} {'shared s':>9} {'per-row s':>10} {'speed-up':>9} {'patch rows shared/per-row':>27} {'max |dlogp|':>12}"
@@ -115,13 +80,7 @@ def main() -> None:
             f"{r['model']:<6} {r['median_s']['shared']:>9.4f} {r['median_s']['per_row']:>10.4f} "
             f"{r['speedup']:>8.2f}x {pr['shared']:>13d} / {pr['per_row']:<11d} {r['max_abs_logp_diff']:>12.2e}"
         )
-    out = Path(args.out or ROOT / "logs" / "bench" / f"bench_logprobs-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"args": vars(args), "threads": torch.get_num_threads(), "results": results}, indent=2)
-    )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    bench.run_ab_script(__doc__, "bench_logprobs", measure, print_results)
