@@ -91,6 +91,7 @@ class Generator:
         # chunks of whole groups: pass each prompt once and let generate sample G rows from it (its images are
         # encoded once, not G times); otherwise (greedy, or chunks that split a group) one row per sequence
         per_prompt = G > 1 and cfg.temperature > 0 and self.batch_size % G == 0
+        decode = hf_generate if self.decoder == "generate" or cfg.synced_gpus else lean_generate
         for s in range(0, len(rows) if self.engine is None else 0, self.batch_size):  # chunks (memory knob)
             sl = slice(s, s + self.batch_size)
             if per_prompt:
@@ -105,7 +106,6 @@ class Generator:
                 chunk["image_grid_thw"] = torch.cat([v["image_grid_thw"] for v in vis])
             if device is not None:
                 chunk = {k: v.to(device) for k, v in chunk.items()}
-            decode = hf_generate if self.decoder == "generate" or cfg.synced_gpus else lean_generate
             ids, m = decode(
                 model, chunk, cfg, self.eos_id, self.pad_id, self.suppress_ids, G if per_prompt else 1
             )

@@ -81,7 +81,10 @@ def lean_generate(
     # the name forward takes the KV cache under: ``cache`` (recent transformers 5.x) or ``past_key_values``
     cache_kw = "cache" if forward_accepts(model, "cache") else "past_key_values"
     prepared = _prepared_masks(model)
-    new_col = torch.ones(n, 1, dtype=attn.dtype, device=device)
+    # the key mask of every step, allocated once: prompt mask + one column per new token (sliced per step)
+    P = attn.shape[1]
+    full = torch.cat([attn, attn.new_ones(n, cfg.max_new_tokens)], dim=1)
+    keys = full.bool()[:, None, None, :] if prepared else full
     unfinished = torch.ones(n, dtype=torch.bool, device=device)
     sample = cfg.temperature > 0
     tokens: list[Tensor] = []
@@ -99,9 +102,8 @@ def lean_generate(
         unfinished &= nxt != eos_id
         if t == cfg.max_new_tokens - 1 or not bool(unfinished.any()):
             break
-        attn = torch.cat([attn, new_col], dim=1)
         next_pos = next_pos + 1
-        mask = attn.bool()[:, None, None, :] if prepared else attn
+        mask = keys[..., : P + t + 1]  # prompt + the t + 1 tokens sampled so far
         step = {"input_ids": nxt[:, None], "attention_mask": mask, "position_ids": next_pos, cache_kw: cache}
         out = model(**step, use_cache=True)
         logits = out.logits[:, -1].float()
