@@ -111,6 +111,7 @@ ap.add_argument("--max-new-tokens", type=int, default=256)
 ap.add_argument("--image-size", type=int, default=448, help="square images, px (448: 256 image tokens)")
 ap.add_argument("--micro-batch", type=int, default=8, help="sequences per forward/backward")
 ap.add_argument("--no-grad-ckpt", action="store_true", help="turn activation checkpointing off (default on)")
+ap.add_argument("--decoder", default="lean", help="rollout.decoder: lean (our decode loop) | generate (HF)")
 ap.add_argument("--attn", default="sdpa", help="attn_implementation: sdpa | flash_attention_2 | eager")
 ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 SXM: 989)")
 ap.add_argument("--budget-s", type=float, default=200.0, help="stop starting new steps after this (total)")
@@ -191,6 +192,7 @@ def main() -> None:
         f"model.max_pixels={args.image_size**2}",
         f"algo.micro_batch_size={args.micro_batch}",
         "rollout.max_prompt_length=4096",
+        f"rollout.decoder={args.decoder}",
     ]
     policy = None
     results, rates = {}, [matmul_bf16()]
@@ -246,7 +248,7 @@ def main() -> None:
 
     print(
         f"\n[bench_gpu] {card}: {args.prompts} prompts x G={args.group_size}, {args.max_new_tokens} response tokens "
-        f"(forced), {args.image_size}px images, micro-batch {args.micro_batch}, "
+        f"(forced), {args.image_size}px images, micro-batch {args.micro_batch}, decoder {args.decoder}, "
         f"grad ckpt {'off' if args.no_grad_ckpt else 'on'}, bf16 params"
     )
     if rate:

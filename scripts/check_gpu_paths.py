@@ -3,8 +3,10 @@ published experiment configs on one GPU, bf16-mixed, with gradient checkpointing
 
     python scripts/check_gpu_paths.py [--out results.json] [--cases papo_g_3b,fsdp,...]
 
-Cases: the Qwen2.5-VL and Qwen3-VL stand-ins on trainer=gpu, LoRA (reference = adapters disabled), bf16
-master weights, and Lightning's FSDP strategy on one device. Prints one line per case and writes a JSON summary.
+Cases: the Qwen2.5-VL and Qwen3-VL stand-ins on trainer=gpu (lean decode loop; one case with HF generate), LoRA
+(reference = adapters disabled), bf16 master weights, Lightning's FSDP2 strategy and DeepSpeed ZeRO-2 / ZeRO-3
+(with and without a reference model) on one device; the DeepSpeed cases need the deepspeed package. Prints one
+line per case and writes a JSON summary.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ CASES = {
     "grpo_3b_lora": ["experiment=grpo_3b", "trainer=gpu", "model.lora.rank=8"],
     "papo_d_7b_bf16_weights": ["experiment=papo_d_7b", "trainer=gpu", "model.dtype=bfloat16"],
     "papo_g_7b_fsdp_1gpu": ["experiment=papo_g_7b", "trainer=fsdp"],
+    "papo_g_3b_hf_generate": ["experiment=papo_g_3b", "trainer=gpu", "rollout.decoder=generate"],
+    "papo_g_3b_zero2": ["experiment=papo_g_3b", "trainer=deepspeed_zero2"],
+    "grpo_3b_zero3": ["experiment=grpo_3b", "trainer=deepspeed_zero3"],
+    "papo_d_7b_zero3": ["experiment=papo_d_7b", "trainer=deepspeed_zero3"],
 }
 
 

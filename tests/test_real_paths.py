@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from papo.config_validation import ConfigError, validate_config
 from papo.data.digits import build_digits_split
@@ -235,6 +236,25 @@ def test_deepspeed_without_deepspeed_is_a_clear_error(trainer: str, make_cfg) ->
     assert cfg.trainer.strategy.config.zero_optimization.stage == int(trainer[-1])
     with pytest.raises(ConfigError, match=r"deepspeed package is not installed.*papo\[deepspeed\]"):
         validate_config(cfg)
+
+
+def _capture_strategy(**kwargs):
+    return kwargs
+
+
+@pytest.mark.parametrize("trainer", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_deepspeed_strategy_gets_a_plain_dict_config(trainer: str, make_cfg) -> None:
+    """Lightning's DeepSpeedStrategy asserts ``isinstance(config, dict)``: an OmegaConf node fails there (it
+    did, on a GPU, before the configs said ``_convert_: all``)."""
+    import hydra
+
+    cfg = make_cfg([f"trainer={trainer}"])
+    node = OmegaConf.to_container(cfg.trainer.strategy, resolve=True)
+    node["_target_"] = f"{__name__}._capture_strategy"
+    kwargs = hydra.utils.instantiate(OmegaConf.create(node))
+    assert type(kwargs["config"]) is dict
+    assert type(kwargs["config"]["zero_optimization"]) is dict
+    assert kwargs["config"]["gradient_clipping"] == cfg.optim.grad_clip
 
 
 def test_sharded_trainer_configs_compose(make_cfg, cache_dir: Path) -> None:

@@ -36,6 +36,11 @@ def parameter_digest(module: torch.nn.Module, trainable_only: bool = True) -> st
         t = p.detach()
         if hasattr(t, "full_tensor"):  # FSDP2 shard (DTensor): the full parameter (a collective call)
             t = t.full_tensor()
+        elif hasattr(p, "ds_id"):  # DeepSpeed ZeRO-3 partition: gather the full parameter (a collective call)
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p]):
+                t = p.detach().clone()
         h.update(name.encode())
         h.update(t.float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()

@@ -35,6 +35,7 @@ from papo.utils.checkpointing import experience_from_state, experience_state, rn
 from papo.utils.distributed import (
     all_reduce,
     clip_grad_norm,
+    engine_grad_norm,
     generation_context,
     is_sharded,
     world_size,
@@ -432,20 +433,24 @@ class PapoModule(L.LightningModule):
                     ):
                         sums[key] = sums.get(key, 0.0) + val * w
                         weights[key] = weights.get(key, 0.0) + w
-                grad_norm = float(clip_grad_norm(self._trainer, params, self.optim_cfg["grad_clip"]))
+                # None under DeepSpeed: its engine clips inside opt.step() and its norm is read after it
+                norm = clip_grad_norm(self._trainer, params, self.optim_cfg["grad_clip"])
+                grad_norm = None if norm is None else float(norm)
                 reason = None
                 if nonfinite:
                     reason = f"non-finite loss in {sorted(set(nonfinite))}"
-                elif not math.isfinite(grad_norm):
+                elif grad_norm is not None and not math.isfinite(grad_norm):
                     reason = f"non-finite grad norm ({grad_norm})"
-                else:
-                    sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + grad_norm
-                    weights["train/grad_norm"] = weights.get("train/grad_norm", 0.0) + 1.0
                 # one decision for all ranks (a NaN on one rank must not let the others step alone)
                 if not self.trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
                     opt.step()
                     sched.step()
                     self.consecutive_skips = 0
+                    if grad_norm is None:
+                        grad_norm = engine_grad_norm(self._trainer)
+                    if grad_norm is not None and math.isfinite(grad_norm):
+                        sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + grad_norm
+                        weights["train/grad_norm"] = weights.get("train/grad_norm", 0.0) + 1.0
                 else:
                     opt.zero_grad(set_to_none=True)
                     self._skip_step(reason or "non-finite loss or grad norm on another rank")

@@ -9,7 +9,7 @@ module only holds the few places where the RL update must know it runs on severa
   the kept groups over ranks so all ranks update in the same step (collectives must match).
 - :func:`clip_grad_norm`: the global grad norm under DDP (plain, gradients are already all-reduced), FSDP2
   (the norm of sharded DTensor gradients) and DeepSpeed (the engine clips inside ``step``: configure it in
-  the strategy; its norm is read back).
+  the strategy; :func:`engine_grad_norm` reads its norm back after the step).
 - :func:`is_sharded`: HF ``generate`` on sharded weights (FSDP, ZeRO-3) must run with ``synced_gpus``.
 - :func:`fully_shard_model`: FSDP2 sharding of the policy / reference (trainer=fsdp, Lightning's
   ``ModelParallelStrategy``; FSDP1's ``FSDPStrategy`` cannot be used: it finalises gradients when the wrapped
@@ -32,6 +32,7 @@ __all__ = [
     "all_reduce",
     "check_strategy_available",
     "clip_grad_norm",
+    "engine_grad_norm",
     "fully_shard_model",
     "generation_context",
     "is_distributed",
@@ -87,11 +88,14 @@ def is_sharded(trainer: Any) -> bool:
     return _strategy_kind(trainer) in ("fsdp", "fsdp2", "deepspeed") and world_size() > 1
 
 
-def clip_grad_norm(trainer: Any, params: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+def clip_grad_norm(
+    trainer: Any, params: Iterable[torch.nn.Parameter], max_norm: float
+) -> torch.Tensor | None:
     """Clip the global gradient norm to ``max_norm`` and return the norm before clipping.
 
     Under DeepSpeed the engine clips inside ``optimizer.step()`` (``gradient_clipping`` in the strategy
-    config); this returns its last global norm (NaN when unknown) and clips nothing.
+    config; its gradients live in the engine's partitioned buffers, not in ``p.grad``): this clips nothing and
+    returns None; read the engine's norm after the step with :func:`engine_grad_norm`.
     """
     kind = _strategy_kind(trainer)
     if (
@@ -104,10 +108,15 @@ def clip_grad_norm(trainer: Any, params: Iterable[torch.nn.Parameter], max_norm:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
         return total
     if kind == "deepspeed":
-        engine = trainer.strategy.model
-        norm = getattr(engine, "get_global_grad_norm", lambda: None)()
-        return torch.tensor(float("nan") if norm is None else float(norm))
+        return None
     return torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+
+
+def engine_grad_norm(trainer: Any) -> float | None:
+    """The global gradient norm the DeepSpeed engine computed in its last ``step`` (None when unknown)."""
+    engine = getattr(_strategy(trainer), "model", None)
+    norm = getattr(engine, "get_global_grad_norm", lambda: None)()
+    return None if norm is None else float(norm)
 
 
 @contextlib.contextmanager
