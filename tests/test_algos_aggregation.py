@@ -124,3 +124,36 @@ def test_masked_helpers():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="must match"):
         aggregate_loss(torch.zeros(2, 3), torch.zeros(2, 4), "token-mean")
+
+
+def _pad_columns(x: torch.Tensor, n: int, value: float = 0.0) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, n), value=value)
+
+
+def test_seq_mean_token_sum_norm_uses_the_constant_norm_len():
+    """Dr. GRPO divides by a constant length (the max response length), not by the padded width T, which
+    in training is the longest response of the rollout batch and changes from step to step."""
+    short = aggregate_loss(LOSS, MASK, "seq-mean-token-sum-norm", norm_len=8)
+    assert short.item() == pytest.approx(7 / (3 * 8))
+    # the same responses in a batch whose longest response is longer (wider padding): same loss
+    wide = aggregate_loss(
+        _pad_columns(LOSS, 4, 99.0), _pad_columns(MASK, 4), "seq-mean-token-sum-norm", norm_len=8
+    )
+    assert wide.item() == pytest.approx(short.item())
+    # without norm_len the normaliser is the padded width (documented fallback), which does change
+    assert aggregate_loss(_pad_columns(LOSS, 4), _pad_columns(MASK, 4), "seq-mean-token-sum-norm").item() == (
+        pytest.approx(7 / (3 * 7))
+    )
+    # the other modes ignore norm_len
+    for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"):
+        assert aggregate_loss(LOSS, MASK, mode, norm_len=8).item() == pytest.approx(
+            aggregate_loss(LOSS, MASK, mode).item()
+        )
+
+
+def test_norm_len_is_not_passed_to_aggregations_that_do_not_take_it(monkeypatch):
+    def _old_style(loss_mat, mask, num_tokens=None, num_seqs=None):
+        return (loss_mat * mask).sum()
+
+    monkeypatch.setitem(AGGREGATIONS._entries, "_test_old_style", _old_style)
+    assert aggregate_loss(LOSS, MASK.float(), "_test_old_style", norm_len=8).item() == pytest.approx(7.0)

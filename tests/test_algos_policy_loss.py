@@ -176,3 +176,83 @@ def test_registry_uniform_call_and_metric_keys():
         "ratio_max",
         "ratio_min",
     }
+
+
+# ---------------------------------------------------------------- the policy-gradient loss component
+def _component_inputs(logps, old, adv, mask, agg_mode, num_tokens=None, norm_len=None):
+    from papo.losses.base import LossInputs
+
+    return LossInputs(logps, old, adv, mask, agg_mode=agg_mode, num_tokens=num_tokens, norm_len=norm_len)
+
+
+@pytest.mark.parametrize("policy_loss", ["gspo", "ppo_clip"])
+def test_component_token_mean_micro_batches_sum_to_the_full_batch_loss(policy_loss):
+    """The module sums token-mean micro-batch losses with scale 1, each normalised by the mini-batch's
+    token count: the component must forward ``num_tokens`` to every policy loss (GSPO lost it)."""
+    from papo.losses.policy_gradient import PolicyGradientLoss
+
+    g = torch.Generator().manual_seed(0)
+    logps = (0.1 * torch.randn(4, 6, generator=g)).requires_grad_(True)
+    old = 0.1 * torch.randn(4, 6, generator=g)
+    adv = torch.randn(4, 1, generator=g).expand(4, 6)
+    mask = torch.ones(4, 6)
+    mask[1, 3:] = 0
+    mask[3, 1:] = 0  # micro-batches with 9 and 7 tokens
+    comp = PolicyGradientLoss(policy_loss, 0.2, 0.28, None)
+    full, _ = comp(_component_inputs(logps, old, adv, mask, "token-mean"))
+    n = float(mask.sum())
+    parts = [
+        comp(_component_inputs(logps[s], old[s], adv[s], mask[s], "token-mean", num_tokens=n))[0]
+        for s in (slice(0, 2), slice(2, 4))
+    ]
+    assert (parts[0] + parts[1]).item() == pytest.approx(full.item(), rel=1e-6)
+    (g_full,) = torch.autograd.grad(full, logps)
+    (g_parts,) = torch.autograd.grad(parts[0] + parts[1], logps)
+    assert torch.allclose(g_full, g_parts, atol=1e-7)
+
+
+def test_component_forwards_dual_clip_to_gspo():
+    from papo.losses.policy_gradient import PolicyGradientLoss
+
+    # one sequence, A < 0, sequence ratio e^3 ~ 20 far above the dual-clip bound c = 3
+    logps, old = torch.full((1, 2), 3.0), torch.zeros(1, 2)
+    adv, mask = torch.full((1, 2), -1.0), torch.ones(1, 2)
+    inputs = _component_inputs(logps, old, adv, mask, "token-mean")
+    plain, _ = PolicyGradientLoss("gspo", 0.2, 0.2, None)(inputs)
+    dual, m = PolicyGradientLoss("gspo", 0.2, 0.2, 3.0)(inputs)
+    assert plain.item() == pytest.approx(math.exp(3.0), rel=1e-5)
+    assert dual.item() == pytest.approx(3.0) and m["clipfrac_dual"] == 1.0
+
+
+def test_component_rejects_dual_clip_for_a_policy_loss_without_one(monkeypatch):
+    from papo.losses.policy_gradient import PolicyGradientLoss
+
+    def plain_pg(logps, old_logps, advantages, mask, clip_low, clip_high, agg_mode="token-mean"):
+        raise AssertionError("not called")
+
+    monkeypatch.setitem(POLICY_LOSSES._entries, "_test_plain", plain_pg)
+    PolicyGradientLoss("_test_plain", 0.2, 0.2, None)  # fine without a dual clip
+    with pytest.raises(ValueError, match=r"dual_clip=3\.0 .* has no dual clip"):
+        PolicyGradientLoss("_test_plain", 0.2, 0.2, 3.0)
+
+
+@pytest.mark.parametrize("policy_loss", ["gspo", "ppo_clip"])
+def test_component_forwards_norm_len(policy_loss):
+    """Dr. GRPO's seq-mean-token-sum-norm: the loss of a batch does not depend on its longest response."""
+    from papo.losses.policy_gradient import PolicyGradientLoss
+
+    g = torch.Generator().manual_seed(1)
+    logps, old = 0.1 * torch.randn(3, 4, generator=g), 0.1 * torch.randn(3, 4, generator=g)
+    adv, mask = torch.randn(3, 1, generator=g).expand(3, 4), torch.ones(3, 4)
+    mask[0, 2:] = 0
+
+    def pad(x):
+        return torch.nn.functional.pad(x, (0, 5))
+
+    comp = PolicyGradientLoss(policy_loss, 0.2, 0.28, None)
+    agg = "seq-mean-token-sum-norm"
+    short, _ = comp(_component_inputs(logps, old, adv, mask, agg, norm_len=16))
+    wide, _ = comp(_component_inputs(pad(logps), pad(old), pad(adv), pad(mask), agg, norm_len=16))
+    assert wide.item() == pytest.approx(short.item(), rel=1e-6)
+    raw_sum, _ = comp(_component_inputs(logps, old, adv, mask, "seq-mean-token-sum"))
+    assert short.item() == pytest.approx(raw_sum.item() / 16, rel=1e-6)

@@ -12,13 +12,18 @@ Differences from verl/EasyR1:
 
 * ``seq-mean-token-mean`` and ``seq-mean-token-sum`` average over the sequences that have at least one
   response token (verl's ``seq-mean-token-sum`` counts empty rows too).
-* ``seq-mean-token-sum-norm`` divides by ``B * T`` (mean over sequences of the per-sequence sum divided by
-  the constant ``T = mask.shape[-1]``); older verl divided the batch sum by ``T`` only.
+* ``seq-mean-token-sum-norm`` divides by ``B * L`` (mean over sequences of the per-sequence sum divided by
+  a constant length ``L``); older verl divided the batch sum by ``L`` only. ``L`` is ``norm_len`` when given
+  (the trainer passes ``rollout.max_new_tokens``, verl's ``loss_scale_factor`` / max response length), else
+  ``mask.shape[-1]``, which in training is the LONGEST response of the batch and so changes step to step.
 * ``num_tokens`` / ``num_seqs`` overrides let a caller use the global token / sequence count of a
   mini-batch split into micro-batches (gradient accumulation gives the same gradient as one big batch).
 """
 
 from __future__ import annotations
+
+import inspect
+from functools import cache
 
 import torch
 from torch import Tensor
@@ -108,7 +113,7 @@ def _as_count(n: int | float | Tensor, like: Tensor) -> Tensor:
 
 
 @AGGREGATIONS.register("token-mean")
-def _token_mean(loss_mat: Tensor, mask: Tensor, num_tokens=None, num_seqs=None) -> Tensor:
+def _token_mean(loss_mat: Tensor, mask: Tensor, num_tokens=None, num_seqs=None, norm_len=None) -> Tensor:
     """sum_{b,t} m l / sum_{b,t} m (or / num_tokens). DAPO's token-level loss; EasyR1/PAPO default."""
     total = _select(loss_mat, mask).sum()  # ()
     if num_tokens is not None:
@@ -125,7 +130,9 @@ def _seq_mean(seq_values: Tensor, seq_valid: Tensor, num_seqs) -> Tensor:
 
 
 @AGGREGATIONS.register("seq-mean-token-mean")
-def _seq_mean_token_mean(loss_mat: Tensor, mask: Tensor, num_tokens=None, num_seqs=None) -> Tensor:
+def _seq_mean_token_mean(
+    loss_mat: Tensor, mask: Tensor, num_tokens=None, num_seqs=None, norm_len=None
+) -> Tensor:
     """mean_i [ sum_t m l / sum_t m ] over sequences with >= 1 token. GRPO paper's 1/|o_i| form."""
     seq_len = mask.to(loss_mat.dtype).sum(-1)  # (B,)
     seq_sum = _select(loss_mat, mask).sum(-1)  # (B,)
@@ -133,7 +140,9 @@ def _seq_mean_token_mean(loss_mat: Tensor, mask: Tensor, num_tokens=None, num_se
 
 
 @AGGREGATIONS.register("seq-mean-token-sum")
-def _seq_mean_token_sum(loss_mat: Tensor, mask: Tensor, num_tokens=None, num_seqs=None) -> Tensor:
+def _seq_mean_token_sum(
+    loss_mat: Tensor, mask: Tensor, num_tokens=None, num_seqs=None, norm_len=None
+) -> Tensor:
     """mean_i [ sum_t m l ] over sequences with >= 1 token. Dr. GRPO (no length normalisation)."""
     seq_len = mask.to(loss_mat.dtype).sum(-1)  # (B,)
     seq_sum = _select(loss_mat, mask).sum(-1)  # (B,)
@@ -141,14 +150,25 @@ def _seq_mean_token_sum(loss_mat: Tensor, mask: Tensor, num_tokens=None, num_seq
 
 
 @AGGREGATIONS.register("seq-mean-token-sum-norm")
-def _seq_mean_token_sum_norm(loss_mat: Tensor, mask: Tensor, num_tokens=None, num_seqs=None) -> Tensor:
-    """sum_{b,t} m l / (B * T), T = mask.shape[-1] a constant (Dr. GRPO's constant normaliser, verl)."""
+def _seq_mean_token_sum_norm(
+    loss_mat: Tensor, mask: Tensor, num_tokens=None, num_seqs=None, norm_len=None
+) -> Tensor:
+    """sum_{b,t} m l / (B * L), L = ``norm_len`` (a constant: Dr. GRPO's normaliser, verl) or, when None,
+    ``mask.shape[-1]``."""
     total = _select(loss_mat, mask).sum()  # ()
     n_seqs = mask.shape[0] if num_seqs is None else num_seqs
-    return total / (_as_count(n_seqs, total) * mask.shape[-1])
+    length = mask.shape[-1] if norm_len is None else norm_len
+    return total / (_as_count(n_seqs, total) * _as_count(length, total))
 
 
 assert set(AGG_MODES) == set(AGGREGATIONS.names()), "AGG_MODES out of sync with AGGREGATIONS"
+
+
+@cache
+def _accepts_norm_len(fn) -> bool:
+    """Whether a registered aggregation takes ``norm_len`` (functions registered before it existed do not)."""
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == "norm_len" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def aggregate_loss(
@@ -157,6 +177,7 @@ def aggregate_loss(
     mode: str,
     num_tokens: int | float | Tensor | None = None,
     num_seqs: int | float | Tensor | None = None,
+    norm_len: int | float | None = None,
 ) -> Tensor:
     """Reduce a per-token loss matrix to a scalar over the response tokens.
 
@@ -168,15 +189,22 @@ def aggregate_loss(
       the GRPO paper's 1/G sum_i 1/|o_i| sum_t form (Shao et al. 2024, arXiv 2402.03300).
     * ``"seq-mean-token-sum"``: mean over sequences (with >= 1 token) of the per-sequence masked sum;
       Dr. GRPO (Liu et al. 2025, arXiv 2503.20783).
-    * ``"seq-mean-token-sum-norm"``: sum(l m) / (B T), i.e. each sequence's sum divided by the constant T.
+    * ``"seq-mean-token-sum-norm"``: sum(l m) / (B L), i.e. each sequence's sum divided by a constant
+      length L = ``norm_len`` (Dr. GRPO: the maximum response length), or T when ``norm_len`` is None.
 
     ``num_tokens`` is used by ``token-mean`` only (ignored by the other modes); ``num_seqs`` replaces the
-    number of sequences in the three ``seq-mean-*`` modes. Counts below 1 are treated as 1.
+    number of sequences in the three ``seq-mean-*`` modes; ``norm_len`` is used by
+    ``seq-mean-token-sum-norm`` only. Counts below 1 are treated as 1.
+
+    Pass ``norm_len`` in training: T (the padded width) is the longest response of the batch, so without
+    it the normaliser of ``seq-mean-token-sum-norm`` changes from step to step.
 
     Args:
         loss_mat: (B, T) per-token values.
         mask: (B, T) bool or float, 1 on response tokens only.
         mode: one of ``AGG_MODES``.
+        num_tokens, num_seqs: global counts of a mini-batch split into micro-batches (see above).
+        norm_len: constant length L of ``seq-mean-token-sum-norm`` (e.g. ``rollout.max_new_tokens``).
 
     Returns:
         A 0-dim tensor, attached to ``loss_mat``'s graph; 0 for an empty mask.
@@ -187,4 +215,6 @@ def aggregate_loss(
     if loss_mat.shape != mask.shape:
         raise ValueError(f"loss_mat {tuple(loss_mat.shape)} and mask {tuple(mask.shape)} must match")
     fn = AGGREGATIONS.get(mode)
+    if norm_len is not None and _accepts_norm_len(fn):
+        return fn(loss_mat, mask, num_tokens=num_tokens, num_seqs=num_seqs, norm_len=norm_len)
     return fn(loss_mat, mask, num_tokens=num_tokens, num_seqs=num_seqs)

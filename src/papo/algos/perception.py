@@ -58,6 +58,7 @@ def perception_kl(
     token_clip: float | None = None,
     top_fraction: float | None = None,
     num_tokens: int | float | Tensor | None = None,
+    norm_len: int | float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PAPO's implicit perception KL between the real-image and masked-image policies (positive).
 
@@ -79,6 +80,7 @@ def perception_kl(
         top_fraction: optional fraction in (0, 1] of response tokens to keep (micro-batch wide; one
             host sync to count the tokens).
         num_tokens: global token count for ``token-mean``.
+        norm_len: constant length of ``seq-mean-token-sum-norm`` (see :func:`aggregate_loss`).
 
     Returns:
         ``(kl, metrics)``: ``kl`` is a scalar >= 0 for k3 (to be MAXIMISED; subtract it in the loss).
@@ -107,7 +109,7 @@ def perception_kl(
     keep = mask  # (B, T)
     if top_fraction is not None:
         keep = _top_fraction_mask(per_token, mask, top_fraction).to(mask.dtype)  # (B, T)
-    kl = aggregate_loss(per_token, keep, agg_mode, num_tokens=num_tokens)  # ()
+    kl = aggregate_loss(per_token, keep, agg_mode, num_tokens=num_tokens, norm_len=norm_len)  # ()
 
     with torch.no_grad():
         clipped = (raw > token_clip).float() if token_clip is not None else torch.zeros_like(raw)
@@ -127,6 +129,7 @@ def sampled_entropy(
     mask: Tensor,
     agg_mode: str = "token-mean",
     num_tokens: int | float | Tensor | None = None,
+    norm_len: int | float | None = None,
 ) -> Tensor:
     """Sampled-token entropy surrogate H = aggregate(-l_t) (PAPO's double entropy loss terms).
 
@@ -136,9 +139,9 @@ def sampled_entropy(
     Args:
         logps: (B, T) log-probs of the sampled tokens (gradient kept).
         mask: (B, T) response mask.
-        agg_mode, num_tokens: see :func:`aggregate_loss`.
+        agg_mode, num_tokens, norm_len: see :func:`aggregate_loss`.
 
     Returns:
         A scalar (>= 0 since log-probs are <= 0).
     """
-    return aggregate_loss(-logps, mask, agg_mode, num_tokens=num_tokens)  # ()
+    return aggregate_loss(-logps, mask, agg_mode, num_tokens=num_tokens, norm_len=norm_len)  # ()

@@ -111,13 +111,14 @@ def clipped_policy_loss(
     dual_clip: float | None = 3.0,
     agg_mode: str = "token-mean",
     num_tokens: int | float | Tensor | None = None,
+    norm_len: int | float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Token-level clipped surrogate with clip-higher and dual clip (PPO / GRPO / DAPO / PAPO).
 
     r_t = exp(clamp(l_t - l_old_t, -20, 20))
     L_t = max(-A_t r_t, -A_t clip(r_t, 1 - clip_low, 1 + clip_high))
     L_t = min(L_t, -A_t dual_clip)  where A_t < 0  (skipped if ``dual_clip`` is None)
-    loss = aggregate_loss(L, mask, agg_mode, num_tokens)
+    loss = aggregate_loss(L, mask, agg_mode, num_tokens, norm_len=norm_len)
 
     Args:
         logps: (B, T) current log-probs of the sampled tokens (with gradient).
@@ -128,6 +129,7 @@ def clipped_policy_loss(
         dual_clip: c > 1 of dual-clip PPO, or None to disable.
         agg_mode: see :func:`aggregate_loss`.
         num_tokens: global token count for ``token-mean`` (see :func:`aggregate_loss`).
+        norm_len: constant length of ``seq-mean-token-sum-norm`` (see :func:`aggregate_loss`).
 
     Returns:
         ``(loss, metrics)``: scalar loss to minimise; metrics as in the module docstring.
@@ -138,7 +140,7 @@ def clipped_policy_loss(
     log_ratio = torch.clamp(logps - old_logps, min=-20.0, max=20.0)  # (B, T)
     ratio = torch.exp(log_ratio)  # (B, T)
     loss_mat, clipped, pg3 = _clipped_surrogate(ratio, advantages, clip_low, clip_high, dual_clip)  # (B, T)
-    loss = aggregate_loss(loss_mat, mask, agg_mode, num_tokens=num_tokens)  # ()
+    loss = aggregate_loss(loss_mat, mask, agg_mode, num_tokens=num_tokens, norm_len=norm_len)  # ()
     metrics = _metrics(ratio, advantages, mask, logps, old_logps, clip_low, clip_high, clipped, pg3)
     return loss, metrics
 
@@ -154,13 +156,14 @@ def gspo_policy_loss(
     agg_mode: str = "seq-mean-token-mean",
     num_tokens: int | float | Tensor | None = None,
     dual_clip: float | None = None,
+    norm_len: int | float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GSPO-token policy loss (Zheng et al. 2025, arXiv 2507.18071; verl ``compute_policy_loss_gspo``).
 
     log s_i = sum_t m (l - l_old) / max(sum_t m, 1)                     (sequence log-ratio)
     log s_it = min(l_t - sg[l_t] + sg[log s_i], 10);  s_it = exp(log s_it)
     L_t = max(-A_t s_it, -A_t clip(s_it, 1 - clip_low, 1 + clip_high))  (+ optional dual clip)
-    loss = aggregate_loss(L, mask, agg_mode)
+    loss = aggregate_loss(L, mask, agg_mode, num_tokens, norm_len=norm_len)
 
     The value of s_it is the sequence ratio s_i for every token, so clipping acts per sequence; the
     gradient of s_it is s_i * grad l_t. The paper's ranges are tiny (clip_low 3e-4, clip_high 4e-4).
@@ -172,7 +175,8 @@ def gspo_policy_loss(
         clip_low, clip_high: clip range of the sequence ratio.
         agg_mode: default ``seq-mean-token-mean`` (the paper's 1/G sum_i form).
         num_tokens: forwarded to :func:`aggregate_loss` (``token-mean`` only).
-        dual_clip: optional dual clip for A < 0 (verl has none; default None).
+        dual_clip: optional dual clip for A < 0 (verl and the GSPO paper have none; default None).
+        norm_len: constant length of ``seq-mean-token-sum-norm`` (see :func:`aggregate_loss`).
 
     Returns:
         ``(loss, metrics)`` with the same metric keys as :func:`clipped_policy_loss`.
@@ -183,6 +187,6 @@ def gspo_policy_loss(
     log_ratio = logps - logps.detach() + seq_log_ratio.detach().unsqueeze(-1)  # (B, T)
     ratio = torch.exp(torch.clamp(log_ratio, max=10.0))  # (B, T)
     loss_mat, clipped, pg3 = _clipped_surrogate(ratio, advantages, clip_low, clip_high, dual_clip)  # (B, T)
-    loss = aggregate_loss(loss_mat, mask, agg_mode, num_tokens=num_tokens)  # ()
+    loss = aggregate_loss(loss_mat, mask, agg_mode, num_tokens=num_tokens, norm_len=norm_len)  # ()
     metrics = _metrics(ratio, advantages, mask, logps, old_logps, clip_low, clip_high, clipped, pg3)
     return loss, metrics

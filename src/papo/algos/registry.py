@@ -15,9 +15,11 @@ Call conventions of the entries:
 
 * ``ADVANTAGE_ESTIMATORS``: ``fn(rewards (N,), group_ids (N,)) -> advantages (N,)``
 * ``POLICY_LOSSES``: ``fn(logps, old_logps, advantages, mask, clip_low=..., clip_high=...,
-  agg_mode=..., num_tokens=None, dual_clip=...) -> (loss, metrics)``
+  agg_mode=..., num_tokens=None, dual_clip=..., norm_len=None) -> (loss, metrics)``; the policy-gradient
+  component passes ``num_tokens`` always, ``dual_clip`` / ``norm_len`` when the function accepts them
 * ``KL_ESTIMATORS``: ``fn(logps (B, T), ref_logps (B, T)) -> per-token KL (B, T)``
-* ``AGGREGATIONS``: ``fn(loss_mat, mask, num_tokens, num_seqs) -> scalar``; ``AGG_MODES`` holds the names.
+* ``AGGREGATIONS``: ``fn(loss_mat, mask, num_tokens, num_seqs[, norm_len]) -> scalar``; ``AGG_MODES`` holds
+  the names (``norm_len`` is passed only to functions that accept it).
 """
 
 from __future__ import annotations

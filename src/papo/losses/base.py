@@ -27,6 +27,7 @@ class LossInputs:
     ref_logps: Tensor | None = None  # (B, T) frozen reference model, no grad
     logps_masked: Tensor | None = None  # (B, T) policy given the masked image (detached or with grad)
     progress: float = 0.0  # fraction of training done, in [0, 1] (coefficient schedules)
+    norm_len: int | None = None  # constant length L of seq-mean-token-sum-norm (rollout.max_new_tokens)
 
     @property
     def local_scale(self) -> float:

@@ -41,9 +41,9 @@ class DoubleEntropyLoss(LossComponent):
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
         assert inputs.logps_masked is not None, "DoubleEntropyLoss needs logps_masked"
-        mask, mode, n = inputs.response_mask, inputs.agg_mode, inputs.num_tokens
-        h_real = sampled_entropy(inputs.logps, mask, agg_mode=mode, num_tokens=n)
-        h_masked = sampled_entropy(inputs.logps_masked, mask, agg_mode=mode, num_tokens=n)
+        mask, mode, n, L = inputs.response_mask, inputs.agg_mode, inputs.num_tokens, inputs.norm_len
+        h_real = sampled_entropy(inputs.logps, mask, agg_mode=mode, num_tokens=n, norm_len=L)
+        h_masked = sampled_entropy(inputs.logps_masked, mask, agg_mode=mode, num_tokens=n, norm_len=L)
         f = schedule_factor(self.schedule, self.anneal_fraction, inputs.progress)
         loss = f * (self.eta_real * h_real + self.eta_masked * h_masked)
         if not loss.requires_grad:  # both coefficients zero or branch detached: keep autograd-friendly

@@ -72,6 +72,7 @@ class PerceptionKLLoss(LossComponent):
             token_clip=self.token_clip,
             top_fraction=self.top_fraction,
             num_tokens=inputs.num_tokens,
+            norm_len=inputs.norm_len,
         )
         coef = self.gamma * schedule_factor(self.schedule, self.anneal_fraction, inputs.progress)
         out = {k: scalar(v) for k, v in metrics.items()}

@@ -1,15 +1,26 @@
 """Policy-gradient term (GRPO/DAPO/GSPO clipped surrogate) as a loss component.
 
 The surrogate itself lives in :mod:`papo.algos.policy_loss` (pure functions, picked by name from
-``papo.algos.POLICY_LOSSES``); this wrapper only binds the algo config's hyperparameters.
+``papo.algos.POLICY_LOSSES``); this wrapper only binds the algo config's hyperparameters and forwards the
+micro-batch's normalisers: ``num_tokens`` (global token count, ``token-mean``) always, ``norm_len``
+(``seq-mean-token-sum-norm``) and ``dual_clip`` to every function that accepts them. ``gspo`` accepts a
+dual clip (not in the GSPO paper nor verl; ``configs/algo/gspo.yaml`` sets ``dual_clip: null``); a
+non-null ``algo.dual_clip`` with a policy loss that has no such argument is a config error.
 """
 
 from __future__ import annotations
+
+import inspect
 
 from torch import Tensor
 
 from papo.algos import POLICY_LOSSES
 from papo.losses.base import LossComponent, LossInputs, scalar
+
+
+def _accepts(fn, name: str) -> bool:
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 class PolicyGradientLoss(LossComponent):
@@ -29,12 +40,23 @@ class PolicyGradientLoss(LossComponent):
         self.clip_low = clip_low
         self.clip_high = clip_high
         self.dual_clip = dual_clip
+        if dual_clip is not None and not _accepts(self.fn, "dual_clip"):
+            raise ValueError(
+                f"algo.dual_clip={dual_clip} but policy loss {policy_loss!r} has no dual clip: "
+                "set algo.dual_clip=null"
+            )
+        self._takes_dual_clip = _accepts(self.fn, "dual_clip")
+        self._takes_num_tokens = _accepts(self.fn, "num_tokens")
+        self._takes_norm_len = _accepts(self.fn, "norm_len")
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
         kwargs = {"clip_low": self.clip_low, "clip_high": self.clip_high, "agg_mode": inputs.agg_mode}
-        if self.policy_loss == "ppo_clip":
+        if self._takes_dual_clip:
             kwargs["dual_clip"] = self.dual_clip
+        if self._takes_num_tokens:
             kwargs["num_tokens"] = inputs.num_tokens
+        if self._takes_norm_len and inputs.norm_len is not None:
+            kwargs["norm_len"] = inputs.norm_len
         loss, metrics = self.fn(
             inputs.logps, inputs.old_logps, inputs.advantages, inputs.response_mask, **kwargs
         )

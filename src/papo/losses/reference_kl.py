@@ -30,5 +30,11 @@ class ReferenceKLLoss(LossComponent):
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
         assert inputs.ref_logps is not None, "ReferenceKLLoss needs ref_logps"
         kl_mat = kl_estimate(inputs.logps, inputs.ref_logps, self.kl_estimator)  # (B, T)
-        kl = aggregate_loss(kl_mat, inputs.response_mask, inputs.agg_mode, num_tokens=inputs.num_tokens)
+        kl = aggregate_loss(
+            kl_mat,
+            inputs.response_mask,
+            inputs.agg_mode,
+            num_tokens=inputs.num_tokens,
+            norm_len=inputs.norm_len,
+        )
         return self.kl_coef * kl, {"kl": scalar(kl) * inputs.local_scale, "coef": self.kl_coef}

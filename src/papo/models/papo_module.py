@@ -366,6 +366,9 @@ class PapoModule(L.LightningModule):
         n_mb = self.algo["num_minibatches"]
         mbs = self.algo["micro_batch_size"]
         agg = self.algo["agg_mode"]
+        # seq-mean-token-sum-norm's constant length (Dr. GRPO): the maximum response length, not the
+        # longest response of this batch (the padded width T, which changes from step to step)
+        norm_len = int(self.algo.get("norm_len") or self.rollout_cfg["max_new_tokens"])
         sums: dict[str, float] = {}
         weights: dict[str, float] = {}
         N = len(exp)
@@ -407,6 +410,7 @@ class PapoModule(L.LightningModule):
                             else None,
                             logps_masked=logps_masked,
                             progress=self.progress,
+                            norm_len=norm_len,
                         )
                         scale = 1.0 if agg == "token-mean" else len(micro) / len(mb)
                         total = logps.new_zeros(())

@@ -135,7 +135,8 @@ class VLLMEngine:
     # ------------------------------------------------------------------ memory
     def _sleep(self) -> None:
         if self.sleep and not self._asleep:
-            self.llm.sleep(level=1)  # drop the KV cache, keep weights on the GPU
+            # level 1: vLLM offloads the weights to CPU memory and discards the KV cache (wake_up reloads them)
+            self.llm.sleep(level=1)
             self._asleep = True
 
     def _wake(self) -> None:
