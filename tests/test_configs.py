@@ -90,3 +90,14 @@ def test_bad_values_fail_with_the_key_named(override: str, needle: str) -> None:
     cfg = compose_cfg([override])
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         validate_config(cfg)
+
+
+def test_the_paper_protocol_is_one_definition() -> None:
+    """avg@8 at T = 1.0 with plain sampling (papo.md "Evaluation"): in-run ``rollout.val_sampled_k=8``
+    (val/sampled/*, top_p 1.0 in the module) and ``src/eval.py``'s default use the same temperature, top_p and k;
+    the experiments' greedy ``val/acc`` is separate (its sampled variant would use the training top_p)."""
+    train = compose_cfg(["experiment=papo_g_3b", "rollout.val_sampled_k=8"])
+    ev = compose_cfg(config_name="eval").eval
+    assert train.rollout.val_sampled_temperature == ev.temperature == 1.0
+    assert (ev.samples, ev.top_p, ev.top_k) == (8, 1.0, 0)
+    assert (train.rollout.val_temperature, train.rollout.val_samples) == (0.0, 1)  # greedy val/acc
