@@ -1,5 +1,5 @@
 """Every algo and every loss config composes and trains 2 RL steps (issue 3 acceptance), and the
-masked branch carries gradient only when ``mask_branch_grad=true``."""
+masked branch carries gradient only when ``mask_branch_grad=true`` (also with the double entropy alone)."""
 
 from __future__ import annotations
 
@@ -47,9 +47,17 @@ def test_every_loss_trains_two_steps(make_cfg, loss: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize(
+    ("loss", "key", "grad"),
+    [
+        ("papo_d", "loss.components.perception_kl.mask_branch_grad", False),
+        ("papo_d", "loss.components.perception_kl.mask_branch_grad", True),
+        # the double entropy alone (gamma 0): eta_masked * H_masked trains only through its own flag
+        ("double_entropy", "loss.mask_branch_grad", True),
+    ],
+)
 def test_masked_branch_gradient_only_when_asked(
-    make_cfg, monkeypatch: pytest.MonkeyPatch, grad: bool
+    make_cfg, monkeypatch: pytest.MonkeyPatch, loss: str, key: str, grad: bool
 ) -> None:
     from papo.models import papo_module
 
@@ -62,9 +70,7 @@ def test_masked_branch_gradient_only_when_asked(
         return out
 
     monkeypatch.setattr(papo_module.PapoModule, "_logps", spy)
-    cfg = make_cfg(
-        ["loss=papo_d", f"loss.components.perception_kl.mask_branch_grad={str(grad).lower()}", *FAST]
-    )
+    cfg = make_cfg([f"loss={loss}", f"{key}={str(grad).lower()}", *FAST])
     train(cfg)
     masked_calls = [g for m, g in calls if m]
     assert masked_calls, "the masked forward never ran"

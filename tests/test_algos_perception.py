@@ -148,3 +148,41 @@ def test_sampled_entropy():
     assert sampled_entropy(logps, mask, num_tokens=6).item() == pytest.approx(0.5)
     h.backward()
     assert logps.grad.tolist() == [[-0.5, -0.5, 0.0]]
+
+
+# ---------------------------------------------------------------- components and the masked-branch gradient
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("component", ["double_entropy", "perception_kl"])
+def test_component_masked_branch_gradient_flag(component, grad):
+    """Each masked-branch component has its own ``mask_branch_grad`` (config: the shared loss-level
+    ``loss.mask_branch_grad``): the module recomputes the masked branch with grad when any active
+    component asks; a component that did not ask detaches it. Default: detached (released code)."""
+    from papo.losses.base import LossInputs
+    from papo.losses.double_entropy import DoubleEntropyLoss
+    from papo.losses.perception_kl import PerceptionKLLoss
+
+    if component == "double_entropy":
+        comp = DoubleEntropyLoss(eta_real=0.0, eta_masked=0.03, mask_branch_grad=grad)
+        assert DoubleEntropyLoss().masked_grad is False
+    else:
+        comp = PerceptionKLLoss(gamma=0.02, mask_branch_grad=grad)
+        assert PerceptionKLLoss().masked_grad is False
+    assert comp.masked_grad is grad and comp.active
+    logps = LOGPS.clone().requires_grad_(True)
+    masked = LOGPS_MASKED.clone().requires_grad_(True)  # as recomputed with grad for another component
+    loss, _ = comp(LossInputs(logps, logps.detach(), torch.zeros(1, 3), MASK, logps_masked=masked))
+    loss.backward()
+    assert (masked.grad is not None and bool(masked.grad.abs().sum() > 0)) is grad
+
+
+def test_loss_level_mask_branch_grad_reaches_both_components():
+    from hydra.utils import instantiate
+
+    from conftest import compose_cfg
+
+    for overrides, expected in (([], False), (["loss.mask_branch_grad=true"], True)):
+        cfg = compose_cfg(["loss=double_entropy", *overrides])
+        comps = {n: instantiate(c) for n, c in cfg.loss.components.items()}
+        assert not comps["perception_kl"].active and comps["double_entropy"].active  # gamma 0
+        assert comps["double_entropy"].masked_grad is expected
+        assert comps["perception_kl"].masked_grad is expected

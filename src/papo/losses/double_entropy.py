@@ -3,6 +3,9 @@
 Entropies are the sampled-token surrogate -log p(o_t) (papo.md), via :func:`papo.algos.sampled_entropy`.
 With the masked branch detached (``mask_branch_grad=false``, the released code's default) the
 H_masked term carries NO gradient: it changes the logged loss value only (the authors confirmed this).
+``mask_branch_grad=true`` (config: the loss-level ``loss.mask_branch_grad``, shared with the perception
+KL) asks the module to recompute the masked branch with gradient in every micro-batch, so H_masked is
+trained too, also when this is the only active masked component (``loss=double_entropy``).
 Both coefficients follow the perception-KL schedule when ``schedule="linear"``.
 """
 
@@ -26,6 +29,7 @@ class DoubleEntropyLoss(LossComponent):
         eta_masked: float = 0.03,
         schedule: str = "fixed",
         anneal_fraction: float = 0.5,
+        mask_branch_grad: bool = False,
     ) -> None:
         if eta_real < 0 or eta_masked < 0:
             raise ValueError(f"loss.eta_real/eta_masked must be >= 0, got {eta_real}, {eta_masked}")
@@ -34,6 +38,7 @@ class DoubleEntropyLoss(LossComponent):
         self.eta_masked = eta_masked
         self.schedule = schedule
         self.anneal_fraction = anneal_fraction
+        self.masked_grad = bool(mask_branch_grad)
 
     @property
     def active(self) -> bool:
@@ -43,7 +48,9 @@ class DoubleEntropyLoss(LossComponent):
         assert inputs.logps_masked is not None, "DoubleEntropyLoss needs logps_masked"
         mask, mode, n, L = inputs.response_mask, inputs.agg_mode, inputs.num_tokens, inputs.norm_len
         h_real = sampled_entropy(inputs.logps, mask, agg_mode=mode, num_tokens=n, norm_len=L)
-        h_masked = sampled_entropy(inputs.logps_masked, mask, agg_mode=mode, num_tokens=n, norm_len=L)
+        # the module recomputes the masked branch with grad when ANY component asks; not asked: detached
+        masked = inputs.logps_masked if self.masked_grad else inputs.logps_masked.detach()
+        h_masked = sampled_entropy(masked, mask, agg_mode=mode, num_tokens=n, norm_len=L)
         f = schedule_factor(self.schedule, self.anneal_fraction, inputs.progress)
         loss = f * (self.eta_real * h_real + self.eta_masked * h_masked)
         if not loss.requires_grad:  # both coefficients zero or branch detached: keep autograd-friendly

@@ -8,6 +8,7 @@ Differences from the paper, all configurable (papo.md):
   (d = l_mask - l, default); the paper's figure writes r - log r - 1 with r = pi(I)/pi(I_mask).
 - ``mask_branch_grad``: the released code computes l_mask once per step with the rollout parameters
   under no_grad (default, detached); the paper writes pi_theta on both sides (True: recomputed with grad).
+  Config: the loss-level ``loss.mask_branch_grad``, shared with the double-entropy component.
 - ``schedule="linear"``: gamma annealed to 0 over the first ``anneal_fraction`` of training.
 - ``token_clip`` / ``top_fraction``: optional per-token clip and top-fraction selection (not in the paper).
 """
@@ -62,9 +63,11 @@ class PerceptionKLLoss(LossComponent):
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
         assert inputs.logps_masked is not None, "PerceptionKLLoss needs logps_masked"
+        # the module recomputes the masked branch with grad when ANY component asks; not asked: detached
+        masked = inputs.logps_masked if self.masked_grad else inputs.logps_masked.detach()
         kl, metrics = perception_kl(
             inputs.logps,
-            inputs.logps_masked,
+            masked,
             inputs.response_mask,
             kind=self.kind,
             agg_mode=inputs.agg_mode,
