@@ -91,6 +91,25 @@ def test_saved_dataset_dir_glob_and_limit(tmp_path: Path, digits_train: Dataset)
     assert len(load_split(str(tmp_path / "part*.parquet"))) == 12
 
 
+def test_a_limit_that_cuts_rows_is_logged(
+    tmp_path: Path, digits_train: Dataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A held-out val file under data=local_files keeps its limit (64) but never silently: the cut is logged."""
+    from conftest import compose_cfg
+
+    path = tmp_path / "val.parquet"
+    digits_train.select_columns(["images", "problem", "answer"]).to_parquet(str(path))
+    with caplog.at_level(logging.INFO, logger="papo.data.hub"):
+        assert len(load_split(str(path), limit=5)) == 5
+        assert len(load_split(str(path), limit=50)) == 12
+    cuts = [r.getMessage() for r in caplog.records if "kept the first" in r.getMessage()]
+    assert cuts == [
+        f"data source {path} (train): kept the first 5 of 12 rows (limit=5; limit=null keeps all)"
+    ]
+    cfg = compose_cfg(["data=local_files", "data.train_dataset.source=/x/train.jsonl"])
+    assert cfg.data.val_dataset.source == "/x/train.jsonl" and cfg.data.val_dataset.limit == 64
+
+
 def test_missing_columns_and_sources_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "x.jsonl").write_text(json.dumps({"question": "q", "image": "a.png"}) + "\n")
     with pytest.raises(ValueError, match=r"no column\(s\) \['answer'\].*present columns"):

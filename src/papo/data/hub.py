@@ -205,6 +205,15 @@ def load_split(
             f"data source {source!r}: mapped column(s) {absent} not found; present columns: {ds.column_names}"
         )
     if limit is not None:
+        if int(limit) < len(ds):  # never a silent cut (e.g. a held-out val file under data=local_files)
+            log.info(
+                "data source %s (%s): kept the first %d of %d rows (limit=%d; limit=null keeps all)",
+                source,
+                split,
+                int(limit),
+                len(ds),
+                int(limit),
+            )
         ds = ds.select(range(min(int(limit), len(ds))))
     ds = ds.cast(_no_decode(ds.features))
     renamed = {src: dst for src, dst in mapping.items() if src != dst}
