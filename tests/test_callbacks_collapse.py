@@ -92,12 +92,17 @@ def gradual_stream(n: int = 60, start: int = 15, seed: int = 4) -> list[dict[str
 
 
 def test_gradual_hacking_is_caught_only_with_frozen_baselines() -> None:
-    reports = run(CollapseDetector(), gradual_stream())
+    # the KL path alone (sustained path off)
+    reports = run(CollapseDetector(sustained_steps=0), gradual_stream())
     first = next((r for r in reports if r.flagged), None)
     assert first is not None and 18 <= first.step <= 32, first
     assert first.active["kl_jump"] and first.active["entropy_rising"] and first.active["acc_falling"]
     # a baseline that keeps tracking kl_prcp while entropy/accuracy already look wrong absorbs the rise
-    assert not any(r.flagged for r in run(CollapseDetector(freeze_on_any=False), gradual_stream()))
+    no_freeze = CollapseDetector(freeze_on_any=False, sustained_steps=0)
+    assert not any(r.flagged for r in run(no_freeze, gradual_stream()))
+    # with the defaults the sustained path (entropy doubled, accuracy falling) may only come earlier
+    default_first = next(r for r in run(CollapseDetector(), gradual_stream()) if r.flagged)
+    assert default_first.step <= first.step
 
 
 def test_single_step_spike_and_kl_alone_do_not_flag() -> None:
@@ -130,12 +135,75 @@ def test_require_kl_and_validation_errors() -> None:
     stream = collapsing_stream()
     for m in stream:
         m.pop(KL)
-    assert not any(r.flagged for r in run(CollapseDetector(), stream))
-    assert any(r.flagged for r in run(CollapseDetector(require_kl=False), stream))
+    assert not any(r.flagged for r in run(CollapseDetector(sustained_steps=0), stream))
+    assert any(r.flagged for r in run(CollapseDetector(require_kl=False, sustained_steps=0), stream))
     with pytest.raises(ValueError, match="kl_factor"):
         CollapseDetector(kl_factor=1.0)
     with pytest.raises(ValueError, match="min_signals"):
         CollapseDetector(min_signals=5)
+    with pytest.raises(ValueError, match="sustained_entropy_factor"):
+        CollapseDetector(sustained_entropy_factor=1.0)
+    with pytest.raises(ValueError, match="sustained_steps"):
+        CollapseDetector(sustained_steps=-1)
+
+
+def test_sustained_path_flags_without_a_kl_jump() -> None:
+    """Entropy tripled and accuracy falling for ``sustained_steps`` steps flag although kl_prcp stays put."""
+    stream = collapsing_stream()
+    for m in stream:
+        m[KL] = 0.09
+        m[ENT_R] *= 1.5  # on top of collapsing_stream's x2 ramp: ~3x at full collapse
+        m[ENT_M] *= 1.5
+    for m in stream[:40]:
+        m[ENT_R] /= 1.5
+        m[ENT_M] /= 1.5
+    reports = run(CollapseDetector(), stream)
+    first = next(r for r in reports if r.flagged)
+    assert 40 <= first.step <= 46 and not first.active["kl_jump"], first
+    assert "accuracy falling for 3 consecutive steps" in first.reason
+    assert "below the 4.0x jump threshold" in first.reason and "entropy_real" in first.reason
+    # kl_prcp never jumps: with the sustained path off nothing flags (kl_jump is required)
+    assert not any(r.flagged for r in run(CollapseDetector(sustained_steps=0), stream))
+
+
+# Metric streams replayed from real CSV logs (tests/data/collapse_detector/README.md): the embedded model
+# with loss.gamma=2.0 (collapses: accuracy 0 from step 45 / 35) and healthy runs of logs/reproduce.
+DATA = Path(__file__).parent / "data" / "collapse_detector"
+
+
+def replay_csv(name: str, **kwargs) -> tuple[list, list[float]]:
+    with (DATA / name).open() as f:
+        rows = list(csv.DictReader(f))
+    det = CollapseDetector(**kwargs)
+    reports, acc = [], []
+    for r in rows:
+        metrics = {k: float(v) for k, v in r.items() if k != "step" and v != ""}
+        reports.append(det.update(int(r["step"]), metrics))
+        acc.append(metrics[ACC])
+    return reports, acc
+
+
+@pytest.mark.parametrize("name", ["gamma2_lean.csv", "gamma2_generate.csv"])
+def test_replayed_gamma2_collapse_flags_well_before_accuracy_hits_zero(name: str) -> None:
+    reports, acc = replay_csv(name)
+    zero = next(i for i, a in enumerate(acc) if a == 0.0)  # first step with accuracy 0
+    first = next((i for i, r in enumerate(reports) if r.flagged), None)
+    assert first is not None, "the gamma=2 collapse was not flagged"
+    assert first <= zero - 5, (first, zero)
+    assert reports[first].triggered and "accuracy falling" in reports[first].reason
+    # on again (a brief accuracy rebound may pause it) by the time accuracy is 0, and on to the end
+    assert all(r.flagged for r in reports[zero:]), "the flag should stay on through the collapse"
+    # the KL path alone never fires in time on this run (kl_prcp only doubles): the point of the new path
+    kl_only = [i for i, r in enumerate(replay_csv(name, sustained_steps=0)[0]) if r.flagged]
+    assert not kl_only or kl_only[0] > zero - 5
+
+
+@pytest.mark.parametrize(
+    "name", ["healthy_grpo_seed2.csv", "healthy_papo_g_gamma0.1_seed0.csv", "healthy_papo_d_seed0.csv"]
+)
+def test_replayed_healthy_runs_never_flag(name: str) -> None:
+    reports, _ = replay_csv(name)
+    assert not any(r.flagged for r in reports), next(r.reason for r in reports if r.flagged)
 
 
 def test_state_dict_round_trip_continues_identically() -> None:

@@ -16,9 +16,21 @@ detector; this one watches the four signals in the training metrics:
 active), so a sustained or gradual rise is not absorbed into the baseline: on the embedded model KL_prcp
 hacking is gradual (kl_prcp 0.04 -> 0.2 over ~15 steps, entropy and accuracy moving first), which a
 baseline that keeps tracking the metric never sees as a jump. Nothing is checked during the first
-``warmup_steps`` updates. A collapse is declared when at least ``min_signals`` signals hold (``kl_jump``
-among them when ``require_kl``) for ``patience`` consecutive updates. Missing or non-finite metrics are
-skipped.
+``warmup_steps`` updates. A collapse is declared on either of two paths:
+
+* the KL path: at least ``min_signals`` signals hold (``kl_jump`` among them when ``require_kl``) for
+  ``patience`` consecutive updates;
+* the sustained path (``sustained_steps`` > 0): every watched entropy above ``sustained_entropy_factor`` x
+  its running level AND ``acc_falling``, together, for ``sustained_steps`` consecutive updates, whatever
+  kl_prcp does. On the embedded model a gamma=2 run collapses (accuracy and format -> 0, entropy 0.09 ->
+  1.4, junk responses) while the smoothed kl_prcp never exceeds ~2.9x its running level (it starts at
+  ~0.09, so the hacking only doubles or triples it, and it falls again once the responses are junk):
+  ``kl_jump`` never holds, and healthy PAPO runs' kl_prcp drifts up 2-4x over training anyway, so a lower
+  factor or an early baseline does not separate the two. A doubled entropy with accuracy falling for 3
+  steps does: on the stored healthy runs the entropy never exceeded 2.2x its level while accuracy fell, and
+  never 2x for two steps in a row (see docs/evaluation.md). The reason then also reports kl_prcp's ratio.
+
+Missing or non-finite metrics are skipped.
 
 :class:`CollapseDetector` is pure Python (feed it metric dicts; unit-tested on synthetic streams);
 :class:`CollapseDetectorCallback` feeds it the logged training metrics after each optimiser step, logs
@@ -103,12 +115,22 @@ class CollapseDetector:
         require_kl: bool = True,
         patience: int = 2,
         freeze_on_any: bool = True,
+        sustained_entropy_factor: float = 2.0,
+        sustained_steps: int = 3,
     ) -> None:
         if kl_factor <= 1:
             raise ValueError(f"collapse_detector.kl_factor must be > 1, got {kl_factor}")
         if not 1 <= min_signals <= len(SIGNALS):
             raise ValueError(
                 f"collapse_detector.min_signals must be in [1, {len(SIGNALS)}], got {min_signals}"
+            )
+        if sustained_entropy_factor <= 1:
+            raise ValueError(
+                f"collapse_detector.sustained_entropy_factor must be > 1, got {sustained_entropy_factor}"
+            )
+        if int(sustained_steps) < 0:
+            raise ValueError(
+                f"collapse_detector.sustained_steps must be >= 0 (0 = off), got {sustained_steps}"
             )
         if not (0 < fast_alpha <= 1 and 0 < slow_alpha <= 1):
             raise ValueError(f"EMA weights must be in (0, 1], got fast={fast_alpha}, slow={slow_alpha}")
@@ -121,12 +143,15 @@ class CollapseDetector:
         self.warmup_steps, self.min_signals = int(warmup_steps), int(min_signals)
         self.require_kl, self.patience = bool(require_kl), max(1, int(patience))
         self.freeze_on_any = bool(freeze_on_any)
+        self.sustained_entropy_factor = float(sustained_entropy_factor)
+        self.sustained_steps = int(sustained_steps)
         self.reset()
 
     def reset(self) -> None:
         self.emas: dict[str, _Ema] = {}
         self.updates = 0
         self.streak = 0
+        self.sustained_streak = 0
         self.flagged = False
         self.events: list[CollapseReport] = []
 
@@ -160,6 +185,7 @@ class CollapseDetector:
         active: dict[str, bool] = dict.fromkeys(SIGNALS, False)
         details: dict[str, str] = {}
         anomalous: set[str] = set()
+        entropy_surge = False  # every watched entropy > sustained_entropy_factor x its running level
 
         def level(k: str) -> tuple[float, float] | None:
             e = self.emas.get(k)
@@ -178,6 +204,11 @@ class CollapseDetector:
                         f"kl_prcp {cur:.4g} is {cur / max(base, 1e-12):.1f}x its running level {base:.4g} "
                         f"(threshold {self.kl_factor}x)"
                     )
+                else:  # context for the sustained path's reason (not a signal)
+                    details["kl_prcp"] = (
+                        f"kl_prcp {cur:.4g} is {cur / max(base, 1e-12):.1f}x its running level {base:.4g} "
+                        f"(below the {self.kl_factor}x jump threshold)"
+                    )
             lv = level(self.clip_key)
             if lv is not None:
                 cur, base = lv
@@ -189,6 +220,9 @@ class CollapseDetector:
                     )
             ent_keys = self._entropy_keys(metrics)
             ent_levels = [(k, level(k)) for k in ent_keys]
+            entropy_surge = bool(ent_levels) and all(
+                lv is not None and lv[0] > self.sustained_entropy_factor * lv[1] for _, lv in ent_levels
+            )
             if ent_levels and all(
                 lv is not None and lv[0] > (1 + self.entropy_rise) * lv[1] for _, lv in ent_levels
             ):
@@ -218,8 +252,12 @@ class CollapseDetector:
         score = sum(active.values())
         condition = score >= self.min_signals and (active["kl_jump"] or not self.require_kl)
         self.streak = self.streak + 1 if condition else 0
+        sustained = self.sustained_steps > 0 and entropy_surge and active["acc_falling"]
+        self.sustained_streak = self.sustained_streak + 1 if sustained else 0
+        kl_path = self.streak >= self.patience
+        sustained_path = self.sustained_steps > 0 and self.sustained_streak >= self.sustained_steps
         was = self.flagged
-        self.flagged = self.streak >= self.patience
+        self.flagged = kl_path or sustained_path
         report = CollapseReport(
             step=int(step),
             score=int(score),
@@ -228,10 +266,17 @@ class CollapseDetector:
             active=active,
             details=details,
         )
-        if self.flagged:
+        if kl_path:
             report.reason = (
                 f"step {step}: KL_prcp hacking suspected ({score}/{len(SIGNALS)} signals for "
                 f"{self.streak} consecutive steps): " + "; ".join(details[s] for s in SIGNALS if s in details)
+            )
+        elif sustained_path:
+            report.reason = (
+                f"step {step}: KL_prcp hacking suspected (entropy > {self.sustained_entropy_factor:g}x its "
+                f"running level and accuracy falling for {self.sustained_streak} consecutive steps; "
+                f"{score}/{len(SIGNALS)} signals): "
+                + "; ".join(details[s] for s in (*SIGNALS, "kl_prcp") if s in details)
             )
         if report.triggered:
             self.events.append(report)
@@ -243,6 +288,7 @@ class CollapseDetector:
             "emas": {k: {"fast": e.fast, "slow": e.slow, "n": e.n} for k, e in self.emas.items()},
             "updates": self.updates,
             "streak": self.streak,
+            "sustained_streak": self.sustained_streak,
             "flagged": self.flagged,
         }
 
@@ -253,6 +299,7 @@ class CollapseDetector:
             ema.fast, ema.slow, ema.n = e["fast"], e["slow"], int(e["n"])
         self.updates = int(state.get("updates", 0))
         self.streak = int(state.get("streak", 0))
+        self.sustained_streak = int(state.get("sustained_streak", 0))
         self.flagged = bool(state.get("flagged", False))
 
 
