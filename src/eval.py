@@ -24,13 +24,32 @@ import papo.utils  # noqa: E402,F401  (registers the config resolvers)
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    """Run the evaluation; return the greedy accuracy (for Hydra sweepers)."""
-    from papo.evaluation.evaluator import evaluate
+    """Run the evaluation; return the greedy accuracy (for Hydra sweepers). The config and ``ckpt_path`` are
+    checked first, before anything loads: an invalid config prints its problems on stderr, one per line,
+    and exits with status 2 (papo.utils.wrappers.config_error_exit)."""
+    from papo.config_validation import validate_eval_config
+    from papo.utils.wrappers import config_error_exit
 
-    result = evaluate(cfg)
+    with config_error_exit():
+        validate_eval_config(cfg)
+        _check_ckpt_path(cfg)
+        from papo.evaluation.evaluator import evaluate
+
+        result = evaluate(cfg)
     metrics = result["metrics"]
     value = metrics.get("greedy/acc", next(iter(metrics.values()), None))
     return None if value is None else float(value)
+
+
+def _check_ckpt_path(cfg: DictConfig) -> None:
+    """A ``ckpt_path`` that names no checkpoint is a config error (as in training), found before loading."""
+    from papo.config_validation import ConfigError
+    from papo.utils.checkpointing import CheckpointNotFoundError, resolve_ckpt_path
+
+    try:
+        resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.output_dir, "checkpoints"))
+    except CheckpointNotFoundError as err:
+        raise ConfigError(str(err)) from None
 
 
 if __name__ == "__main__":

@@ -24,10 +24,13 @@ import papo.utils  # noqa: E402,F401  (registers the config resolvers)
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Run training; return the optimised metric (for Hydra sweepers)."""
+    """Run training; return the optimised metric (for Hydra sweepers). An invalid config: its problems on
+    stderr, one per line, and exit status 2 (papo.utils.wrappers.config_error_exit)."""
     from papo.pipeline import train
+    from papo.utils.wrappers import config_error_exit
 
-    metrics = train(cfg)
+    with config_error_exit():
+        metrics = train(cfg)
     value = metrics.get(cfg.get("optimized_metric") or "", None)
     return None if value is None else float(value)
 

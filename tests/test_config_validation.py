@@ -6,6 +6,9 @@ passes; this module covers the whole list."""
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from conftest import compose_cfg
 from papo.config_validation import ConfigError, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # (override, text the one-line error must contain: the key, and the allowed range / names)
 BAD_VALUES = [
@@ -170,3 +175,146 @@ def test_bad_ckpt_path_fails_before_any_model_loads(make_cfg, tmp_path: Path, mo
         cfg.ckpt_path = str(tmp_path / "nope.ckpt")
     with pytest.raises(ConfigError, match="no such file or directory; allowed: null, last"):
         pipeline.train(cfg)
+
+
+# ------------------------------------------------------------------------- every problem at once, entry points
+def test_every_problem_is_reported_at_once_one_line_per_key() -> None:
+    """validate_config collects ALL problems (not just the first): one line per key, naming key and range;
+    a key whose value is only copied elsewhere (loss.gamma -> the perception-KL component) is reported once."""
+    cfg = _cfg("loss.gamma=-1 masking.mask_prob=2 algo.clip_low=1.5 optim.lr=abc rollout.top_k=-1")
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert err.value.problems == [
+        "algo.clip_low=1.5 must be in [0, 1)",
+        "loss.gamma=-1 must be >= 0",
+        "masking.mask_prob=2 must be in [0, 1]",
+        "rollout.top_k=-1 must be an integer >= 0 (0 disables)",
+        "optim.lr='abc' must be a number > 0",
+    ]
+    lines = str(err.value).splitlines()
+    assert lines[0] == "5 config problems:" and lines[1:] == [f"  {p}" for p in err.value.problems]
+    assert err.value.report().splitlines()[0] == "Invalid config (5 problems):"
+    # one problem: the message is that one line
+    with pytest.raises(ConfigError) as one:
+        validate_config(_cfg("loss.gamma=-1"))
+    assert str(one.value) == "loss.gamma=-1 must be >= 0" and one.value.problems == [str(one.value)]
+
+
+def _entry_point(script: str, *overrides: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / script), *overrides, f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_train_entry_point_prints_every_problem_without_traceback(tmp_path: Path) -> None:
+    """`python src/train.py loss.gamma=-1 masking.mask_prob=2`: both keys on stderr, one line each, no
+    traceback (neither task_wrapper's logged one nor Hydra's), exit status 2."""
+    proc = _entry_point(
+        "train.py", "loss.gamma=-1", "masking.mask_prob=2", "num_threads=1", tmp_path=tmp_path
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        "Invalid config (2 problems):",
+        "  loss.gamma=-1 must be >= 0",
+        "  masking.mask_prob=2 must be in [0, 1]",
+    ]
+
+
+# (override, text of the one-line problem) for the evaluation config (configs/eval.yaml)
+BAD_EVAL_VALUES = [
+    ("eval.split=dev", "eval.split='dev' is unknown; valid: ['train', 'val', 'test']"),
+    ("eval.samples=-1", "eval.samples=-1 must be an integer >= 0 (0 = greedy only)"),
+    ("eval.samples=2.5", "eval.samples=2.5 must be an integer >= 0"),
+    ("eval.temperature=0", "eval.temperature=0 must be a number > 0"),
+    ("eval.top_p=0", "eval.top_p=0 must be a number in (0, 1]"),
+    ("eval.top_k=-2", "eval.top_k=-2 must be an integer >= 0 (0 disables)"),
+    ("eval.limit=0", "eval.limit=0 must be an integer >= 1 or null (null = all)"),
+    ("eval.max_new_tokens=0", "eval.max_new_tokens=0 must be an integer >= 1 or null"),
+    ("eval.num_samples_shown=-1", "eval.num_samples_shown=-1 must be an integer >= 0"),
+    (
+        "eval.greedy=false eval.samples=0",
+        "nothing to evaluate; set eval.greedy=true and/or eval.samples >= 1",
+    ),
+    ("masking.mask_prob=1.5", "masking.mask_prob=1.5 must be in [0, 1]"),
+    ("rollout.max_new_tokens=0", "rollout.max_new_tokens=0 must be > 0"),
+    ("rollout.decoder=fast", "rollout.decoder='fast' is unknown; valid: ['lean', 'generate']"),
+    ("reward.on_error=ignore", "reward.on_error='ignore' is unknown; valid: ['raise', 'zero']"),
+    ("data.max_pixels=0", "data.max_pixels=0 must be an integer >= 1"),
+    ("model.family=nope", "model.family='nope' is unknown; valid: ["),
+]
+
+
+def _eval_cfg(overrides: str) -> DictConfig:
+    cfg = compose_cfg([], config_name="eval")
+    with open_dict(cfg):
+        for p in overrides.split():
+            key, value = p.split("=", 1)
+            OmegaConf.update(cfg, key, yaml.safe_load(value), force_add=True)
+    return cfg
+
+
+@pytest.mark.parametrize(("overrides", "needle"), BAD_EVAL_VALUES, ids=[o for o, _ in BAD_EVAL_VALUES])
+def test_bad_eval_value_is_a_one_line_error_naming_the_key(overrides: str, needle: str) -> None:
+    from papo.config_validation import validate_eval_config
+
+    with pytest.raises(ConfigError) as err:
+        validate_eval_config(_eval_cfg(overrides))
+    assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_eval_config_checks_only_what_the_evaluation_uses() -> None:
+    """The shipped eval config passes; algo / loss / optim are composed for presets but not checked (the
+    evaluation of a masking=none run must not fail on PAPO's need for masked images)."""
+    from papo.config_validation import validate_eval_config
+
+    validate_eval_config(compose_cfg([], config_name="eval"))
+    validate_eval_config(compose_cfg(["masking=none", "eval.samples=0", "eval.limit=4"], config_name="eval"))
+    validate_eval_config(_eval_cfg("algo.clip_low=5 loss.gamma=-1"))
+
+
+def test_eval_entry_point_validates_before_anything_loads(tmp_path: Path) -> None:
+    """`python src/eval.py` with bad eval / masking values and a missing checkpoint: every problem on stderr
+    at once, exit status 2, no traceback, and nothing was built (no model, no eval output)."""
+    proc = _entry_point(
+        "eval.py",
+        "eval.limit=0",
+        "eval.temperature=-1",
+        "masking.mask_prob=2",
+        "num_threads=1",
+        tmp_path=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        "Invalid config (3 problems):",
+        "  eval.temperature=-1 must be a number > 0",
+        "  eval.limit=0 must be an integer >= 1 or null (null = all)",
+        "  masking.mask_prob=2 must be in [0, 1]",
+    ]
+    assert not list(tmp_path.glob("eval_*"))
+    proc = _entry_point("eval.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", "num_threads=1", tmp_path=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.startswith("Invalid config: ckpt_path=") and "no such file or directory" in proc.stderr
+
+
+def test_config_error_exit_raises_in_a_multirun(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A multirun job's ConfigError is raised (Hydra records the job, the sweep goes on), not sys.exit."""
+    from papo.utils import wrappers
+
+    with pytest.raises(SystemExit) as exit_, wrappers.config_error_exit():
+        raise ConfigError(["a.b=1 must be >= 2", "c=x is unknown; valid: ['y']"])
+    assert exit_.value.code == wrappers.CONFIG_ERROR_EXIT == 2
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        "  a.b=1 must be >= 2",
+        "  c=x is unknown; valid: ['y']",
+    ]
+    monkeypatch.setattr(wrappers, "multirun_job", lambda: {"num": "0"})
+    with pytest.raises(ConfigError), wrappers.config_error_exit():
+        raise ConfigError("a.b=1 must be >= 2")

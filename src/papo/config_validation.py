@@ -7,6 +7,9 @@ combinations the paper did not use are warnings.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,7 +20,27 @@ log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
-    """A config value is invalid; the message names the key and the allowed values."""
+    """Invalid config values; the message names each key and the allowed values or range.
+
+    ``problems`` holds one line per problem. With one problem the message is that line; with several it is a
+    header and one indented line per problem (``validate_config`` reports every problem at once).
+    """
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            lines = "\n".join(f"  {p}" for p in self.problems)
+            message = f"{len(self.problems)} config problems:\n{lines}"
+        super().__init__(message)
+
+    def report(self) -> str:
+        """What an entry point prints (src/train.py, src/eval.py): a header and one line per problem."""
+        if len(self.problems) == 1:
+            return f"Invalid config: {self.problems[0]}"
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        return f"Invalid config ({len(self.problems)} problems):\n{lines}"
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -25,66 +48,168 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+_KEY = re.compile(r"[A-Za-z_][\w.]*")
+
+
+class _Problems:
+    """Collects every problem (one per key: the first, most specific message wins) instead of stopping at
+    the first. ``check`` takes the condition lazily: a value of the wrong type (a comparison that raises
+    TypeError) is left to the range table, which reports it as a type error."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self._keys: set[str] = set()
+
+    def add(self, msg: str) -> None:
+        m = _KEY.match(msg)
+        key = m.group(0) if m else msg
+        if key not in self._keys:
+            self._keys.add(key)
+            self.items.append(msg)
+
+    def check(self, cond: Callable[[], bool], msg: str) -> None:
+        try:
+            ok = cond()
+        except TypeError:
+            return
+        if not ok:
+            self.add(msg)
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Call ``fn``; record the ConfigError it raises (``fn`` is one independent check)."""
+        try:
+            fn(*args, **kwargs)
+        except ConfigError as err:
+            for p in err.problems:
+                self.add(p)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.items)
+
+
 def validate_config(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first invalid value; warn on unusual but legal combinations."""
+    """Raise one ConfigError listing EVERY invalid value of a training config (one line per key); warn on
+    unusual but legal combinations."""
+    p = _Problems()
     a = cfg.algo
     for key, reg in (
         ("advantage", ADVANTAGE_ESTIMATORS),
         ("policy_loss", POLICY_LOSSES),
         ("kl_estimator", KL_ESTIMATORS),
     ):
-        _check(a[key] in reg.names(), f"algo.{key}={a[key]!r} is unknown; valid: {sorted(reg.names())}")
-    _check(a.agg_mode in AGG_MODES, f"algo.agg_mode={a.agg_mode!r} is unknown; valid: {list(AGG_MODES)}")
-    _check(
-        a.group_size >= 2 or a.advantage not in ("grpo", "rloo", "dr_grpo"),
+        p.check(
+            lambda key=key, reg=reg: a[key] in reg.names(),
+            f"algo.{key}={a[key]!r} is unknown; valid: {sorted(reg.names())}",
+        )
+    p.check(
+        lambda: a.agg_mode in AGG_MODES, f"algo.agg_mode={a.agg_mode!r} is unknown; valid: {list(AGG_MODES)}"
+    )
+    p.check(
+        lambda: a.group_size >= 2 or a.advantage not in ("grpo", "rloo", "dr_grpo"),
         f"algo.group_size={a.group_size}: group-normalised advantages need >= 2 responses per prompt",
     )
-    _check(0 <= a.clip_low < 1, f"algo.clip_low={a.clip_low} must be in [0, 1)")
-    _check(a.clip_high >= 0, f"algo.clip_high={a.clip_high} must be >= 0")
-    _check(a.dual_clip is None or a.dual_clip > 1, f"algo.dual_clip={a.dual_clip} must be > 1 or null")
-    _check(a.kl_coef >= 0, f"algo.kl_coef={a.kl_coef} must be >= 0")
-    _check(a.kl_in in ("loss", "reward"), f"algo.kl_in={a.kl_in!r}; valid: ['loss', 'reward']")
-    _check(
-        a.ppo_epochs >= 1 and a.num_minibatches >= 1 and a.micro_batch_size >= 1,
-        "algo.ppo_epochs, algo.num_minibatches and algo.micro_batch_size must be >= 1",
+    p.check(lambda: 0 <= a.clip_low < 1, f"algo.clip_low={a.clip_low} must be in [0, 1)")
+    p.check(lambda: a.clip_high >= 0, f"algo.clip_high={a.clip_high} must be >= 0")
+    p.check(
+        lambda: a.dual_clip is None or a.dual_clip > 1, f"algo.dual_clip={a.dual_clip} must be > 1 or null"
     )
+    p.check(lambda: a.kl_coef >= 0, f"algo.kl_coef={a.kl_coef} must be >= 0")
+    p.check(lambda: a.kl_in in ("loss", "reward"), f"algo.kl_in={a.kl_in!r}; valid: ['loss', 'reward']")
+    for key in ("ppo_epochs", "num_minibatches", "micro_batch_size"):
+        p.check(lambda key=key: a[key] >= 1, f"algo.{key}={a[key]} must be >= 1")
     ds = a.dynamic_sampling
-    _check(
-        0 <= ds.low < ds.high <= 1,
+    p.check(
+        lambda: 0 <= ds.low < ds.high <= 1,
         f"algo.dynamic_sampling low={ds.low}, high={ds.high}: need 0 <= low < high <= 1",
     )
-    r = cfg.rollout
-    _check(r.max_new_tokens > 0, f"rollout.max_new_tokens={r.max_new_tokens} must be > 0")
-    _check(r.max_prompt_length > 0, f"rollout.max_prompt_length={r.max_prompt_length} must be > 0")
-    _check(r.temperature >= 0, f"rollout.temperature={r.temperature} must be >= 0")
-    _check(0 < r.top_p <= 1, f"rollout.top_p={r.top_p} must be in (0, 1]")
-    _check(r.val_samples >= 1, f"rollout.val_samples={r.val_samples} must be >= 1")
+    _validate_rollout(p, cfg)
     loss = cfg.loss
     for key in ("gamma", "eta_real", "eta_masked"):
         if key in loss:
-            _check(loss[key] >= 0, f"loss.{key}={loss[key]} must be >= 0")
+            p.check(lambda key=key: loss[key] >= 0, f"loss.{key}={loss[key]} must be >= 0")
+    masking_on = _validate_masking_values(p, cfg)
+    needs_masked = [
+        f"loss.components.{n}" for n, c in (loss.get("components") or {}).items() if _needs_masked(c)
+    ]
+    p.check(
+        lambda: not needs_masked or masking_on,
+        f"{', '.join(needs_masked)} (loss={loss.name}) needs masked images but masking is disabled; "
+        "choose masking=random_patch (or another view), or loss=none",
+    )
+    p.check(lambda: cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be > 0")
+    p.check(lambda: cfg.optim.grad_clip > 0, f"optim.grad_clip={cfg.optim.grad_clip} must be > 0")
+    _validate_ranges(p, cfg)
+    _validate_scale(p, cfg)
+    p.raise_if_any()
+    try:
+        if a.name == "dapo" and a.kl_coef > 0:
+            log.warning("algo=dapo with kl_coef=%s: DAPO as published uses no reference model", a.kl_coef)
+        if loss.get("gamma", 0) >= 0.04:
+            log.warning("loss.gamma=%s: the paper reports collapse at gamma=0.04", loss.gamma)
+    except TypeError:  # pragma: no cover - wrong types were reported above
+        pass
+
+
+def validate_eval_config(cfg: DictConfig) -> None:
+    """Raise one ConfigError listing every invalid value of an evaluation config (configs/eval.yaml), before
+    anything loads: the ``eval.*`` settings, and the groups the evaluation uses (rollout, masking, reward,
+    data, model, warm start). ``algo`` / ``loss`` are composed for experiment presets but not used, so they
+    are not checked; neither are ``optim``, ``trainer`` or ``callbacks``."""
+    p = _Problems()
+    if cfg.get("eval") is None:
+        raise ConfigError("eval: missing; this is not an evaluation config (configs/eval.yaml)")
+    p.run(check_choice, cfg, "eval.split", ["train", "val", "test"])
+    p.run(check_range, cfg, "eval.samples", 0, None, integer=True, allowed="0 = greedy only")
+    p.run(check_range, cfg, "eval.temperature", 0, None, lo_open=True)
+    p.run(check_range, cfg, "eval.top_p", 0, 1, lo_open=True)
+    p.run(check_range, cfg, "eval.top_k", 0, None, integer=True, allowed="0 disables")
+    p.run(check_range, cfg, "eval.limit", 1, None, integer=True, nullable=True, allowed="null = all")
+    p.run(
+        check_range,
+        cfg,
+        "eval.max_new_tokens",
+        1,
+        None,
+        integer=True,
+        nullable=True,
+        allowed="null = rollout.max_new_tokens",
+    )
+    p.run(check_range, cfg, "eval.num_samples_shown", 0, None, integer=True)
+    ev = cfg.eval
+    p.check(
+        lambda: bool(ev.get("greedy", True)) or int(ev.get("samples") or 0) > 0,
+        f"eval.greedy={ev.get('greedy')} with eval.samples={ev.get('samples')}: nothing to evaluate; "
+        "set eval.greedy=true and/or eval.samples >= 1",
+    )
+    _validate_rollout(p, cfg)
+    _validate_masking_values(p, cfg)
+    for key, lo, hi, opts in RANGES:
+        if key.split(".")[0] in ("rollout", "reward", "masking", "data"):
+            p.run(check_range, cfg, key, lo, hi, **opts)
+    _validate_common(p, cfg)
+    _validate_scale(p, cfg, strategy=False)
+    p.raise_if_any()
+
+
+def _validate_rollout(p: _Problems, cfg: DictConfig) -> None:
+    r = cfg.rollout
+    p.check(lambda: r.max_new_tokens > 0, f"rollout.max_new_tokens={r.max_new_tokens} must be > 0")
+    p.check(lambda: r.max_prompt_length > 0, f"rollout.max_prompt_length={r.max_prompt_length} must be > 0")
+    p.check(lambda: r.temperature >= 0, f"rollout.temperature={r.temperature} must be >= 0")
+    p.check(lambda: 0 < r.top_p <= 1, f"rollout.top_p={r.top_p} must be in (0, 1]")
+    p.check(lambda: r.val_samples >= 1, f"rollout.val_samples={r.val_samples} must be >= 1")
+
+
+def _validate_masking_values(p: _Problems, cfg: DictConfig) -> bool:
+    """Mask probability / ratio in [0, 1] when masking is on; returns whether it is on."""
     masking = cfg.get("masking")
     target = str(masking.get("_target_") or "") if masking else ""
     masking_on = bool(target) and not target.endswith("no_masking")
     for key in ("mask_prob", "ratio"):
         if masking_on and key in masking:
-            _check(0 <= masking[key] <= 1, f"masking.{key}={masking[key]} must be in [0, 1]")
-    needs_masked = [
-        f"loss.components.{n}" for n, c in (loss.get("components") or {}).items() if _needs_masked(c)
-    ]
-    _check(
-        not needs_masked or masking_on,
-        f"{', '.join(needs_masked)} (loss={loss.name}) needs masked images but masking is disabled; "
-        "choose masking=random_patch (or another view), or loss=none",
-    )
-    _check(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr} must be > 0")
-    _check(cfg.optim.grad_clip > 0, f"optim.grad_clip={cfg.optim.grad_clip} must be > 0")
-    _validate_ranges(cfg)
-    _validate_scale(cfg)
-    if a.name == "dapo" and a.kl_coef > 0:
-        log.warning("algo=dapo with kl_coef=%s: DAPO as published uses no reference model", a.kl_coef)
-    if loss.get("gamma", 0) >= 0.04:
-        log.warning("loss.gamma=%s: the paper reports collapse at gamma=0.04", loss.gamma)
+            p.check(lambda key=key: 0 <= masking[key] <= 1, f"masking.{key}={masking[key]} must be in [0, 1]")
+    return masking_on
 
 
 def _needs_masked(comp: DictConfig | None) -> bool:
@@ -214,19 +339,92 @@ def _import_target(target: str, key: str, what: str, valid: list[str]) -> type |
         raise ConfigError(f"{key}={target!r} cannot be imported; valid {what}: {valid}") from None
 
 
-def _validate_ranges(cfg: DictConfig) -> None:
-    """Every numeric range, choice and ``_target_`` of the composed config (one-line errors)."""
+def _validate_ranges(p: _Problems, cfg: DictConfig) -> None:
+    """Every numeric range, choice and ``_target_`` of the composed training config."""
     for key, lo, hi, opts in RANGES:
-        check_range(cfg, key, lo, hi, **opts)
+        p.run(check_range, cfg, key, lo, hi, **opts)
     for beta in range(2):
-        check_range(cfg, f"optim.betas.{beta}", 0, 1, hi_open=True)
-    check_range(cfg, "algo.dual_clip", 1, None, lo_open=True, nullable=True, allowed="null disables")
-    check_choice(cfg, "reward.on_error", ["raise", "zero"])
-    check_choice(cfg, "data.on_bad_row", ["error", "skip"])
-    check_choice(cfg, "loss.schedule", ["fixed", "linear"])
+        p.run(check_range, cfg, f"optim.betas.{beta}", 0, 1, hi_open=True)
+    p.run(check_range, cfg, "algo.dual_clip", 1, None, lo_open=True, nullable=True, allowed="null disables")
+    p.run(check_choice, cfg, "loss.schedule", ["fixed", "linear"])
+    _validate_common(p, cfg)
+    # loss components: importable LossComponent classes with in-range coefficients and valid names
+    for name, comp in (cfg.loss.get("components") or {}).items():
+        prefix = f"loss.components.{name}"
+        p.run(_check_component_target, prefix, comp)
+        # a component key that only copies a checked loss-level key (``gamma: ${loss.gamma}``) is not
+        # reported again: the user's key is the loss-level one
+        copied = _checked_aliases(comp)
+        for key, lo, hi, opts in COMPONENT_RANGES:
+            if key not in copied:
+                p.run(check_range, cfg, f"{prefix}.{key}", lo, hi, **opts)
+        p.run(check_choice, cfg, f"{prefix}.kind", KL_ESTIMATORS.names())
+        p.run(check_choice, cfg, f"{prefix}.direction", ["masked_as_ref", "real_as_ref"])
+        if "schedule" not in copied:
+            p.run(check_choice, cfg, f"{prefix}.schedule", ["fixed", "linear"])
+    ovl = OmegaConf.select(cfg, "algo.overlong", default=None)
+    if ovl and ovl.get("enabled", False):
+        p.check(
+            lambda: ovl.buffer_length < cfg.rollout.max_new_tokens,
+            f"algo.overlong.buffer_length={ovl.buffer_length} must be < rollout.max_new_tokens="
+            f"{cfg.rollout.max_new_tokens}",
+        )
+
+
+_ALIAS = re.compile(r"^\$\{([\w.]+)\}$")
+
+
+def _checked_aliases(comp: DictConfig | None) -> set[str]:
+    """Keys of ``comp`` that are plain ``${<key>}`` copies of a key the loss-level checks cover."""
+    if not isinstance(comp, DictConfig):
+        return set()
+    checked = {k for k, *_ in RANGES} | {"loss.schedule"}
+    out = set()
+    for key in comp:
+        node = comp._get_node(key)
+        m = _ALIAS.match(str(node._value())) if node is not None and node._is_interpolation() else None
+        if m and m.group(1) in checked:
+            out.add(str(key))
+    return out
+
+
+_BUILTIN_COMPONENTS = [
+    "papo.losses.perception_kl.PerceptionKLLoss",
+    "papo.losses.double_entropy.DoubleEntropyLoss",
+]
+
+
+def _check_component_target(prefix: str, comp: DictConfig | None) -> None:
+    from papo.losses.base import LossComponent
+
+    builtin = _BUILTIN_COMPONENTS
+    _check(comp is not None and "_target_" in comp, f"{prefix} has no _target_; e.g. {builtin}")
+    obj = _import_target(str(comp._target_), f"{prefix}._target_", "loss components", builtin)
+    _check(
+        isinstance(obj, type) and issubclass(obj, LossComponent),
+        f"{prefix}._target_={comp._target_!r} is not a LossComponent subclass; e.g. {builtin}",
+    )
+
+
+def _check_masking_target(target: str) -> None:
+    """An importable ImageView (or no_masking); the error lists the built-in views."""
+    from papo.data.masking import VIEWS, ImageView, no_masking
+
+    valid = [*sorted(VIEWS), "none"]
+    obj = _import_target(target, "masking._target_", "masking views (masking=...)", valid)
+    _check(
+        obj is no_masking or (isinstance(obj, type) and issubclass(obj, ImageView)),
+        f"masking._target_={target!r} is not an ImageView; valid masking views: {valid}",
+    )
+
+
+def _validate_common(p: _Problems, cfg: DictConfig) -> None:
+    """Choices and targets shared by training and evaluation: reward, data, warm start, masking view."""
+    p.run(check_choice, cfg, "reward.on_error", ["raise", "zero"])
+    p.run(check_choice, cfg, "data.on_bad_row", ["error", "skip"])
     from papo.rewards import REWARD_FUNCTIONS
 
-    check_choice(cfg, "reward.name", REWARD_FUNCTIONS.names())
+    p.run(check_choice, cfg, "reward.name", REWARD_FUNCTIONS.names())
     if cfg.get("warm_start") and cfg.warm_start.get("enabled", False):
         for key, lo, hi, opts in [
             ("warm_start.max_steps", 1, None, {"integer": True}),
@@ -234,85 +432,64 @@ def _validate_ranges(cfg: DictConfig) -> None:
             ("warm_start.lr", 0, None, {"lo_open": True}),
             ("warm_start.data_fraction", 0, 1, {"lo_open": True}),
         ]:
-            check_range(cfg, key, lo, hi, **opts)
-    # masking: an importable ImageView (or no_masking); the error lists the built-in views
-    from papo.data.masking import VIEWS, ImageView, no_masking
-
+            p.run(check_range, cfg, key, lo, hi, **opts)
     masking = cfg.get("masking")
     target = masking.get("_target_") if masking else None
     if target:
-        valid = [*sorted(VIEWS), "none"]
-        obj = _import_target(str(target), "masking._target_", "masking views (masking=...)", valid)
-        _check(
-            obj is no_masking or (isinstance(obj, type) and issubclass(obj, ImageView)),
-            f"masking._target_={target!r} is not an ImageView; valid masking views: {valid}",
-        )
-    # loss components: importable LossComponent classes with in-range coefficients and valid names
-    from papo.losses.base import LossComponent
-
-    builtin = [
-        "papo.losses.perception_kl.PerceptionKLLoss",
-        "papo.losses.double_entropy.DoubleEntropyLoss",
-    ]
-    for name, comp in (cfg.loss.get("components") or {}).items():
-        prefix = f"loss.components.{name}"
-        _check(comp is not None and "_target_" in comp, f"{prefix} has no _target_; e.g. {builtin}")
-        obj = _import_target(str(comp._target_), f"{prefix}._target_", "loss components", builtin)
-        _check(
-            isinstance(obj, type) and issubclass(obj, LossComponent),
-            f"{prefix}._target_={comp._target_!r} is not a LossComponent subclass; e.g. {builtin}",
-        )
-        for key, lo, hi, opts in COMPONENT_RANGES:
-            check_range(cfg, f"{prefix}.{key}", lo, hi, **opts)
-        check_choice(cfg, f"{prefix}.kind", KL_ESTIMATORS.names())
-        check_choice(cfg, f"{prefix}.direction", ["masked_as_ref", "real_as_ref"])
-        check_choice(cfg, f"{prefix}.schedule", ["fixed", "linear"])
-    ovl = OmegaConf.select(cfg, "algo.overlong", default=None)
-    if ovl and ovl.get("enabled", False):
-        _check(
-            ovl.buffer_length < cfg.rollout.max_new_tokens,
-            f"algo.overlong.buffer_length={ovl.buffer_length} must be < rollout.max_new_tokens="
-            f"{cfg.rollout.max_new_tokens}",
-        )
+        p.run(_check_masking_target, str(target))
 
 
-def _validate_scale(cfg: DictConfig) -> None:
+def _validate_scale(p: _Problems, cfg: DictConfig, *, strategy: bool = True) -> None:
     """Model family / LoRA / strategy / rollout backend: unknown names and missing packages, before loading."""
     from papo.models.stand_in import FAMILIES
 
     m = cfg.model
     family = m.get("family") or "qwen2_5_vl"
-    _check(family in FAMILIES, f"model.family={family!r} is unknown; valid: {list(FAMILIES)}")
+    p.check(lambda: family in FAMILIES, f"model.family={family!r} is unknown; valid: {list(FAMILIES)}")
     stand_in = m.get("stand_in")
-    _check(stand_in in (None, "tiny", "small"), f"model.stand_in={stand_in!r}; valid: null, tiny, small")
+    p.check(
+        lambda: stand_in in (None, "tiny", "small"), f"model.stand_in={stand_in!r}; valid: null, tiny, small"
+    )
     lora = m.get("lora") or {}
-    rank = int(lora.get("rank") or 0)
-    _check(rank >= 0, f"model.lora.rank={rank} must be >= 0 (0 = full fine-tune)")
-    if rank > 0:
+    rank = lora.get("rank") or 0
+    p.check(lambda: rank >= 0, f"model.lora.rank={rank} must be >= 0 (0 = full fine-tune)")
+    p.run(
+        check_range,
+        cfg,
+        "model.lora.rank",
+        0,
+        None,
+        integer=True,
+        nullable=True,
+        allowed="0 = full fine-tune",
+    )
+    if isinstance(rank, int) and rank > 0:
         import importlib.util
 
-        _check(
-            importlib.util.find_spec("peft") is not None,
+        p.check(
+            lambda: importlib.util.find_spec("peft") is not None,
             "model.lora.rank > 0 needs peft, which is not installed: pip install 'papo[peft]'",
         )
         if m.get("freeze_vision_tower"):
             log.warning("model.freeze_vision_tower has no effect with LoRA (base weights are frozen anyway)")
-    strategy = (cfg.get("trainer") or {}).get("strategy")
-    if strategy is not None:
+    trainer_strategy = (cfg.get("trainer") or {}).get("strategy")
+    if strategy and trainer_strategy is not None:
         from papo.utils.distributed import check_strategy_available
 
         try:
-            check_strategy_available(strategy)
+            check_strategy_available(trainer_strategy)
         except ImportError as e:
-            raise ConfigError(str(e)) from None
+            p.add(str(e))
     backend = cfg.rollout.get("backend", "hf")
-    _check(backend in ("hf", "vllm"), f"rollout.backend={backend!r} is unknown; valid: ['hf', 'vllm']")
+    p.check(
+        lambda: backend in ("hf", "vllm"), f"rollout.backend={backend!r} is unknown; valid: ['hf', 'vllm']"
+    )
     decoder = cfg.rollout.get("decoder", "lean")
-    _check(decoder in DECODERS, f"rollout.decoder={decoder!r} is unknown; valid: {list(DECODERS)}")
+    p.check(lambda: decoder in DECODERS, f"rollout.decoder={decoder!r} is unknown; valid: {list(DECODERS)}")
     if backend == "vllm":
         from papo.rollout.vllm_backend import require_vllm
 
         try:
             require_vllm()
         except ImportError as e:
-            raise ConfigError(str(e)) from None
+            p.add(str(e))

@@ -1,16 +1,19 @@
 """Run wrappers (after lightning-hydra-template's task_wrapper): always close W&B so a failed job of a
 multirun never leaks its run into the next job, log where outputs went, and record a failed multirun job
-in ``<sweep dir>/failed_jobs.txt`` (papo.utils.sweep)."""
+in ``<sweep dir>/failed_jobs.txt`` (papo.utils.sweep). :func:`config_error_exit` turns a config error of
+an entry point into its message on stderr and exit status 2, without a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from papo.utils.sweep import record_failed_job
+from papo.utils.sweep import multirun_job, record_failed_job
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,12 @@ def task_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(cfg)
         except Exception as err:
             failed = True
-            log.exception("Run failed; outputs are in %s", cfg.paths.get("output_dir", "?"))
+            if _is_config_error(err):
+                # no traceback: the entry point prints the message (single run); a multirun job logs it
+                if multirun_job() is not None:
+                    log.error("%s", err.report())  # type: ignore[attr-defined]
+            else:
+                log.exception("Run failed; outputs are in %s", cfg.paths.get("output_dir", "?"))
             # multirun: one line in <sweep dir>/failed_jobs.txt; Hydra keeps the exception until the sweep
             # ends, so drop its frames' locals (model, batches) before the next job starts
             if record_failed_job(err) is not None:
@@ -41,3 +49,30 @@ def task_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
                 pass
 
     return wrapped
+
+
+#: exit status of an entry point stopped by an invalid config (argparse's usage-error status)
+CONFIG_ERROR_EXIT = 2
+
+
+def _is_config_error(err: BaseException) -> bool:
+    from papo.config_validation import ConfigError
+
+    return isinstance(err, ConfigError)
+
+
+@contextlib.contextmanager
+def config_error_exit() -> Iterator[None]:
+    """In a single run, a ConfigError prints ``err.report()`` (one line per problem) to stderr and exits with
+    status :data:`CONFIG_ERROR_EXIT`, with no traceback (neither ours nor Hydra's). In a multirun it is
+    raised as before, so Hydra records the failed job and the other jobs still run."""
+    from papo.config_validation import ConfigError
+
+    try:
+        yield
+    except ConfigError as err:
+        if multirun_job() is not None:
+            raise
+        sys.stdout.flush()
+        print(err.report(), file=sys.stderr, flush=True)
+        raise SystemExit(CONFIG_ERROR_EXIT) from None
