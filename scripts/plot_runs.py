@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,8 @@ class Run:
     df: pd.DataFrame
     params: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
-    label: str = ""
+    label: str = ""  # short: the differing (non-bookkeeping) overrides, seed included
+    group: str = ""  # the label without the seed: runs of one group share a colour
 
     def series(self, key: str) -> pd.Series | None:
         """Non-null values of ``key`` indexed by step, or None when never logged."""
@@ -92,7 +94,7 @@ def read_params(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
     return params, overrides
 
 
-def find_runs(paths: Sequence[str | Path]) -> list[Run]:
+def find_runs(paths: Sequence[str | Path], seed_key: str = "seed") -> list[Run]:
     """Runs under ``paths`` (run dirs, metrics.csv files, or sweep dirs holding job dirs)."""
     run_dirs: list[Path] = []
     for p in map(Path, paths):
@@ -114,21 +116,96 @@ def find_runs(paths: Sequence[str | Path]) -> list[Run]:
     for d in run_dirs:
         params, overrides = read_params(d)
         runs.append(Run(d, read_metrics(d / "csv" / "metrics.csv"), params, overrides))
-    _set_labels(runs)
+    _set_labels(runs, seed_key)
     return runs
 
 
-def _set_labels(runs: list[Run]) -> None:
-    """Label each run by the overrides that differ between runs (else by its directory)."""
-    keys = sorted({o.split("=", 1)[0] for r in runs for o in r.overrides if "=" in o})
-    varying = [k for k in keys if len({str(r.params.get(k.lstrip("+~"))) for r in runs}) > 1]
+# overrides that name, tag or route a run without changing what it trains: never in labels
+BOOKKEEPING_PREFIXES = ("logger.", "hydra.", "paths.", "extras.", "wandb.", "callbacks.")
+BOOKKEEPING_KEYS = {
+    "tags",
+    "task_name",
+    "name",
+    "run_name",
+    "notes",
+    "num_threads",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "logger",
+    "callbacks",
+}
+MAX_LABEL = 48  # characters of a legend label
+MAX_VALUE = 24  # characters of one value in a label
+
+
+def is_bookkeeping(key: str) -> bool:
+    """True for overrides that are only run bookkeeping (logger names, tags, Hydra / path settings)."""
+    key = key.lstrip("+~")
+    return key in BOOKKEEPING_KEYS or key.startswith(BOOKKEEPING_PREFIXES)
+
+
+def _short(key: str, value: Any) -> str:
+    text = str(value)
+    if len(text) > MAX_VALUE:
+        text = text[: MAX_VALUE - 3] + "..."
+    return f"{key}={text}"
+
+
+def _cap(text: str) -> str:
+    return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 3] + "..."
+
+
+def _set_labels(runs: list[Run], seed_key: str = "seed") -> None:
+    """Label each run by the non-bookkeeping overrides that differ between runs (else by its directory);
+    ``group`` is the same without ``seed_key``, so the seeds of one configuration share a colour."""
+    keys = sorted(
+        {o.split("=", 1)[0].lstrip("+~") for r in runs for o in r.overrides if "=" in o} - {""},
+        key=lambda k: (k == seed_key, k),  # the seed last
+    )
+    varying = [k for k in keys if not is_bookkeeping(k) and len({str(r.params.get(k)) for r in runs}) > 1]
     for r in runs:
-        parts = [f"{k.lstrip('+~')}={r.params.get(k.lstrip('+~'))}" for k in varying]
-        r.label = (
-            ", ".join(parts)
-            if parts
-            else (f"{r.path.parent.name}/{r.path.name}" if len(runs) > 1 else r.path.name)
-        )
+        parts = [_short(k, r.params.get(k)) for k in varying]
+        group = [_short(k, r.params.get(k)) for k in varying if k != seed_key]
+        fallback = f"{r.path.parent.name}/{r.path.name}" if len(runs) > 1 else r.path.name
+        r.label = _cap(", ".join(parts)) if parts else _cap(fallback)
+        if group:
+            r.group = _cap(", ".join(group))
+        elif seed_key in varying:  # only the seed differs: one configuration, one colour
+            r.group = "all runs"
+        else:
+            r.group = r.label
+
+
+def _groups(runs: list[Run]) -> dict[str, list[int]]:
+    """Group label -> indices of its runs, in first-seen order."""
+    out: dict[str, list[int]] = {}
+    for i, r in enumerate(runs):
+        out.setdefault(r.group or r.label, []).append(i)
+    return out
+
+
+def run_colors(runs: list[Run]) -> list[Any]:
+    """A colour per run: one per group (the swept configuration), shared by its seeds."""
+    groups = list(_groups(runs))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(groups) > len(palette):  # more groups than the cycle: spread them over a colour map
+        palette = [plt.get_cmap("turbo")(j / (len(groups) - 1)) for j in range(len(groups))]
+    color_of = {g: palette[j] for j, g in enumerate(groups)}
+    return [color_of[r.group or r.label] for r in runs]
+
+
+def run_legend_handles(runs: list[Run], max_entries: int = 12) -> list[Line2D]:
+    """One legend entry per group (``<group> (N runs)`` when seeds share it), at most ``max_entries``."""
+    colors = run_colors(runs)
+    handles = []
+    for g, idx in _groups(runs).items():
+        label = g if len(idx) == 1 else f"{g} ({len(idx)} runs)"
+        handles.append(Line2D([], [], color=colors[idx[0]], label=label))
+    if len(handles) > max_entries:
+        more = len(handles) - max_entries + 1
+        handles = [*handles[: max_entries - 1], Line2D([], [], color="none", label=f"... {more} more")]
+    return handles
 
 
 # ------------------------------------------------------------------------------------------------ panels
@@ -145,13 +222,20 @@ def _collapse_step(run: Run) -> float | None:
 
 
 def _line(
-    ax: Any, run: Run, key: str, color: Any, smooth: float, style: str = "-", label: str | None = None
+    ax: Any,
+    run: Run,
+    key: str,
+    color: Any,
+    smooth: float,
+    style: str = "-",
+    label: str | None = None,
+    raw_alpha: float = 0.25,
 ) -> bool:
     s = run.series(key)
     if s is None:
         return False
     if smooth > 0 and len(s) > 3:
-        ax.plot(s.index, s.values, style, color=color, alpha=0.25, linewidth=0.8)
+        ax.plot(s.index, s.values, style, color=color, alpha=raw_alpha, linewidth=0.8)
         ax.plot(s.index, ema(s, smooth).values, style, color=color, linewidth=1.6, label=label)
     else:
         ax.plot(s.index, s.values, style, color=color, linewidth=1.6, label=label)
@@ -242,24 +326,29 @@ PANELS = [
 ]
 
 
-def draw_panel(ax: Any, panel: Panel, runs: list[Run], smooth: float) -> bool:
-    """Draw ``panel`` on ``ax``; returns False when no run logged any of its series."""
+def draw_panel(ax: Any, panel: Panel, runs: list[Run], smooth: float, run_legend: bool = True) -> bool:
+    """Draw ``panel`` on ``ax``; returns False when no run logged any of its series. Several runs: a colour
+    per group (seeds share it), a line style per metric; the legend (groups, then metric styles) goes
+    outside the axes, on the right; ``run_legend=False`` leaves the groups out (a figure-level legend)."""
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    run_color = run_colors(runs) if len(runs) > 1 else None
     series = panel.series
     if not any(r.series(k) is not None for r in runs for k, _, _ in series) and panel.fallback:
         series = panel.fallback
     drawn, positives, nonzero = False, [], False
+    flagged: list[float] = []
     for i, run in enumerate(runs):
         for j, (key, style, what) in enumerate(series):
             # one run: a colour per metric; several runs: a colour per run, a line style per metric
-            color = colors[(i if len(runs) > 1 else j) % len(colors)]
+            color = run_color[i] if run_color is not None else colors[j % len(colors)]
             label = (what or None) if len(runs) == 1 else None  # several runs: legend built below
             if style == "o":  # validation values on a train panel: markers only
                 ok = _points(ax, run, key, color, "", "o", label)
             elif panel.points:
                 ok = _points(ax, run, key, color, style, "o" if style == "-" else "s", label)
             else:
-                ok = _line(ax, run, key, color, smooth, style, label)
+                # many runs: fainter raw curves (the smoothed ones carry the comparison)
+                ok = _line(ax, run, key, color, smooth, style, label, 0.25 if len(runs) <= 3 else 0.08)
             drawn |= ok
             s = run.series(key)
             if s is not None:
@@ -268,15 +357,17 @@ def draw_panel(ax: Any, panel: Panel, runs: list[Run], smooth: float) -> bool:
         step = _collapse_step(run)
         if step is not None:
             ax.axvline(step, color="red", linestyle=":", linewidth=1.2)
-            ax.annotate(
-                "collapse flagged" + (f" ({run.label})" if len(runs) > 1 else ""),
-                (step, 1.0),
-                xycoords=("data", "axes fraction"),
-                xytext=(3, -12),
-                textcoords="offset points",
-                color="red",
-                fontsize=8,
-            )
+            flagged.append(step)
+    if flagged:  # one note, not one per run
+        ax.annotate(
+            "collapse flagged" + (f" ({len(flagged)} of {len(runs)} runs)" if len(runs) > 1 else ""),
+            (min(flagged), 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -12),
+            textcoords="offset points",
+            color="red",
+            fontsize=8,
+        )
     if not drawn:
         ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
     elif not nonzero and panel.zero_note:
@@ -300,8 +391,8 @@ def draw_panel(ax: Any, panel: Panel, runs: list[Run], smooth: float) -> bool:
     ax.set_xlabel("RL step")
     ax.set_ylabel(panel.ylabel)
     ax.grid(alpha=0.3)
-    if drawn and len(runs) > 1:  # one entry per run (colour) + one per metric (line style)
-        handles = [Line2D([], [], color=colors[i % len(colors)], label=r.label) for i, r in enumerate(runs)]
+    if drawn and len(runs) > 1:  # one entry per group (colour) + one per metric (line style)
+        handles = run_legend_handles(runs) if run_legend else []
         if len(series) > 1:
             handles += [
                 Line2D(
@@ -314,10 +405,38 @@ def draw_panel(ax: Any, panel: Panel, runs: list[Run], smooth: float) -> bool:
                 )
                 for _, style, what in series
             ]
-        ax.legend(handles=handles, fontsize=7, loc="best")
+        if run_legend:
+            ax.legend(
+                handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
+            )
+        elif handles:
+            ax.legend(handles=handles, fontsize=7, loc="best")
     elif drawn and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
     return drawn
+
+
+def overview_title(runs: list[Run]) -> str:
+    """``<n> runs (<k> configurations x <m> seeds) under <common dir>``, or the run's directory."""
+    if len(runs) == 1:
+        return str(runs[0].path)
+    try:
+        common = os.path.commonpath([str(r.path.resolve()) for r in runs])
+        common = os.path.relpath(common) if not os.path.relpath(common).startswith("..") else common
+    except ValueError:  # different drives
+        common = ""
+    sizes = {len(idx) for idx in _groups(runs).values()}
+    n_groups = len(_groups(runs))
+    if n_groups < len(runs):
+        what = (
+            f"{n_groups} configurations x {sizes.pop()} seeds"
+            if len(sizes) == 1
+            else f"{n_groups} configurations"
+        )
+        head = f"{len(runs)} runs ({what})"
+    else:
+        head = f"{len(runs)} runs"
+    return head + (f" under {common}" if common else "")
 
 
 def plot_panels(runs: list[Run], out: Path, smooth: float) -> list[Path]:
@@ -328,20 +447,26 @@ def plot_panels(runs: list[Run], out: Path, smooth: float) -> list[Path]:
         if draw_panel(ax, panel, runs, smooth):
             fig.tight_layout()
             path = out / f"{panel.name}.png"
-            fig.savefig(path, dpi=120)
+            fig.savefig(path, dpi=120, bbox_inches="tight")  # keeps the legend outside the axes
             written.append(path)
         plt.close(fig)
     fig, axes = plt.subplots(2, 3, figsize=(18, 9))
     for ax, panel in zip(axes.flat, PANELS, strict=True):
-        draw_panel(ax, panel, runs, smooth)
-    parents = {r.path.parent for r in runs}
-    if len(runs) > 1 and len(parents) == 1:
-        title = f"{len(runs)} runs of {parents.pop()}"
-    else:
-        names = [r.path.name for r in runs]
-        title = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+        draw_panel(ax, panel, runs, smooth, run_legend=False)
+    if len(runs) > 1:  # the groups once, below the panels
+        handles = run_legend_handles(runs)
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=min(len(handles), 4),
+            fontsize=9,
+            frameon=False,
+            bbox_to_anchor=(0.5, 0.0),
+        )
+    title = overview_title(runs)
     fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
+    rows = math.ceil(len(run_legend_handles(runs)) / 4) if len(runs) > 1 else 0
+    fig.tight_layout(rect=(0, 0.03 * rows, 1, 1))
     path = out / "overview.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -443,7 +568,7 @@ def main(argv: Sequence[str] | None = None, printer: Callable[[str], None] = pri
     parser.add_argument("--seed-key", default="seed", help="config key of the seed (averaged over)")
     parser.add_argument("--metric", default="val/acc", help="metric of the sweep summary (its final value)")
     args = parser.parse_args(argv)
-    runs = find_runs(args.paths)
+    runs = find_runs(args.paths, args.seed_key)
     first = Path(args.paths[0])
     out = Path(args.out) if args.out else (first.parent if first.is_file() else first) / "plots"
     out.mkdir(parents=True, exist_ok=True)

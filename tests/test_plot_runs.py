@@ -23,13 +23,19 @@ def plot_runs():
 
 
 def write_run(
-    run_dir: Path, gamma: float, seed: int, steps: int = 30, collapse_at: int | None = None
+    run_dir: Path,
+    gamma: float,
+    seed: int,
+    steps: int = 30,
+    collapse_at: int | None = None,
+    extra_overrides: tuple[str, ...] = (),
 ) -> None:
     """A Lightning-CSVLogger-like file: train rows per step, val rows (before, middle, end) on their own."""
     (run_dir / "csv").mkdir(parents=True)
     (run_dir / ".hydra").mkdir()
     (run_dir / ".hydra" / "overrides.yaml").write_text(
         f"- loss.gamma={gamma}\n- seed={seed}\n- trainer.max_steps={steps}\n"
+        + "".join(f"- {o}\n" for o in extra_overrides)
     )
     cols = [
         "epoch",
@@ -121,3 +127,53 @@ def test_missing_path_is_an_error(plot_runs, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no csv/metrics\.csv"):
         plot_runs.find_runs([tmp_path / "empty"])
+
+
+def test_many_runs_labels_skip_bookkeeping_and_seeds_share_a_colour(plot_runs, tmp_path: Path) -> None:
+    """4 gamma arms x 3 seeds as scripts/reproduce.py writes them (logger names, tags, hydra dirs per run):
+    short labels by the swept key and the seed only, one colour and one legend entry per gamma."""
+    paths = []
+    for gamma in (0.005, 0.01, 0.02, 0.04):
+        for seed in (0, 1, 2):
+            run = tmp_path / f"papo_g_gamma{gamma}" / f"seed{seed}"
+            write_run(
+                run,
+                gamma,
+                seed,
+                steps=12,
+                extra_overrides=(
+                    f"logger.wandb.group=reproduce-papo_g_gamma{gamma}",
+                    f"logger.wandb.name=papo_g_gamma{gamma}-seed$\\{{seed\\}}",
+                    f"tags=[reproduce,{'main' if gamma == 0.02 else 'gamma'}]",
+                    f"hydra.run.dir=logs/reproduce/papo_g_gamma{gamma}/seed{seed}",
+                    f"paths.output_dir=/tmp/x{gamma}{seed}",
+                    "num_threads=1",
+                    "task_name=reproduce",
+                ),
+            )
+            paths.append(run)
+    runs = plot_runs.find_runs(paths)
+    assert runs[4].label == "loss.gamma=0.01, seed=1" and runs[4].group == "loss.gamma=0.01"
+    for r in runs:
+        assert not any(
+            k in r.label for k in ("logger.", "tags", "hydra.", "paths.", "num_threads", "task_name")
+        )
+        assert len(r.label) <= plot_runs.MAX_LABEL
+    colors = plot_runs.run_colors(runs)
+    assert len({str(c) for c in colors}) == 4
+    assert all(colors[i] == colors[i - i % 3] for i in range(12))  # the seeds of one gamma share a colour
+    handles = plot_runs.run_legend_handles(runs)
+    assert [h.get_label() for h in handles] == [f"loss.gamma={g} (3 runs)" for g in (0.005, 0.01, 0.02, 0.04)]
+    assert len(plot_runs.run_legend_handles(runs * 5, max_entries=3)) <= 3
+    assert plot_runs.overview_title(runs).startswith("12 runs (4 configurations x 3 seeds)")
+    out = tmp_path / "plots"
+    plot_runs.main([str(p) for p in paths] + ["--out", str(out)], printer=lambda s: None)
+    assert (out / "overview.png").stat().st_size > 5000 and (out / "sweep_summary.png").exists()
+
+
+def test_only_bookkeeping_differs_falls_back_to_directories(plot_runs, tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        write_run(tmp_path / name, 0.02, 1, steps=6, extra_overrides=(f"logger.wandb.name={name}",))
+    runs = plot_runs.find_runs([tmp_path / "a", tmp_path / "b"])
+    assert [r.label for r in runs] == [f"{tmp_path.name}/a", f"{tmp_path.name}/b"]
+    assert len({str(c) for c in plot_runs.run_colors(runs)}) == 2
