@@ -110,6 +110,19 @@ def test_a_limit_that_cuts_rows_is_logged(
     assert cfg.data.val_dataset.source == "/x/train.jsonl" and cfg.data.val_dataset.limit == 64
 
 
+def test_uncached_hub_dataset_offline_says_how_to_allow_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hub access is off unless PAPO_ALLOW_HUB=1 (papo.utils.run_env): an uncached hub dataset must say so,
+    not only datasets' "OfflineModeIsEnabled". Offline mode fails fast: nothing is downloaded."""
+    from papo.data.hub import HUB_OFFLINE_HINT, HubOfflineError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(HubOfflineError, match="PAPO_ALLOW_HUB=1") as info:
+        load_split("papo-tests/not-cached-anywhere", split="train")
+    assert HUB_OFFLINE_HINT in str(info.value) and "papo-tests/not-cached-anywhere" in str(info.value)
+    assert isinstance(info.value, ConnectionError)  # callers catching the original type still do
+
+
 def test_missing_columns_and_sources_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "x.jsonl").write_text(json.dumps({"question": "q", "image": "a.png"}) + "\n")
     with pytest.raises(ValueError, match=r"no column\(s\) \['answer'\].*present columns"):

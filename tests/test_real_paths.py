@@ -79,7 +79,9 @@ def test_experiment_composes_with_the_published_hyperparameters(name: str) -> No
 
     header = (CONFIGS / "experiment" / f"{name}.yaml").read_text().splitlines()
     assert header[0] == "# @package _global_"
-    assert any(f"python src/train.py experiment={name}" in line for line in header[:4]), "command comment"
+    # hub access is off by default (papo.utils.run_env): the command must turn it on
+    command = f"#   PAPO_ALLOW_HUB=1 python src/train.py experiment={name}"
+    assert any(line.rstrip() == command for line in header[:4]), "command comment"
     assert any("Hardware:" in line and "H100" in line for line in header[:5]), "hardware comment"
     cfg = compose_cfg([f"experiment={name}"])
     validate_config(cfg)
@@ -158,6 +160,19 @@ def test_stand_ins_are_the_real_classes(family: str, cls: str, proc_cls: str, ca
     assert "mm_token_type_ids" in enc and int(enc["mm_token_type_ids"].sum()) == 4  # 4 image tokens
     out = model.generate(**enc, max_new_tokens=3, do_sample=False)
     assert out.shape[1] > enc["input_ids"].shape[1]
+
+
+def test_uncached_hub_model_offline_says_how_to_allow_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hub access is off unless PAPO_ALLOW_HUB=1 (papo.utils.run_env): a hub model that is not cached must say
+    so, not only transformers' "We couldn't connect to 'https://huggingface.co'". Offline mode fails fast."""
+    from papo.data.hub import HUB_OFFLINE_HINT, HubOfflineError
+    from papo.models.loading import load_policy
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubOfflineError, match="PAPO_ALLOW_HUB=1") as info:
+        load_policy("papo-tests/not-cached-anywhere")
+    assert HUB_OFFLINE_HINT in str(info.value) and "papo-tests/not-cached-anywhere" in str(info.value)
+    assert isinstance(info.value, OSError)  # the type transformers raised is still caught by OSError
 
 
 # ------------------------------------------------------------------------------------------ LoRA

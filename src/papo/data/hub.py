@@ -38,7 +38,51 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOCAL_FORMATS", "STANDARD_COLUMNS", "load_split", "resolve_source"]
+__all__ = [
+    "HUB_OFFLINE_HINT",
+    "LOCAL_FORMATS",
+    "STANDARD_COLUMNS",
+    "HubOfflineError",
+    "hub_offline_error",
+    "load_split",
+    "resolve_source",
+]
+
+#: what to do when a hub model / dataset is not cached and hub access is off (papo.utils.run_env)
+HUB_OFFLINE_HINT = (
+    "the hub is offline by default: set PAPO_ALLOW_HUB=1, or point model.path / "
+    "data.train_dataset.source at a local copy"
+)
+_TRUE = ("1", "on", "yes", "true")
+
+
+class HubOfflineError(ConnectionError):
+    """A hub model or dataset is not in the local cache and hub access is off (message: HUB_OFFLINE_HINT)."""
+
+
+def hub_offline() -> bool:
+    """Whether Hugging Face hub access is off in this process (HF_HUB_OFFLINE and friends; src/train.py sets
+    them unless PAPO_ALLOW_HUB=1)."""
+    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(n, "").strip().lower() in _TRUE for n in names)
+
+
+def hub_offline_error(exc: BaseException, what: str) -> HubOfflineError | None:
+    """``exc`` restated with :data:`HUB_OFFLINE_HINT` when it is a failed hub access while the hub is offline
+    (transformers: "We couldn't connect to 'https://huggingface.co'", datasets / huggingface_hub:
+    ``OfflineModeIsEnabled``); None for any other error (raise that one as it is)."""
+    if not hub_offline():
+        return None
+    chain, e = [], exc
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(f"{type(e).__name__} {e}" for e in chain).lower()
+    if not any(k in text for k in ("offlinemodeisenabled", "couldn't connect", "offline mode")):
+        return None
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return HubOfflineError(f"{what} is not available locally, and {HUB_OFFLINE_HINT} ({first})")
+
 
 #: columns the datamodule reads (everything else is dropped)
 STANDARD_COLUMNS = ("images", "problem", "answer", "task_type", "vision_dependency", "uid")
@@ -137,7 +181,13 @@ def _load_raw(
         ds = datasets.load_dataset(builder, data_files={"train": files}, split="train", cache_dir=cache_dir)
         return ds, str(Path(files[0]).parent)
     log.info("loading hub dataset %s (config %s, split %s, revision %s)", what, name, split, revision)
-    ds = datasets.load_dataset(what, name, split=split, revision=revision, cache_dir=cache_dir)
+    try:
+        ds = datasets.load_dataset(what, name, split=split, revision=revision, cache_dir=cache_dir)
+    except OSError as exc:  # ConnectionError (OfflineModeIsEnabled) included
+        err = hub_offline_error(exc, f"hub dataset {what!r}")
+        if err is None:
+            raise
+        raise err from exc
     return ds, None
 
 
@@ -191,6 +241,8 @@ def load_split(
 
     Raises:
         ValueError: a required column is missing after the mapping (the message lists the present columns).
+        HubOfflineError: a hub id that is not cached while the hub is offline (the default unless
+            PAPO_ALLOW_HUB=1); the message says how to allow it or use a local copy.
     """
     ds, base_dir = _load_raw(source, split, name, revision, cache_dir)
     mapping = dict(columns or {})

@@ -111,6 +111,21 @@ def generation_suppress_token_ids(processor_or_tokenizer, vocab_size: int | None
     return sorted(i for i in ids if vocab_size is None or i < vocab_size)
 
 
+def output_vocab_size(model: torch.nn.Module) -> int | None:
+    """Rows of the model's output layer (logits width), which can exceed ``len(tokenizer)``: the real
+    Qwen2.5-VL pads 151,665 tokenizer ids to 151,936 rows. Pass it to :func:`generation_suppress_token_ids`
+    so the padded ids are never sampled. From the output embeddings, else the (text) config; None if neither."""
+    base = hf_model(model)
+    emb = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    weight = getattr(emb, "weight", None)
+    shape = getattr(weight, "ds_shape", None) or getattr(weight, "shape", None)  # ZeRO-3: full shape
+    if shape is not None and len(shape) == 2 and shape[0] > 0:
+        return int(shape[0])
+    cfg = getattr(base, "config", None)
+    size = getattr(getattr(cfg, "text_config", None), "vocab_size", None) or getattr(cfg, "vocab_size", None)
+    return int(size) if size else None
+
+
 def set_pixel_bounds(processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
     """Set the image processor's resize bounds (pixels per image, smart-resized to multiples of 28).
 
@@ -182,6 +197,10 @@ def load_policy(
             wraps the model in a PEFT LoRA model (:func:`apply_lora`), rank 0 / None is a full fine-tune.
 
     Returns the model in eval mode (the caller switches to train) and the processor with left padding.
+
+    Raises:
+        papo.data.hub.HubOfflineError: a hub id that is not cached while the hub is offline (the default unless
+            PAPO_ALLOW_HUB=1); the message says how to allow it or use a local copy.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -198,8 +217,16 @@ def load_policy(
         dtype,
         attn_implementation,
     )
-    model = AutoModelForImageTextToText.from_pretrained(path_str, **kwargs)
-    processor = AutoProcessor.from_pretrained(path_str, padding_side="left", **common)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path_str, **kwargs)
+        processor = AutoProcessor.from_pretrained(path_str, padding_side="left", **common)
+    except OSError as exc:  # not cached while the hub is off: say how to turn it on
+        from papo.data.hub import hub_offline_error
+
+        err = None if local else hub_offline_error(exc, f"model {path_str!r}")
+        if err is None:
+            raise
+        raise err from exc
     processor.tokenizer.padding_side = "left"
     set_pixel_bounds(processor, min_pixels, max_pixels)
 
