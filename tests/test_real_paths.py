@@ -1,6 +1,6 @@
 """The paths researchers run on GPUs, exercised on CPU: the published experiment configs (each runs one RL step
 with its model swapped for the tiny stand-in of the same architecture and its hub dataset for a local parquet
-file with the same columns), the Qwen2.5-VL / Qwen3-VL stand-ins, LoRA with the reference = base model with
+file with the same columns; the embedded experiments run one step too, with tiny sizes), the Qwen2.5-VL / Qwen3-VL stand-ins, LoRA with the reference = base model with
 adapters disabled, and clear errors for backends/strategies whose package is missing."""
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(
     p.stem for p in (CONFIGS / "experiment").glob("*.yaml") if not p.stem.startswith(("_", "embedded"))
 )
+#: the experiments on the embedded task (tiny model, procedural data, CPU; no hub)
+EMBEDDED = sorted(p.stem for p in (CONFIGS / "experiment").glob("embedded*.yaml"))
 
 
 def compose_run_cfg(make_cfg, name: str, data_file: str, out: Path, extra: list[str] | None = None):
@@ -57,6 +59,36 @@ def compose_run_cfg(make_cfg, name: str, data_file: str, out: Path, extra: list[
             "callbacks=[rank_sync]",
             f"callbacks.rank_sync.output_dir={out / 'sync'}",
             *(extra or []),
+        ],
+        tiny=False,
+    )
+
+
+def compose_embedded_cfg(make_cfg, name: str, out: Path):
+    """``experiment=name`` (an embedded one) with the test suite's tiny sizes: 4 prompts x G=4, 8 new tokens,
+    the 3-step warm start the other tests share (cached), one RL step, no validation, no logger."""
+    return make_cfg(
+        [
+            f"experiment={name}",
+            "trainer=cpu",
+            "trainer.max_steps=1",  # one rollout batch = one optimiser step (algo.num_minibatches=1)
+            "trainer.val_check_interval=null",
+            "trainer.enable_progress_bar=false",
+            "data.batch_size=4",
+            "data.train_dataset.size=64",
+            "data.val_dataset.size=8",
+            "data.test_dataset.size=8",
+            "algo.group_size=4",
+            "algo.dynamic_sampling.enabled=false",
+            "rollout.max_new_tokens=8",
+            "warm_start.max_steps=3",
+            "warm_start.batch_size=8",
+            "validate_before=false",
+            "validate_after=false",
+            "logger=none",
+            "callbacks=[rank_sync]",
+            f"callbacks.rank_sync.output_dir={out / 'sync'}",
+            "num_threads=1",
         ],
         tiny=False,
     )
@@ -104,6 +136,20 @@ def test_experiment_composes_with_the_published_hyperparameters(name: str) -> No
         assert (cfg.loss.eta_real, cfg.loss.eta_masked) == (0.05, 0.05)
 
 
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_embedded_experiment_header_and_composition(name: str) -> None:
+    from conftest import compose_cfg
+
+    header = (CONFIGS / "experiment" / f"{name}.yaml").read_text().splitlines()
+    assert header[0] == "# @package _global_"
+    assert any(line.rstrip() == f"#   python src/train.py experiment={name}" for line in header[:4])
+    assert any(line.startswith("# Hardware: CPU (2 cores)") for line in header[:5]), "hardware comment"
+    cfg = compose_cfg([f"experiment={name}"])
+    validate_config(cfg)
+    assert cfg.data.dataset_name == "synthetic" and cfg.model.path is None  # embedded: nothing downloads
+    assert cfg.trainer.accelerator == "cpu" and "embedded" in cfg.tags
+
+
 @pytest.mark.parametrize(
     "group", ["data=geometry3k", "data=mmk12", "data=clevr_count", "data=mathverse", "data=digits"]
 )
@@ -116,16 +162,36 @@ def test_data_configs_compose(group: str) -> None:
 
 # ------------------------------------------------------------------------------------------ one RL step
 @pytest.mark.slow
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_runs_one_rl_step_on_stand_ins(
-    name: str, local_parquet: str, make_cfg, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("name", EXPERIMENTS + EMBEDDED)
+def test_experiment_runs_one_rl_step_on_stand_ins(name: str, make_cfg, tmp_path: Path, request) -> None:
+    """Every experiment config runs one RL step (one rollout batch) here, with only what a CPU test needs
+    changed; everything else (algorithm, loss, masking, model options, prompt template) is the config's own.
+
+    - ``trainer=cpu`` is forced: the published runs ask for ``trainer=fsdp`` on 2-4 GPUs (``trainer=gpu`` for
+      Qwen3-VL), and bf16 on GPUs; this machine has one CPU process (fp32). The embedded experiments already
+      train on the CPU; forcing it keeps the test independent of the default trainer.
+    - ``algo.dynamic_sampling.enabled=false``: DAPO / PAPO-D keep only groups with mixed outcomes, but the
+      random-init stand-ins never solve a prompt, so every group would be filtered out and the run would stop
+      after ``max_tries`` rollout batches without an update (the embedded experiments use GRPO, where it is
+      off anyway). The filter is tested on its own: tests/test_algos_sampling.py, the refill in
+      tests/test_module_training_paths.py, its resume in tests/test_resume.py.
+    - Published experiments: model swapped for the tiny stand-in of the same architecture
+      (``model.stand_in=tiny``) and the hub data for a local parquet file with the same columns; one rollout
+      batch of 3 prompts = 3 optimiser steps (``algo.num_minibatches=3``).
+    - Embedded experiments: the test suite's tiny sizes (64 train prompts, 4 per step, G=4, 8 new tokens, the
+      shared 3-step warm start), one optimiser step.
+    """
     from papo.pipeline import train
 
-    cfg = compose_run_cfg(make_cfg, name, local_parquet, tmp_path)
+    if name in EMBEDDED:
+        cfg, steps = compose_embedded_cfg(make_cfg, name, tmp_path), 1
+    else:
+        data_file = request.getfixturevalue("local_parquet")
+        cfg, steps = compose_run_cfg(make_cfg, name, data_file, tmp_path), 3
+    assert cfg.trainer.accelerator == "cpu" and cfg.algo.dynamic_sampling.enabled is False
     train(cfg)
     rec = json.loads((tmp_path / "sync" / "rank0.json").read_text())
-    assert rec["global_step"] == 3  # one rollout batch = num_minibatches (3) optimiser steps
+    assert rec["global_step"] == steps  # one rollout batch = num_minibatches optimiser steps
     assert rec["start_digest"] != rec["end_digest"], "the optimiser must have stepped the policy"
 
 
