@@ -2,7 +2,10 @@
 
 - ``python src/train.py trainer=ddp_sim`` runs 2 RL steps on 2 processes; both ranks must end with identical
   policy weights (papo.callbacks.rank_sync writes each rank's parameter hash), the weights must have moved,
-  and the train sampler must have given the ranks disjoint prompts (so groups never span ranks).
+  and the train sampler must have given the ranks disjoint prompts (so groups never span ranks). The same
+  run checks the token-mean normaliser's all-reduce (weights stay in sync without it): a spy callback
+  (:class:`TokenCountSpy`) records each rank's mini-batch token count going into it, and the logged
+  ``train/num_tokens_global`` must equal the sum of both ranks' counts on both ranks.
 - The token-mean normaliser: with each rank dividing by (token count all-reduced over ranks) / world size,
   DDP's gradient average equals the gradient of ONE token mean over all ranks' tokens, even when the ranks
   hold different numbers of tokens (checked against a single-process computation).
@@ -17,10 +20,43 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class TokenCountSpy(L.Callback):
+    """Subprocess side of the DDP test: records what ``PapoModule._update`` all-reduces with op ``sum``
+    (this rank's mini-batch token count, and the global count returned) and the logged
+    ``train/num_tokens_global``; writes ``tokens<rank>.json`` to ``output_dir`` at the end."""
+
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir, self.calls, self.logged = output_dir, [], []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from papo.models import papo_module
+
+        original = papo_module.all_reduce
+
+        def spy(value, op="sum", device=None):
+            out = original(value, op, device)
+            if op == "sum":
+                self.calls.append([float(value), float(out)])
+            return out
+
+        papo_module.all_reduce = spy  # the subprocess exits after fit: no need to restore
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        value = trainer.callback_metrics.get("train/num_tokens_global")
+        self.logged.append(None if value is None else float(value))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out = Path(self.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"calls": self.calls, "logged": self.logged}
+        (out / f"tokens{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
 @pytest.mark.slow
@@ -35,6 +71,8 @@ def test_ddp_two_cpu_processes_two_rl_steps_identical_weights(tmp_path: Path, ca
         "warm_start=none",
         "callbacks=[rank_sync]",
         f"callbacks.rank_sync.output_dir={out}",
+        "+callbacks.token_spy._target_=test_ddp.TokenCountSpy",
+        f"+callbacks.token_spy.output_dir={out}",
         "logger=none",
         "validate_before=false",
         "validate_after=false",
@@ -54,6 +92,7 @@ def test_ddp_two_cpu_processes_two_rl_steps_identical_weights(tmp_path: Path, ca
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
         "MASTER_PORT": str(_free_port()),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -65,6 +104,14 @@ def test_ddp_two_cpu_processes_two_rl_steps_identical_weights(tmp_path: Path, ca
     uids = [set(r["uids"]) for r in ranks]
     assert all(len(u) == 4 for u in uids), "2 steps x 2 prompts per rank"
     assert not uids[0] & uids[1], "the sampler must shard prompts: each group lives on one rank"
+    # the token-mean normaliser: one all-reduce per mini-batch (1 per step here), the sum over both ranks
+    tokens = [json.loads((out / f"tokens{r}.json").read_text()) for r in (0, 1)]
+    assert [len(t["calls"]) for t in tokens] == [2, 2], "one token-count all-reduce per mini-batch"
+    for step in range(2):
+        (local0, global0), (local1, global1) = tokens[0]["calls"][step], tokens[1]["calls"][step]
+        assert local0 > 0 and local1 > 0
+        assert global0 == global1 == local0 + local1
+        assert tokens[0]["logged"][step] == tokens[1]["logged"][step] == local0 + local1
 
 
 def _free_port() -> int:

@@ -108,3 +108,40 @@ def test_final_validation_runs_once_when_the_trainer_validated_the_last_step(
     metrics = train(cfg)
     assert calls == [("validate", 0), ("fit", 2)]  # before RL, then once at the final step
     assert "val/acc" in metrics and "before/val/acc" in metrics
+
+
+@pytest.mark.slow
+def test_default_papo_logs_both_entropies_and_pools_kl_token_stats(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Default config (PAPO-G: gamma 0.02, no double entropy) with 4 micro-batches per step: the masked
+    branch's entropy is logged although the double-entropy term is off, and the per-token KL_prcp stats
+    are those of ALL the step's tokens (max of maxima, pooled variance), not averages over micro-batches."""
+    from papo.algos import kl_estimate
+    from papo.losses import perception_kl as pkl_module
+
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    original = pkl_module.perception_kl
+
+    def spy(logps, logps_masked, mask, *args, **kwargs):
+        seen.append((logps.detach().clone(), logps_masked.detach().clone(), mask.detach().clone()))
+        return original(logps, logps_masked, mask, *args, **kwargs)
+
+    monkeypatch.setattr(pkl_module, "perception_kl", spy)
+    fast = ["logger=csv", "validate_before=false", "validate_after=false", "trainer.max_steps=1"]
+    cfg = make_cfg([*fast, "algo.micro_batch_size=4"])  # 16 responses -> 4 micro-batches
+    assert cfg.loss.name == "papo" and cfg.algo.name == "grpo" and cfg.loss.eta_masked == 0
+    train(cfg)
+    rows = [r for r in _metrics_rows(tmp_path) if r.get("train/perception_kl/kl_token_max")]
+    assert len(rows) == 1 and len(seen) == 4
+    row = {k: float(v) for k, v in rows[0].items() if v not in ("", None)}
+    assert "train/double_entropy/entropy_masked" not in row  # the term is off ...
+    # ... but both branches' entropies are logged (sampled-token surrogate over all response tokens)
+    real = torch.cat([-lp[m > 0] for lp, _, m in seen])
+    masked = torch.cat([-lm[m > 0] for _, lm, m in seen])
+    assert row["train/response/entropy"] == pytest.approx(float(real.mean()), rel=1e-4)
+    assert row["train/response/entropy_masked"] == pytest.approx(float(masked.mean()), rel=1e-4)
+    per_token = torch.cat([kl_estimate(lp, lm, "k3")[m > 0] for lp, lm, m in seen])
+    assert row["train/perception_kl/kl_token_mean"] == pytest.approx(float(per_token.mean()), rel=1e-4)
+    assert row["train/perception_kl/kl_token_max"] == pytest.approx(float(per_token.max()), rel=1e-4)
+    assert row["train/perception_kl/kl_token_var"] == pytest.approx(float(per_token.var()), rel=1e-3)

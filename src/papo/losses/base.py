@@ -70,3 +70,56 @@ def schedule_factor(schedule: str, anneal_fraction: float, progress: float) -> f
 def scalar(x: Tensor | float) -> float:
     """Detach a 0-dim tensor (or pass a float) to a Python float for logging."""
     return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
+
+
+class MetricPool:
+    """Combines per-micro-batch metric values into one value per training step.
+
+    The module adds each micro-batch's metrics with a weight (its response-token count; 1 for per-step
+    values such as the grad norm). Keys combine by their suffix:
+
+    * ``*_max`` / ``*_min``: max / min over the micro-batches with weight > 0 (a token-weighted average of
+      micro-batch maxima would not be the step's max);
+    * ``*_var`` with a sibling ``*_mean`` in the same :meth:`add` call: the variance of all pooled tokens,
+      from each micro-batch's (count, mean, unbiased variance) (Chan et al.'s parallel formula: within-
+      plus between-micro-batch variance; an average of micro-batch variances misses the latter);
+    * anything else: the weighted mean.
+    """
+
+    def __init__(self) -> None:
+        self._sum: dict[str, float] = {}
+        self._weight: dict[str, float] = {}
+        self._extreme: dict[str, float] = {}
+        self._var: dict[str, tuple[float, float, float]] = {}  # key -> (count, mean, sum of sq. deviations)
+        self._seen: set[str] = set()  # every key added (0.0 if it only came with weight 0)
+
+    def add(self, metrics: dict[str, float], weight: float, prefix: str = "") -> None:
+        """Add one micro-batch's ``metrics`` (keys get ``prefix``) with ``weight``."""
+        for key, value in metrics.items():
+            name, value = prefix + key, float(value)
+            self._seen.add(name)
+            if key.endswith(("_max", "_min")):
+                if weight > 0:
+                    pick = max if key.endswith("_max") else min
+                    self._extreme[name] = pick(self._extreme.get(name, value), value)
+            elif key.endswith("_var") and key[:-4] + "_mean" in metrics:
+                if weight > 0:
+                    self._add_var(name, weight, float(metrics[key[:-4] + "_mean"]), value)
+            else:
+                self._sum[name] = self._sum.get(name, 0.0) + value * weight
+                self._weight[name] = self._weight.get(name, 0.0) + weight
+
+    def _add_var(self, name: str, n_b: float, mean_b: float, var_b: float) -> None:
+        m2_b = var_b * max(n_b - 1.0, 0.0)
+        n_a, mean_a, m2_a = self._var.get(name, (0.0, 0.0, 0.0))
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        self._var[name] = (n, mean_a + delta * n_b / n, m2_a + m2_b + delta * delta * n_a * n_b / n)
+
+    def compute(self) -> dict[str, float]:
+        """The step's value of every key added."""
+        out = dict.fromkeys(self._seen, 0.0)
+        out.update({k: self._sum[k] / max(self._weight[k], 1e-9) for k in self._sum})
+        out.update(self._extreme)
+        out.update({k: m2 / (n - 1.0) if n > 1 else 0.0 for k, (n, _, m2) in self._var.items()})
+        return out

@@ -19,10 +19,16 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from papo.algos import ADVANTAGE_ESTIMATORS, dynamic_sampling_keep, kl_estimate, overlong_penalty
+from papo.algos import (
+    ADVANTAGE_ESTIMATORS,
+    dynamic_sampling_keep,
+    kl_estimate,
+    masked_mean,
+    overlong_penalty,
+)
 from papo.evaluation.metrics import ValidationMetrics
 from papo.evaluation.validation import after_validation_generation
-from papo.losses.base import LossComponent, LossInputs
+from papo.losses.base import LossComponent, LossInputs, MetricPool
 from papo.losses.policy_gradient import PolicyGradientLoss
 from papo.losses.reference_kl import ReferenceKLLoss
 from papo.models.loading import generation_suppress_token_ids, is_lora, load_policy
@@ -326,7 +332,10 @@ class PapoModule(L.LightningModule):
         self.log("reward", metrics["train/reward/mean"], prog_bar=True, on_step=True, logger=False)
 
     def _rollout_metrics(self, exp: Experience, n_err: int) -> dict[str, float]:
-        lengths = exp.response_mask.sum(1)
+        lengths = exp.response_mask.sum(1)  # (N,) EOS included
+        # truncated: cut at rollout.max_new_tokens without an EOS (not: as long as the longest response)
+        last = exp.response_ids.gather(1, (lengths.long() - 1).clamp(min=0)[:, None])[:, 0]  # (N,)
+        truncated = (lengths >= self.rollout_cfg["max_new_tokens"]) & (last != self.generator.eos_id)
         return {
             "train/reward/mean": float(exp.rewards.mean()),
             "train/reward/accuracy": float(exp.accuracy.mean()),
@@ -334,7 +343,7 @@ class PapoModule(L.LightningModule):
             "train/reward/errors": float(n_err),
             "train/response/length_mean": float(lengths.mean()),
             "train/response/length_max": float(lengths.max()),
-            "train/response/clip_ratio": float((exp.response_mask[:, -1] > 0).float().mean()),
+            "train/response/clip_ratio": float(truncated.float().mean()),
         }
 
     def _prepare(self, exp: Experience) -> None:
@@ -369,8 +378,7 @@ class PapoModule(L.LightningModule):
         # seq-mean-token-sum-norm's constant length (Dr. GRPO): the maximum response length, not the
         # longest response of this batch (the padded width T, which changes from step to step)
         norm_len = int(self.algo.get("norm_len") or self.rollout_cfg["max_new_tokens"])
-        sums: dict[str, float] = {}
-        weights: dict[str, float] = {}
+        pool = MetricPool()  # micro-batch metrics -> one value per step (max of maxima, pooled variances)
         N = len(exp)
         for _epoch in range(self.algo["ppo_epochs"]):
             order = torch.randperm(N) if n_mb > 1 else torch.arange(N)
@@ -378,7 +386,9 @@ class PapoModule(L.LightningModule):
                 mb = exp.select(mb_idx)
                 # token-mean over ALL ranks' mini-batches: DDP averages gradients over W ranks, so each
                 # rank normalises by (global token count / W); with one process this is mb.num_tokens
-                num_tokens = all_reduce(mb.num_tokens, "sum", self.device) / world_size()
+                num_tokens_global = float(all_reduce(mb.num_tokens, "sum", self.device))
+                num_tokens = num_tokens_global / world_size()
+                pool.add({"train/num_tokens_global": num_tokens_global}, 1.0)
                 opt.zero_grad(set_to_none=True)
                 nonfinite: list[str] = []  # loss components that gave a non-finite value in this mini-batch
                 for s in range(0, len(mb), mbs):
@@ -420,23 +430,23 @@ class PapoModule(L.LightningModule):
                             loss, m = comp(inputs)
                             total = total + loss * scale
                             terms.append((comp.name, loss.detach()))
-                            for k, v in m.items():
-                                key = f"train/{comp.name}/{k}"
-                                sums[key] = sums.get(key, 0.0) + v * w
-                                weights[key] = weights.get(key, 0.0) + w
+                            pool.add(m, w, prefix=f"train/{comp.name}/")
                     # backward even on a non-finite loss: DDP ranks must all reach the gradient all-reduce
                     with self.timer("backward"):
                         self.manual_backward(total)
-                    ent = float(-(logps.detach() * mask).sum()) / max(w, 1e-9)  # sampled-token entropy
                     total_value = float(total.detach())
                     if not math.isfinite(total_value):
                         nonfinite += [n for n, v in terms if not bool(torch.isfinite(v).all())] or ["total"]
-                    for key, val in (
-                        ("train/loss/total", total_value),
-                        ("train/response/entropy", ent),
-                    ):
-                        sums[key] = sums.get(key, 0.0) + val * w
-                        weights[key] = weights.get(key, 0.0) + w
+                    step_metrics = {
+                        "train/loss/total": total_value,
+                        # sampled-token entropy surrogate -log p(o_t), real image
+                        "train/response/entropy": float(masked_mean(-logps.detach(), mask)),
+                    }
+                    if logps_masked is not None:  # whenever a masked forward ran (PAPO-G too, eta = 0)
+                        step_metrics["train/response/entropy_masked"] = float(
+                            masked_mean(-logps_masked.detach(), mask)
+                        )
+                    pool.add(step_metrics, w)
                 # None under DeepSpeed: its engine clips inside opt.step() and its norm is read after it
                 norm = clip_grad_norm(self._trainer, params, self.optim_cfg["grad_clip"])
                 grad_norm = None if norm is None else float(norm)
@@ -453,13 +463,11 @@ class PapoModule(L.LightningModule):
                     if grad_norm is None:
                         grad_norm = engine_grad_norm(self._trainer)
                     if grad_norm is not None and math.isfinite(grad_norm):
-                        sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + grad_norm
-                        weights["train/grad_norm"] = weights.get("train/grad_norm", 0.0) + 1.0
+                        pool.add({"train/grad_norm": grad_norm}, 1.0)
                 else:
                     opt.zero_grad(set_to_none=True)
                     self._skip_step(reason or "non-finite loss or grad norm on another rank")
-        out = {k: sums[k] / max(weights[k], 1e-9) for k in sums}
-        # token-mean losses were summed over micro-batches: report the mini-batch totals
+        out = pool.compute()
         out["train/optim/lr"] = float(opt.param_groups[0]["lr"])
         out["train/optim/skipped_steps"] = float(self.skipped_steps)
         out["train/optim/consecutive_skips"] = float(self.consecutive_skips)
