@@ -101,3 +101,22 @@ def test_the_paper_protocol_is_one_definition() -> None:
     assert train.rollout.val_sampled_temperature == ev.temperature == 1.0
     assert (ev.samples, ev.top_p, ev.top_k) == (8, 1.0, 0)
     assert (train.rollout.val_temperature, train.rollout.val_samples) == (0.0, 1)  # greedy val/acc
+
+
+@pytest.mark.parametrize("preset", ["default", "fdr"])
+def test_debug_presets_log_nothing_and_save_no_checkpoint(preset: str, tmp_path: Path) -> None:
+    """``debug=fdr`` is "one step on tiny data, no logging": the trainer it builds has no logger and no
+    checkpoint callback (not even Lightning's implicit one)."""
+    import hydra
+
+    from papo.pipeline import instantiate_list
+
+    cfg = compose_cfg([f"debug={preset}"])
+    assert not instantiate_list(cfg.get("logger")) and "model_checkpoint" not in (cfg.get("callbacks") or {})
+    with open_dict(cfg):
+        cfg.trainer.default_root_dir = str(tmp_path)
+    callbacks = instantiate_list(cfg.get("callbacks"))
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    assert trainer.loggers == [] and trainer.checkpoint_callbacks == []
+    assert cfg.trainer.max_steps == (1 if preset == "fdr" else 3)
+    validate_config(cfg)
