@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from papo.evaluation.metrics import ValidationMetrics
 from papo.evaluation.perception import attach_masked_view, heldout_perception_kl
 from papo.evaluation.samples import collect_samples, write_samples
-from papo.models.loading import generation_suppress_token_ids, load_policy
+from papo.models.loading import generation_suppress_token_ids, load_policy, output_vocab_size
 from papo.rewards import get_reward_fn
 from papo.rollout.collect import Generator
 from papo.rollout.hf_generate import GenerationConfig
@@ -99,7 +99,7 @@ class Evaluator:
         self.reward_fn = reward_fn
         self.generator = Generator(
             processor,
-            generation_suppress_token_ids(processor),
+            generation_suppress_token_ids(processor, vocab_size=output_vocab_size(policy)),
             max_prompt_length,
             generation_batch_size,
             decoder,

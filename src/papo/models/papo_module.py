@@ -31,7 +31,12 @@ from papo.evaluation.validation import after_validation_generation
 from papo.losses.base import LossComponent, LossInputs, MetricPool
 from papo.losses.policy_gradient import PolicyGradientLoss
 from papo.losses.reference_kl import ReferenceKLLoss
-from papo.models.loading import generation_suppress_token_ids, is_lora, load_policy
+from papo.models.loading import (
+    generation_suppress_token_ids,
+    is_lora,
+    load_policy,
+    output_vocab_size,
+)
 from papo.models.logprobs import response_logps
 from papo.rewards import get_reward_fn
 from papo.rollout.collect import Generator
@@ -133,7 +138,8 @@ class PapoModule(L.LightningModule):
         self.reward_on_error = reward.get("on_error", "raise")
         self.generator = Generator(
             self.processor,
-            generation_suppress_token_ids(self.processor),
+            # padded output rows beyond the tokenizer (real Qwen2.5-VL) are suppressed too
+            generation_suppress_token_ids(self.processor, vocab_size=output_vocab_size(self.policy)),
             rollout["max_prompt_length"],
             rollout["generation_batch_size"],
             rollout.get("decoder", "lean"),
