@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict, read_write
 
 from conftest import CONFIG_DIR, compose_cfg
 from papo.config_validation import ConfigError, validate_config
@@ -120,3 +120,26 @@ def test_debug_presets_log_nothing_and_save_no_checkpoint(preset: str, tmp_path:
     assert trainer.loggers == [] and trainer.checkpoint_callbacks == []
     assert cfg.trainer.max_steps == (1 if preset == "fdr" else 3)
     validate_config(cfg)
+
+
+def test_wandb_run_names_differ_between_the_jobs_of_a_multirun() -> None:
+    """``-m loss.gamma=0.005,0.01,0.02``: the three jobs share algo, loss and seed, so the W&B run name carries
+    the Hydra job number in a multirun (and nothing in a single run)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    cfg = compose_cfg(["logger=wandb"])
+    assert cfg.logger.wandb.name == "grpo-papo-seed42"  # a single run: no suffix
+    names = []
+    for num, gamma in enumerate(["0.005", "0.01", "0.02"]):
+        cfg = compose_cfg(["logger=wandb", f"loss.gamma={gamma}"])
+        with (
+            read_write(cfg.hydra),
+            open_dict(cfg.hydra),
+        ):  # what Hydra's launcher sets for each job of a multirun
+            cfg.hydra.mode = RunMode.MULTIRUN
+            cfg.hydra.job.num = num
+        HydraConfig.instance().set_config(cfg)
+        names.append(cfg.logger.wandb.name)
+    assert names == ["grpo-papo-seed42-job0", "grpo-papo-seed42-job1", "grpo-papo-seed42-job2"]
+    assert {cfg.logger.wandb.group} == {"grpo-papo"}
