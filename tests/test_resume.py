@@ -77,15 +77,38 @@ def _train_rows(run_dir: Path, name: str = "metrics.csv") -> dict[int, dict[str,
         return {int(r["step"]): r for r in csv.DictReader(f) if r.get("train/reward/mean")}
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, cache_dir: Path) -> None:
-    full, killed = tmp_path / "full", tmp_path / "killed"
+# DAPO + PAPO-D with a linear gamma schedule over the whole run and an LR warm-up through the resume: the
+# gamma-schedule state, DAPO's dynamic-sampling state (several rollout batches per optimiser step) and the LR
+# scheduler must all come back. The 3-step warm start of TINY_OVERRIDES never answers correctly, so DAPO's
+# filter would keep nothing: a 40-step warm start, 24-token responses and T = 0.5 give mixed groups.
+DAPO_VARIANT = [
+    "algo=dapo",
+    "loss=papo_d",
+    "loss.schedule=linear",
+    "loss.anneal_fraction=1.0",
+    f"optim.warmup_steps={2 * N + 1}",
+    "warm_start.max_steps=40",
+    "warm_start.batch_size=16",
+    "rollout.max_new_tokens=24",
+    "rollout.temperature=0.5",
+]
 
-    # 1) uninterrupted 2N steps, with credentials in the environment and a config key that reads one
-    _run(
-        _cmd(full, cache_dir, "logger=default", "+notes.hf_token=${oc.env:HF_TOKEN}"),
-        _env(**SECRETS),
-    )
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["grpo", "dapo_schedules"])
+def test_sigkill_then_resume_is_bit_identical(variant: str, tmp_path: Path, cache_dir: Path) -> None:
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    extra = DAPO_VARIANT if variant == "dapo_schedules" else []
+    scan_secrets = variant == "grpo"  # the credential scan needs one run, with W&B (slower): the first
+
+    # 1) uninterrupted 2N steps (grpo: with credentials in the environment and a config key that reads one)
+    if scan_secrets:
+        _run(
+            _cmd(full, cache_dir, *extra, "logger=default", "+notes.hf_token=${oc.env:HF_TOKEN}"),
+            _env(**SECRETS),
+        )
+    else:
+        _run(_cmd(full, cache_dir, *extra), _env())
 
     # 2) the same run, frozen at the start of step N+1 and SIGKILLed
     marker = tmp_path / "paused"
@@ -95,7 +118,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, cache_dir: Path) -
         f"+callbacks.pause.marker={marker}",
     ]
     proc = subprocess.Popen(
-        _cmd(killed, cache_dir, *pause),
+        _cmd(killed, cache_dir, *extra, *pause),
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.DEVNULL,
@@ -118,7 +141,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, cache_dir: Path) -
     assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == N
 
     # 3) resume in the killed run's directory
-    _run(_cmd(killed, cache_dir, "ckpt_path=last"), _env())
+    _run(_cmd(killed, cache_dir, *extra, "ckpt_path=last"), _env())
 
     a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
@@ -130,24 +153,50 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, cache_dir: Path) -
         a["optimizer_states"][0]["state"].items(), b["optimizer_states"][0]["state"].items(), strict=True
     ):
         assert ka == kb and all(torch.equal(va[s], vb[s]) for s in va), f"optimiser state differs: {ka}"
+    assert a["lr_schedulers"] == b["lr_schedulers"]
     assert torch.equal(a["papo"]["rng"]["torch"], b["papo"]["rng"]["torch"])
+    for key in ("tries", "group_counter"):
+        assert a["papo"][key] == b["papo"][key], key
 
-    # logged rewards, losses, lengths of the second half are identical; the first half's log was kept
+    # logged rewards, losses, lengths of the second half are identical; the first half's log was kept.
+    # CSV rows are keyed by rollout batch (Lightning's step counter): with DAPO's dynamic sampling an
+    # optimiser step takes several batches, so the second half starts at the batch the checkpoint recorded
     rows_a, rows_b = _train_rows(full), _train_rows(killed)
-    assert sorted(rows_b) == list(range(N, 2 * N))
-    keys = [k for k in rows_a[N] if k.startswith("train/") and rows_a[N][k] != ""]
-    assert {"train/reward/mean", "train/loss/total", "train/response/length_mean"} <= set(keys)
-    for step in range(N, 2 * N):
-        assert [rows_a[step][k] for k in keys] == [rows_b[step][k] for k in keys], f"step {step} differs"
-    assert sorted(_train_rows(killed, "metrics.part0.csv")) == list(range(N))
+    first = min(rows_b)
+    assert sorted(rows_b) == [s for s in sorted(rows_a) if s >= first]
+    assert sorted(_train_rows(killed, "metrics.part0.csv")) == [s for s in sorted(rows_a) if s < first]
+    # every value the resumed run logged is the uninterrupted run's. (A DAPO rollout batch that does not step
+    # the optimiser logs only its rollout metrics, and the CSV repeats the previous step's other values in
+    # its row; the resumed run's first such rows have none to repeat, so only its non-empty cells count.)
+    for step, row in rows_b.items():
+        keys = [k for k in row if k.startswith("train/") and row[k] != ""]
+        assert [rows_a[step].get(k) for k in keys] == [row[k] for k in keys], f"step {step} differs"
+    logged = {k for r in rows_b.values() for k in r if r[k] != ""}
+    assert {"train/reward/mean", "train/loss/total", "train/response/length_mean", "train/optim/lr"} <= logged
 
-    # no credential reached any file of the uninterrupted run's directory (config, logs, CSV, W&B)
+    def values(key: str) -> set[str]:
+        return {r[key] for r in rows_b.values() if r.get(key)}
+
+    if variant == "grpo":  # one row per optimiser step: every cell is compared
+        assert sorted(rows_b) == list(range(N, 2 * N))
+        for step, row in rows_b.items():
+            assert {k for k in row if row[k] != ""} == {k for k in rows_a[step] if rows_a[step][k] != ""}
+    else:  # the schedules and the dynamic sampling really moved during the resumed half
+        assert len(values("train/optim/lr")) == N, "the LR warm-up did not continue"
+        assert len(values("train/perception_kl/gamma")) == N, "gamma did not anneal"
+        assert len(rows_b) > N and max(float(v) for v in values("train/dynamic_sampling/tries")) > 1
+
+    if not scan_secrets:
+        return
+    # no credential reached any file of the uninterrupted run's directory (config, logs, CSV, W&B,
+    # checkpoints)
     hits = [
         str(p)
         for p in full.rglob("*")
-        if p.is_file() and p.suffix != ".ckpt" and any(s.encode() in p.read_bytes() for s in SECRETS.values())
+        if p.is_file() and any(s.encode() in p.read_bytes() for s in SECRETS.values())
     ]
     assert not hits, f"credentials written to {hits}"
+    assert any(p.suffix == ".ckpt" for p in full.rglob("*")), "no checkpoint was scanned"
     assert f"notes.hf_token: '{REDACTED}'" in (full / "csv" / "hparams.yaml").read_text()
 
 
