@@ -148,6 +148,39 @@ def build_module(cfg: DictConfig, policy_dir: Path | str, total_steps: int) -> A
     )
 
 
+DROPPED_ROWS_FILE = "dropped_rows.jsonl"
+DROPPED_ROWS_METRIC = "data/dropped_rows_setup"
+
+
+def write_dropped_rows(datamodule: Any, output_dir: str | Path) -> list[dict[str, Any]]:
+    """Write every row the datamodule's setup scan dropped (bad rows with ``data.on_bad_row=skip``, prompts
+    over ``rollout.max_prompt_length``) to ``<output_dir>/dropped_rows.jsonl``, one JSON object per row
+    (dataset, split, row, uid, reason); the file is written (empty) even when nothing was dropped. Returns
+    the rows. Rank 0 writes; every rank returns the same list."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    rows = list(getattr(datamodule, "dropped_rows", None) or [])
+    if rank_zero_only.rank == 0:
+        path = Path(output_dir, DROPPED_ROWS_FILE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        if rows:
+            log.warning("%d row(s) dropped at setup; the list is in %s", len(rows), path)
+    return rows
+
+
+class LogSetupDrops(L.Callback):
+    """Logs the number of rows the setup scan dropped (``data/dropped_rows_setup``) once, when fitting
+    starts, through every logger of the trainer (at the restored global step after a resume)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = int(count)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for lg in trainer.loggers:
+            lg.log_metrics({DROPPED_ROWS_METRIC: float(self.count)}, step=trainer.global_step)
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, float]:
     """Warm start (if enabled) then RL. Returns val metrics after RL (plus ``before/...`` keys)."""
@@ -165,6 +198,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     base_dir = resolve_model_dir(cfg.model, corpus_fn=synthetic_corpus)
     attach_prompt_filter(datamodule, base_dir, cfg)
     datamodule.setup("fit")
+    dropped = write_dropped_rows(datamodule, cfg.paths.output_dir)
     policy_dir = base_dir
     if cfg.warm_start.get("enabled", False):
         from papo.warm_start import ensure_warm_start
@@ -182,7 +216,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for k in cfg
         if k != "hydra"
     }
-    callbacks = instantiate_list(cfg.get("callbacks"))
+    callbacks = [*instantiate_list(cfg.get("callbacks")), LogSetupDrops(len(dropped))]
     if ckpt is not None and continue_wandb_run(cfg.get("logger")):  # one W&B run across a resume
         log.info("resuming W&B run %s", cfg.logger.wandb.id)
     loggers = instantiate_list(cfg.get("logger"))

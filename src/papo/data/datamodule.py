@@ -468,6 +468,8 @@ class PapoDataModule(L.LightningDataModule):
         self.max_aspect_ratio = max_aspect_ratio  # rows with a more extreme image are bad (Qwen-VL: 200)
         self.datasets: dict[str, PromptDataset] = {}
         self.train_sampler: EpochShuffleSampler | None = None
+        # every row the setup scan dropped: {dataset, split, row, uid, reason} (papo.data.scan.ScanReport)
+        self.dropped_rows: list[dict[str, Any]] = []
 
     # ---- setup ----------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -505,6 +507,7 @@ class PapoDataModule(L.LightningDataModule):
         logging.getLogger(__name__).info(
             report.summary(self.dataset_name, split, self.max_prompt_length if length_fn else None)
         )
+        self.dropped_rows += report.dropped_rows(self.dataset_name, split, self.max_prompt_length)
         if len(report.keep) == len(hf):
             return hf
         if not report.keep:

@@ -4,8 +4,9 @@
 opened for the size), and returns the rows to keep plus a :class:`ScanReport`. A row is *bad* when its
 ``problem`` is missing or empty, its ``answer`` is missing, or an image cannot be opened. With
 ``on_bad_row="error"`` the first bad row raises a ``ValueError`` naming the dataset, split, row and
-reason; with ``"skip"`` bad rows are dropped, counted and logged (the first few by row and reason).
-Never silently.
+reason; with ``"skip"`` bad rows are dropped, counted and logged (the first few by row and reason), and
+:meth:`ScanReport.dropped_rows` lists every dropped row (the pipeline writes the list to
+``<output_dir>/dropped_rows.jsonl`` and logs the count as ``data/dropped_rows_setup``). Never silently.
 
 Prompt lengths are exact token counts of what the rollout feeds the model (:class:`PromptLength`): the
 processor's chat template around the templated prompt, tokenised, plus each image's token count from the
@@ -139,12 +140,15 @@ class PromptLength:
 
 @dataclass
 class ScanReport:
-    """What a scan found: rows kept, bad rows (row, reason), rows over the prompt limit, length stats."""
+    """What a scan found: rows kept, bad rows (row, reason), rows over the prompt limit (with their token
+    counts in ``too_long_tokens``), the uids of the dropped rows, length stats."""
 
     num_rows: int = 0
     keep: list[int] = field(default_factory=list)
     bad: list[tuple[int, str]] = field(default_factory=list)
     too_long: list[int] = field(default_factory=list)
+    too_long_tokens: list[int] = field(default_factory=list)
+    uids: dict[int, str] = field(default_factory=dict)
     max_length: int = 0
     mean_length: float = 0.0
 
@@ -158,7 +162,32 @@ class ScanReport:
                 f"filtered {len(self.too_long)} prompt(s) longer than max_prompt_length={max_prompt_length} "
                 f"tokens (longest {self.max_length}, mean {self.mean_length:.0f})"
             )
+            if self.too_long:
+                pairs = zip(self.too_long[:3], self.too_long_tokens[:3], strict=False)
+                first = ", ".join(f"row {r}: {n} tokens" for r, n in pairs)
+                parts[-1] += f"; first: {first}"
         return "; ".join(parts)
+
+    def dropped_rows(
+        self, name: str, split: str, max_prompt_length: int | None = None
+    ) -> list[dict[str, Any]]:
+        """One record per dropped row, in row order: ``dataset``, ``split``, ``row`` (index in the split as
+        given), ``uid`` (the ``uid`` column, else ``<split>-<row>`` as the datamodule names rows), ``reason``
+        (and ``prompt_tokens`` for an over-long prompt). The pipeline writes them to
+        ``<output_dir>/dropped_rows.jsonl``."""
+        limit = "" if max_prompt_length is None else f" > max_prompt_length={max_prompt_length}"
+        dropped = [(row, why, None) for row, why in self.bad] + [
+            (row, f"prompt of {n} tokens{limit}", n)
+            for row, n in zip(self.too_long, self.too_long_tokens, strict=True)
+        ]
+        out = []
+        for row, why, tokens in sorted(dropped, key=lambda d: d[0]):
+            uid = self.uids.get(row, f"{split}-{row}")
+            rec: dict[str, Any] = {"dataset": name, "split": split, "row": row, "uid": uid, "reason": why}
+            if tokens is not None:
+                rec["prompt_tokens"] = tokens
+            out.append(rec)
+        return out
 
 
 def _row_problem(problem: Any, answer: Any) -> str | None:
@@ -167,6 +196,11 @@ def _row_problem(problem: Any, answer: Any) -> str | None:
     from papo.data.datamodule import text_field
 
     return text_field(problem, "problem")[1] or text_field(answer, "answer")[1]
+
+
+def _note_uid(report: ScanReport, row: int, record: Mapping[str, Any]) -> None:
+    if record.get("uid") is not None:
+        report.uids[row] = str(record["uid"])
 
 
 def _decoded(text: Any) -> str:
@@ -194,7 +228,8 @@ def scan_split(
         raise ValueError(f"on_bad_row={on_bad_row!r} is unknown; valid: {list(ON_BAD_ROW)}")
     report = ScanReport(num_rows=len(hf_dataset))
     lengths: list[int] = []
-    table = hf_dataset.select_columns(["images", "problem", "answer"]).with_format("arrow")
+    columns = ["images", "problem", "answer"] + (["uid"] if "uid" in hf_dataset.column_names else [])
+    table = hf_dataset.select_columns(columns).with_format("arrow")
     for start in range(0, len(hf_dataset), batch_size):
         rows = table[start : start + batch_size].to_pylist()
         good_rows, prompts, sizes = [], [], []
@@ -218,6 +253,7 @@ def scan_split(
                         "Fix the data, or set data.on_bad_row=skip to drop such rows (counted and logged)."
                     )
                 report.bad.append((row, reason))
+                _note_uid(report, row, record)
                 continue
             good_rows.append(row)
             prompts.append(build_prompt(_decoded(record["problem"]), prompt_template))
@@ -227,7 +263,12 @@ def scan_split(
             continue
         for row, n in zip(good_rows, prompt_length_fn(prompts, sizes), strict=True):
             lengths.append(n)
-            (report.keep if n <= max_prompt_length else report.too_long).append(row)
+            if n <= max_prompt_length:
+                report.keep.append(row)
+            else:
+                report.too_long.append(row)
+                report.too_long_tokens.append(int(n))
+                _note_uid(report, row, rows[row - start])
     if lengths:
         report.max_length, report.mean_length = max(lengths), float(np.mean(lengths))
     return report
