@@ -22,13 +22,10 @@ Differences from verl/EasyR1:
 
 from __future__ import annotations
 
-import inspect
-from functools import cache
-
 import torch
 from torch import Tensor
 
-from papo.algos.registry import AGG_MODES, AGGREGATIONS
+from papo.algos.registry import AGG_MODES, AGGREGATIONS, accepts_kwarg
 
 __all__ = [
     "AGG_MODES",
@@ -164,13 +161,6 @@ def _seq_mean_token_sum_norm(
 assert set(AGG_MODES) == set(AGGREGATIONS.names()), "AGG_MODES out of sync with AGGREGATIONS"
 
 
-@cache
-def _accepts_norm_len(fn) -> bool:
-    """Whether a registered aggregation takes ``norm_len`` (functions registered before it existed do not)."""
-    params = inspect.signature(fn).parameters.values()
-    return any(p.name == "norm_len" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
-
 def aggregate_loss(
     loss_mat: Tensor,
     mask: Tensor,
@@ -215,6 +205,6 @@ def aggregate_loss(
     if loss_mat.shape != mask.shape:
         raise ValueError(f"loss_mat {tuple(loss_mat.shape)} and mask {tuple(mask.shape)} must match")
     fn = AGGREGATIONS.get(mode)
-    if norm_len is not None and _accepts_norm_len(fn):
+    if norm_len is not None and accepts_kwarg(fn, "norm_len"):
         return fn(loss_mat, mask, num_tokens=num_tokens, num_seqs=num_seqs, norm_len=norm_len)
     return fn(loss_mat, mask, num_tokens=num_tokens, num_seqs=num_seqs)

@@ -24,7 +24,9 @@ Call conventions of the entries:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from functools import cache
 from typing import Generic, TypeVar
 
 F = TypeVar("F", bound=Callable)
@@ -36,7 +38,16 @@ __all__ = [
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "Registry",
+    "accepts_kwarg",
 ]
+
+
+@cache
+def accepts_kwarg(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` takes a keyword argument ``name`` (or ``**kwargs``): registered functions written before
+    an optional argument existed (e.g. ``norm_len``) are called without it."""
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 class Registry(Generic[F]):

@@ -10,17 +10,11 @@ non-null ``algo.dual_clip`` with a policy loss that has no such argument is a co
 
 from __future__ import annotations
 
-import inspect
-
 from torch import Tensor
 
 from papo.algos import POLICY_LOSSES
+from papo.algos.registry import accepts_kwarg
 from papo.losses.base import LossComponent, LossInputs, scalar
-
-
-def _accepts(fn, name: str) -> bool:
-    params = inspect.signature(fn).parameters.values()
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 class PolicyGradientLoss(LossComponent):
@@ -40,14 +34,14 @@ class PolicyGradientLoss(LossComponent):
         self.clip_low = clip_low
         self.clip_high = clip_high
         self.dual_clip = dual_clip
-        if dual_clip is not None and not _accepts(self.fn, "dual_clip"):
+        if dual_clip is not None and not accepts_kwarg(self.fn, "dual_clip"):
             raise ValueError(
                 f"algo.dual_clip={dual_clip} but policy loss {policy_loss!r} has no dual clip: "
                 "set algo.dual_clip=null"
             )
-        self._takes_dual_clip = _accepts(self.fn, "dual_clip")
-        self._takes_num_tokens = _accepts(self.fn, "num_tokens")
-        self._takes_norm_len = _accepts(self.fn, "norm_len")
+        self._takes_dual_clip = accepts_kwarg(self.fn, "dual_clip")
+        self._takes_num_tokens = accepts_kwarg(self.fn, "num_tokens")
+        self._takes_norm_len = accepts_kwarg(self.fn, "norm_len")
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
         kwargs = {"clip_low": self.clip_low, "clip_high": self.clip_high, "agg_mode": inputs.agg_mode}
