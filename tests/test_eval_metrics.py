@@ -161,6 +161,9 @@ def test_samples_collect_write_and_tables(tmp_path: Path) -> None:
     text = md.read_text()
     assert "![](images/step000007-0.png)" in text and "![](images/step000007-0-masked.png)" in text
     assert "How many \\| things 0?" in text  # pipes escaped
+    assert text.startswith("# Validation samples, step 7")
+    md_eval, _ = write_samples(samples, tmp_path / "eval", "samples", title="Samples: eval on val")
+    assert md_eval.read_text().startswith("# Samples: eval on val")
     assert (tmp_path / "images" / "step000007-1-masked.png").exists()
     assert "real0" in path_csv.read_text()
 

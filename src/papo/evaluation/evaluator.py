@@ -363,7 +363,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         (out / f"{stem}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         (out / f"{stem}.md").write_text(table)
         if samples:
-            write_samples(samples, out / f"{stem}_samples", "samples")
+            write_samples(samples, out / f"{stem}_samples", "samples", title=f"Samples: {title}")
         log.info("wrote %s and %s", out / f"{stem}.json", out / f"{stem}.md")
     loggers = instantiate_list(cfg.get("logger"))
     for lg in loggers:

@@ -92,14 +92,19 @@ def _md_cell(text: Any) -> str:
     return s.replace("|", "\\|").replace("\n", "<br>")
 
 
-def write_samples(samples: list[dict[str, Any]], out_dir: str | Path, name: str) -> tuple[Path, Path]:
-    """Write ``<out_dir>/<name>.md`` (with ``<out_dir>/images/<name>-<k>[-masked].png``) and ``<name>.csv``."""
+def write_samples(
+    samples: list[dict[str, Any]], out_dir: str | Path, name: str, title: str | None = None
+) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<name>.md`` (with ``<out_dir>/images/<name>-<k>[-masked].png``) and ``<name>.csv``.
+
+    ``title``: the Markdown heading (default: "Validation samples, step <step of the samples>").
+    """
     out_dir = Path(out_dir)
     img_dir = out_dir / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     step = samples[0]["step"] if samples else 0
     lines = [
-        f"# Validation samples, step {step}",
+        f"# {title or f'Validation samples, step {step}'}",
         "",
         "| # | image | masked | question | answer | response (real image) | acc / reward "
         "| response (masked image) | acc / reward |",
