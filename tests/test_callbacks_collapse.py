@@ -199,11 +199,26 @@ def test_replayed_gamma2_collapse_flags_well_before_accuracy_hits_zero(name: str
 
 
 @pytest.mark.parametrize(
-    "name", ["healthy_grpo_seed2.csv", "healthy_papo_g_gamma0.1_seed0.csv", "healthy_papo_d_seed0.csv"]
+    "name",
+    [
+        "healthy_grpo_seed2.csv",
+        "healthy_papo_g_gamma0.1_seed0.csv",
+        "healthy_papo_d_seed0.csv",
+        "healthy_default_400.csv",
+    ],
 )
 def test_replayed_healthy_runs_never_flag(name: str) -> None:
     reports, _ = replay_csv(name)
     assert not any(r.flagged for r in reports), next(r.reason for r in reports if r.flagged)
+
+
+def test_a_small_entropy_doubling_late_in_a_healthy_run_is_not_a_collapse() -> None:
+    """The default 400-step run's entropy doubles from a tiny level (0.049 -> 0.0999) while accuracy dips near
+    its end: a relative rise alone flagged it; the absolute floor (sustained_entropy_min_rise) does not."""
+    reports, _ = replay_csv("healthy_default_400.csv", sustained_entropy_min_rise=0.0)
+    assert any(r.flagged for r in reports)  # what the floor is for
+    with pytest.raises(ValueError, match="sustained_entropy_min_rise"):
+        CollapseDetector(sustained_entropy_min_rise=-0.1)
 
 
 def test_state_dict_round_trip_continues_identically() -> None:

@@ -217,6 +217,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if k != "hydra"
     }
     callbacks = [*instantiate_list(cfg.get("callbacks")), LogSetupDrops(len(dropped))]
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar callback when bars are off
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     if ckpt is not None and continue_wandb_run(cfg.get("logger")):  # one W&B run across a resume
         log.info("resuming W&B run %s", cfg.logger.wandb.id)
     loggers = instantiate_list(cfg.get("logger"))

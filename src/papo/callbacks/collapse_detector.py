@@ -21,8 +21,8 @@ baseline that keeps tracking the metric never sees as a jump. Nothing is checked
 * the KL path: at least ``min_signals`` signals hold (``kl_jump`` among them when ``require_kl``) for
   ``patience`` consecutive updates;
 * the sustained path (``sustained_steps`` > 0): every watched entropy above ``sustained_entropy_factor`` x
-  its running level AND ``acc_falling``, together, for ``sustained_steps`` consecutive updates, whatever
-  kl_prcp does. On the embedded model a gamma=2 run collapses (accuracy and format -> 0, entropy 0.09 ->
+  its running level and above it by more than ``sustained_entropy_min_rise`` (absolute), AND ``acc_falling``,
+  together, for ``sustained_steps`` consecutive updates, whatever kl_prcp does. On the embedded model a gamma=2 run collapses (accuracy and format -> 0, entropy 0.09 ->
   1.4, junk responses) while the smoothed kl_prcp never exceeds ~2.9x its running level (it starts at
   ~0.09, so the hacking only doubles or triples it, and it falls again once the responses are junk):
   ``kl_jump`` never holds, and healthy PAPO runs' kl_prcp drifts up 2-4x over training anyway, so a lower
@@ -117,6 +117,7 @@ class CollapseDetector:
         freeze_on_any: bool = True,
         sustained_entropy_factor: float = 2.0,
         sustained_steps: int = 3,
+        sustained_entropy_min_rise: float = 0.1,
     ) -> None:
         if kl_factor <= 1:
             raise ValueError(f"collapse_detector.kl_factor must be > 1, got {kl_factor}")
@@ -127,6 +128,10 @@ class CollapseDetector:
         if sustained_entropy_factor <= 1:
             raise ValueError(
                 f"collapse_detector.sustained_entropy_factor must be > 1, got {sustained_entropy_factor}"
+            )
+        if sustained_entropy_min_rise < 0:
+            raise ValueError(
+                f"collapse_detector.sustained_entropy_min_rise must be >= 0, got {sustained_entropy_min_rise}"
             )
         if int(sustained_steps) < 0:
             raise ValueError(
@@ -145,6 +150,7 @@ class CollapseDetector:
         self.freeze_on_any = bool(freeze_on_any)
         self.sustained_entropy_factor = float(sustained_entropy_factor)
         self.sustained_steps = int(sustained_steps)
+        self.sustained_entropy_min_rise = float(sustained_entropy_min_rise)
         self.reset()
 
     def reset(self) -> None:
@@ -221,7 +227,10 @@ class CollapseDetector:
             ent_keys = self._entropy_keys(metrics)
             ent_levels = [(k, level(k)) for k in ent_keys]
             entropy_surge = bool(ent_levels) and all(
-                lv is not None and lv[0] > self.sustained_entropy_factor * lv[1] for _, lv in ent_levels
+                lv is not None
+                and lv[0] > self.sustained_entropy_factor * lv[1]
+                and lv[0] - lv[1] > self.sustained_entropy_min_rise
+                for _, lv in ent_levels
             )
             if ent_levels and all(
                 lv is not None and lv[0] > (1 + self.entropy_rise) * lv[1] for _, lv in ent_levels
