@@ -422,11 +422,12 @@ def overview_title(runs: list[Run]) -> str:
         return str(runs[0].path)
     try:
         common = os.path.commonpath([str(r.path.resolve()) for r in runs])
-        common = os.path.relpath(common) if not os.path.relpath(common).startswith("..") else common
+        rel = os.path.relpath(common)
+        common = common if rel.startswith("..") else rel
     except ValueError:  # different drives
         common = ""
-    sizes = {len(idx) for idx in _groups(runs).values()}
-    n_groups = len(_groups(runs))
+    groups = _groups(runs)
+    sizes, n_groups = {len(idx) for idx in groups.values()}, len(groups)
     if n_groups < len(runs):
         what = (
             f"{n_groups} configurations x {sizes.pop()} seeds"

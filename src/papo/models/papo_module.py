@@ -23,8 +23,8 @@ from papo.algos import (
     ADVANTAGE_ESTIMATORS,
     dynamic_sampling_keep,
     kl_estimate,
-    masked_mean,
     overlong_penalty,
+    sampled_entropy,
 )
 from papo.evaluation.metrics import ValidationMetrics
 from papo.evaluation.validation import after_validation_generation
@@ -446,11 +446,11 @@ class PapoModule(L.LightningModule):
                     step_metrics = {
                         "train/loss/total": total_value,
                         # sampled-token entropy surrogate -log p(o_t), real image
-                        "train/response/entropy": float(masked_mean(-logps.detach(), mask)),
+                        "train/response/entropy": float(sampled_entropy(logps.detach(), mask)),
                     }
                     if logps_masked is not None:  # whenever a masked forward ran (PAPO-G too, eta = 0)
                         step_metrics["train/response/entropy_masked"] = float(
-                            masked_mean(-logps_masked.detach(), mask)
+                            sampled_entropy(logps_masked.detach(), mask)
                         )
                     pool.add(step_metrics, w)
                 # None under DeepSpeed: its engine clips inside opt.step() and its norm is read after it
