@@ -699,11 +699,10 @@ def run_ab_script(doc: str, stem: str, measure: Any, print_results: Any) -> None
 def ab_summary(times: dict[str, list[float]], new: str, old: str) -> dict[str, Any]:
     """Medians, quartiles, the speed-up old / new (median seconds) and the raw times."""
     med = {k: statistics.median(v) for k, v in times.items()}
+    quartiles = {k: statistics.quantiles(v, n=4) for k, v in times.items()}
     return {
         "median_s": med,
-        "p25_p75_s": {
-            k: [statistics.quantiles(v, n=4)[0], statistics.quantiles(v, n=4)[2]] for k, v in times.items()
-        },
+        "p25_p75_s": {k: [q[0], q[2]] for k, q in quartiles.items()},
         "speedup": med[old] / med[new],
         "raw_s": times,
     }

@@ -22,13 +22,16 @@ baseline that keeps tracking the metric never sees as a jump. Nothing is checked
   ``patience`` consecutive updates;
 * the sustained path (``sustained_steps`` > 0): every watched entropy above ``sustained_entropy_factor`` x
   its running level and above it by more than ``sustained_entropy_min_rise`` (absolute), AND ``acc_falling``,
-  together, for ``sustained_steps`` consecutive updates, whatever kl_prcp does. On the embedded model a gamma=2 run collapses (accuracy and format -> 0, entropy 0.09 ->
-  1.4, junk responses) while the smoothed kl_prcp never exceeds ~2.9x its running level (it starts at
-  ~0.09, so the hacking only doubles or triples it, and it falls again once the responses are junk):
+  together, for ``sustained_steps`` consecutive updates, whatever kl_prcp does. On the embedded model a
+  gamma=2 run collapses (accuracy and format -> 0, entropy 0.09 -> 1.4, junk responses) while the smoothed
+  kl_prcp never exceeds ~2.9x its running level (it starts at ~0.09, so the hacking only doubles or triples
+  it, and it falls again once the responses are junk):
   ``kl_jump`` never holds, and healthy PAPO runs' kl_prcp drifts up 2-4x over training anyway, so a lower
   factor or an early baseline does not separate the two. A doubled entropy with accuracy falling for 3
   steps does: on the stored healthy runs the entropy never exceeded 2.2x its level while accuracy fell, and
-  never 2x for two steps in a row (see docs/evaluation.md). The reason then also reports kl_prcp's ratio.
+  never 2x for two steps in a row; the absolute floor keeps a tiny entropy doubling (0.05 -> 0.10 late in
+  the default 400-step run) from counting (see docs/evaluation.md). The reason then also reports kl_prcp's
+  ratio.
 
 Missing or non-finite metrics are skipped.
 
