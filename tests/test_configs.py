@@ -116,7 +116,8 @@ def test_debug_presets_log_nothing_and_save_no_checkpoint(preset: str, tmp_path:
     with open_dict(cfg):
         cfg.trainer.default_root_dir = str(tmp_path)
     callbacks = instantiate_list(cfg.get("callbacks"))
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    loggers = instantiate_list(cfg.get("logger"))  # as papo.pipeline.train builds the trainer
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     assert trainer.loggers == [] and trainer.checkpoint_callbacks == []
     assert cfg.trainer.max_steps == (1 if preset == "fdr" else 3)
     validate_config(cfg)

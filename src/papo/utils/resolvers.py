@@ -8,6 +8,8 @@
 - ``${papo_per_rank:TOTAL,DEVICES[,NODES]}``: a global batch split over the ranks (DDP/FSDP batches are per
   rank), e.g. ``data.batch_size: ${papo_per_rank:384,${trainer.devices}}`` -> 192 on 2 GPUs.
 - ``${papo_mul:A,B}``: A * B (e.g. the data-parallel size devices * nodes of trainer=fsdp).
+- ``${papo_job_suffix:}``: ``-job<N>`` inside a Hydra multirun (N = the job number), else ``""``: the jobs of
+  a sweep get distinct W&B run names.
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ def per_rank(total: int, devices: int | str, num_nodes: int = 1) -> int:
     return int(total) // ranks
 
 
+def job_suffix() -> str:
+    """``-job<N>`` for job N of a Hydra multirun, ``""`` in a single run."""
+    from papo.utils.sweep import multirun_job_num
+
+    num = multirun_job_num()
+    return "" if num is None else f"-job{num}"
+
+
 def register_resolvers() -> None:
     """Register the resolvers (idempotent)."""
     if not OmegaConf.has_resolver("papo_per_rank"):
@@ -57,6 +67,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("papo_mul", lambda a, b: int(a) * int(b))
     if not OmegaConf.has_resolver("papo_wandb_offline"):
         OmegaConf.register_new_resolver("papo_wandb_offline", wandb_offline)
+    if not OmegaConf.has_resolver("papo_job_suffix"):
+        OmegaConf.register_new_resolver("papo_job_suffix", job_suffix)
     if not OmegaConf.has_resolver("papo_published"):
         OmegaConf.register_new_resolver("papo_published", published_coef)
 

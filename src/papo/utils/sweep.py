@@ -19,16 +19,28 @@ log = logging.getLogger(__name__)
 FAILED_JOBS_FILE = "failed_jobs.txt"
 
 
+def _multirun_hydra_config():
+    """Hydra's config of the running job when it is a job of a multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return hc if hc.mode == RunMode.MULTIRUN else None
+
+
+def multirun_job_num() -> int | None:
+    """The job number inside a multirun, else None."""
+    hc = _multirun_hydra_config()
+    return None if hc is None else int(hc.job.num)
+
+
 def multirun_job() -> dict[str, str] | None:
     """The current job's number, overrides, output and sweep dirs when running inside a multirun, else None."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        if not HydraConfig.initialized():
-            return None
-        hc = HydraConfig.get()
-        if hc.mode != RunMode.MULTIRUN:
+        hc = _multirun_hydra_config()
+        if hc is None:
             return None
         output_dir = str(hc.runtime.output_dir)
         try:
