@@ -18,7 +18,7 @@ checkpoints). RL seeds are ``seed=``; the data (``data_seed``) and the warm star
 re-running the script skips finished runs and restarts unfinished ones (their directory is moved to
 ``<out>/_incomplete/``), so an interrupted reproduction resumes where it stopped.
 
-Arms (papo.md's claims; docs/reproduction.md says what each one tests):
+Arms (docs/algorithm.md's claims; docs/reproduction.md says what each one tests):
   main     grpo, papo_g (GRPO + KL_prcp, gamma 0.02), dapo, papo_d (DAPO + KL_prcp 0.01 + double entropy)
   gamma    PAPO-G with gamma in {0.005, 0.01, 0.02 (= papo_g), 0.04, 0.1}: sweet spot, collapse when large
   mask     PAPO-G with mask ratio in {0.4, 0.6 (= papo_g), 0.8, 1.0}
@@ -28,7 +28,7 @@ Arms (papo.md's claims; docs/reproduction.md says what each one tests):
            validated (no RL). Its step count comes from measured times: the mean RL wall time of the grpo
            and papo_g runs divided by the SFT time per step of a short calibration run (``<out>/_calibration``).
 
-Accuracy is the published protocol, avg@k at temperature 1.0 (k = 4 here: ``SAMPLED_K``; papo.md uses 8), on
+Accuracy is the published protocol, avg@k at temperature 1.0 (k = 4 here: ``SAMPLED_K``; docs/algorithm.md uses 8), on
 the val split; greedy accuracy is a column of its own (RL mostly sharpens the sampled policy, README).
 "Accuracy with the masked image" is always measured with PAPO's default view (random 14 px patches, p = 0.6,
 masks seeded by the run's seed): arms trained with another view (mask ratios != 0.6, control_shuffled,
@@ -184,7 +184,7 @@ class Settings:
 
 FULL_STEPS, FULL_VAL = 150, 1000
 QUICK_STEPS, QUICK_VAL = 40, 500
-# the validation protocol of every run and re-evaluation: avg@k at temperature T (papo.md: k = 8, T = 1.0;
+# the validation protocol of every run and re-evaluation: avg@k at temperature T (docs/algorithm.md: k = 8, T = 1.0;
 # k = 4 here, the default of rollout.val_sampled_k), plus greedy
 SAMPLED_K, SAMPLED_T = 4, 1.0
 

@@ -29,7 +29,7 @@ def healthy_step(rng: np.random.Generator, t: int) -> dict[str, float]:
 
 
 def collapsing_stream(n: int = 80, start: int = 40, seed: int = 0) -> list[dict[str, float]]:
-    """Healthy until ``start``, then papo.md's signature: kl 0.05 -> ~1, clip and entropies up, acc down."""
+    """Healthy until ``start``, then docs/algorithm.md's signature: kl 0.05 -> ~1, clip and entropies up, acc down."""
     rng = np.random.default_rng(seed)
     out = []
     for t in range(n):

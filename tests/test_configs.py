@@ -93,7 +93,7 @@ def test_bad_values_fail_with_the_key_named(override: str, needle: str) -> None:
 
 
 def test_the_paper_protocol_is_one_definition() -> None:
-    """avg@8 at T = 1.0 with plain sampling (papo.md "Evaluation"): in-run ``rollout.val_sampled_k=8``
+    """avg@8 at T = 1.0 with plain sampling (docs/algorithm.md "Evaluation"): in-run ``rollout.val_sampled_k=8``
     (val/sampled/*, top_p 1.0 in the module) and ``src/eval.py``'s default use the same temperature, top_p and k;
     the experiments' greedy ``val/acc`` is separate (its sampled variant would use the training top_p)."""
     train = compose_cfg(["experiment=papo_g_3b", "rollout.val_sampled_k=8"])

@@ -1,4 +1,4 @@
-"""Early warning for "KL_prcp hacking", PAPO's failure mode with a too-large gamma (papo.md).
+"""Early warning for "KL_prcp hacking", PAPO's failure mode with a too-large gamma (docs/algorithm.md).
 
 The policy learns to raise the perception KL by emitting junk tokens. Early signs, in the order the
 paper describes them: (1) kl_prcp shoots up (e.g. 0.05 -> 1.0), (2) the high-side clip fraction climbs,

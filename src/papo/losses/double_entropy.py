@@ -1,6 +1,6 @@
 """PAPO's Double Entropy Loss: eta_real * H(real branch) + eta_masked * H(masked branch), minimised.
 
-Entropies are the sampled-token surrogate -log p(o_t) (papo.md), via :func:`papo.algos.sampled_entropy`.
+Entropies are the sampled-token surrogate -log p(o_t) (docs/algorithm.md), via :func:`papo.algos.sampled_entropy`.
 With the masked branch detached (``mask_branch_grad=false``, the released code's default) the
 H_masked term carries NO gradient: it changes the logged loss value only (the authors confirmed this).
 ``mask_branch_grad=true`` (config: the loss-level ``loss.mask_branch_grad``, shared with the perception

@@ -3,7 +3,7 @@
 The KL (positive, logged as ``kl``) is MAXIMISED, so this component returns ``-gamma * KL_prcp`` (the
 minus sign lives here and nowhere else). Per-token math is :func:`papo.algos.perception_kl`.
 
-Differences from the paper, all configurable (papo.md):
+Differences from the paper, all configurable (docs/algorithm.md):
 - ``direction``: the released code puts the masked log-probs in the role of the reference
   (d = l_mask - l, default); the paper's figure writes r - log r - 1 with r = pi(I)/pi(I_mask).
 - ``mask_branch_grad``: the released code computes l_mask once per step with the rollout parameters

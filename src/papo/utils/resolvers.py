@@ -18,7 +18,7 @@ import os
 
 from omegaconf import OmegaConf
 
-# Published coefficients (papo.md): PAPO-G 3B gamma 0.02, no entropy; PAPO-D gamma 0.01, eta 0.03/0.03.
+# Published coefficients (docs/algorithm.md): PAPO-G 3B gamma 0.02, no entropy; PAPO-D gamma 0.01, eta 0.03/0.03.
 PUBLISHED_COEFS: dict[str, dict[str, float]] = {
     "grpo": {"gamma": 0.02, "eta_real": 0.0, "eta_masked": 0.0},
     "dapo": {"gamma": 0.01, "eta_real": 0.03, "eta_masked": 0.03},
