@@ -16,10 +16,18 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from papo.config_validation import ConfigError, validate_config
 from papo.utils.checkpointing import CheckpointNotFoundError, preserve_csv_log, resolve_ckpt_path
+from papo.utils.finished_runs import (
+    FINAL_METRICS_FILE,
+    load_final_metrics,
+    returned_metrics,
+    set_aside_incomplete,
+)
+from papo.utils.provenance import provenance
 from papo.utils.secrets import redact_secrets
 from papo.utils.wandb_resume import continue_wandb_run
 from papo.utils.wrappers import task_wrapper
@@ -185,6 +193,18 @@ class LogSetupDrops(L.Callback):
 def train(cfg: DictConfig) -> dict[str, float]:
     """Warm start (if enabled) then RL. Returns val metrics after RL (plus ``before/...`` keys)."""
     validate_config(cfg)
+    # a mandatory value left at ??? (e.g. the continued-SFT arm's warm_start.continue_steps) reads as None
+    # through .get(): an error naming the key, not a silently different run
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
+    if missing:
+        raise ConfigError([f"{k}=??? must be given (e.g. {k}=<value> on the command line)" for k in missing])
+    if cfg.get("skip_finished", False):  # re-run sweeps resume: a finished job returns its saved metrics
+        final = load_final_metrics(cfg.paths.output_dir)
+        if final is not None:
+            log.info("finished earlier (%s): skipped", Path(cfg.paths.output_dir, FINAL_METRICS_FILE))
+            return returned_metrics(final)
+        if cfg.get("ckpt_path") is None and rank_zero_only.rank == 0:
+            set_aside_incomplete(cfg.paths.output_dir)
     ckpt = resolve_resume(cfg)  # before any model loads: a bad ckpt_path fails now
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
@@ -259,16 +279,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
         table = format_comparison(before, after)
         print("\n" + table + "\n", flush=True)
         Path(cfg.paths.output_dir, "val_before_after.txt").write_text(table + "\n")
-    if trainer.is_global_zero:  # read by scripts/reproduce.py (a run with this file is complete)
+    if (
+        trainer.is_global_zero
+    ):  # a run with this file is finished (papo.utils.finished_runs; scripts/ read it)
         final = {"after": after, "before": before, "rl_seconds": rl_seconds, "rl_steps": trainer.global_step}
-        final.update(seed=int(cfg.seed), policy_dir=str(policy_dir))
-        Path(cfg.paths.output_dir, "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+        final.update(seed=int(cfg.seed), policy_dir=str(policy_dir), provenance=provenance(_hydra_command()))
+        Path(cfg.paths.output_dir, FINAL_METRICS_FILE).write_text(json.dumps(final, indent=2) + "\n")
     metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
     }
     metrics.update(after)
     metrics.update({f"before/{k}": v for k, v in before.items()})
     return metrics
+
+
+def _hydra_command() -> str | None:
+    """This job's command as Hydra saw it: ``src/train.py`` and its overrides (None outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return " ".join(["src/train.py", *HydraConfig.get().overrides.task])
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,66 @@
+"""A finished run is not run again: the resumability of sweeps (``skip_finished``, configs/train.yaml).
+
+A training run is finished when :func:`papo.pipeline.train` has written ``<output dir>/final_metrics.json``
+(val metrics after RL and before it, RL wall time and steps). With ``skip_finished: true`` (the reproduction
+presets in configs/reproduce/ set it) a job whose output dir holds that file returns the metrics saved there
+instead of training, so re-running a multirun into the same deterministic ``hydra.sweep.dir`` runs only the
+jobs that have not finished. An unfinished job starts over: what its earlier attempt left (checkpoints, CSV
+log, W&B offline run, ...) is moved to ``<output dir>/incomplete-<time>/`` first, kept for inspection, so
+the new attempt does not mix with it. Hydra's own ``.hydra/`` and the job's ``*.log`` stay in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: written by papo.pipeline.train when a run has finished; read by the sweep scripts in scripts/
+FINAL_METRICS_FILE = "final_metrics.json"
+#: prefix of the folder an unfinished attempt's outputs are moved to
+INCOMPLETE_PREFIX = "incomplete-"
+
+
+def load_final_metrics(output_dir: str | Path) -> dict[str, Any] | None:
+    """The run's ``final_metrics.json`` as a dict, or None when the run has not finished (or it is unreadable)."""
+    try:
+        return json.loads(Path(output_dir, FINAL_METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def returned_metrics(final: dict[str, Any]) -> dict[str, float]:
+    """What ``train()`` returns for a finished run: the val metrics after RL, plus ``before/<key>`` ones."""
+    out = {k: float(v) for k, v in (final.get("after") or {}).items()}
+    out.update({f"before/{k}": float(v) for k, v in (final.get("before") or {}).items()})
+    return out
+
+
+def set_aside_incomplete(output_dir: str | Path) -> Path | None:
+    """Move what an earlier, unfinished attempt left in ``output_dir`` into ``incomplete-<time>/``.
+
+    Everything moves except ``.hydra/`` (rewritten by Hydra for this attempt), the job's ``*.log`` files
+    (Hydra's handler has them open) and earlier ``incomplete-*`` folders. Returns the folder, or None when
+    there was nothing to move.
+    """
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    stale = [
+        p
+        for p in out.iterdir()
+        if p.name != ".hydra" and not p.name.startswith(INCOMPLETE_PREFIX) and p.suffix != ".log"
+    ]
+    if not stale:
+        return None
+    dest = out / f"{INCOMPLETE_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.mkdir()
+    for p in stale:
+        shutil.move(str(p), str(dest / p.name))
+    log.warning("unfinished earlier attempt in %s: its outputs moved to %s; starting over", out, dest)
+    return dest
