@@ -195,7 +195,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validate_config(cfg)
     # a mandatory value left at ??? (e.g. the continued-SFT arm's warm_start.continue_steps) reads as None
     # through .get(): an error naming the key, not a silently different run
-    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
+    missing = _missing_keys(cfg)
     if missing:
         raise ConfigError([f"{k}=??? must be given (e.g. {k}=<value> on the command line)" for k in missing])
     if cfg.get("skip_finished", False):  # re-run sweeps resume: a finished job returns its saved metrics
@@ -291,6 +291,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update(after)
     metrics.update({f"before/{k}": v for k, v in before.items()})
     return metrics
+
+
+def _missing_keys(cfg: DictConfig) -> list[str]:
+    """Dotted keys whose value is ``???``, outside Hydra's own node (which holds job-time-only values)."""
+    out = []
+    for key in cfg:
+        if key == "hydra":
+            continue
+        if OmegaConf.is_missing(cfg, key):
+            out.append(str(key))
+        elif OmegaConf.is_config(cfg[key]):
+            out += [f"{key}.{k}" for k in OmegaConf.missing_keys(cfg[key])]
+    return sorted(out)
 
 
 def _hydra_command() -> str | None:
