@@ -3,11 +3,15 @@
 * the gamma sweep with Hydra's basic launcher, one job made to fail after its W&B run started: every job
   has its own output dir, CSV log and W&B offline run; the failed job is listed in ``failed_jobs.txt`` and
   the job after it still runs; the command exits non-zero;
-* a 2-trial Optuna search (``hparams_search=optuna_gamma``) over the value ``train()`` returns.
+* a 2-trial Optuna search (``hparams_search=optuna_gamma``) over the value ``train()`` returns;
+* the reproduction's preset (``reproduce=quick``, configs/reproduce) cut to 2 arms x 1 seed x 2 steps on the
+  joblib launcher (2 streams): launch, a re-run that skips the finished job and restarts the unfinished one,
+  the default-view re-evaluation (``src/eval.py -m reproduce_eval=quick``) and scripts/repro_report.py.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -36,7 +40,7 @@ class FailForValue(L.Callback):
             raise RuntimeError(f"injected failure for value={self.value}")
 
 
-def _multirun(args: list[str], sweep_dir: Path, cache_dir: Path) -> subprocess.CompletedProcess:
+def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
     env.update(
         WANDB_MODE="offline",
@@ -44,9 +48,16 @@ def _multirun(args: list[str], sweep_dir: Path, cache_dir: Path) -> subprocess.C
         PROJECT_ROOT=str(ROOT),
         PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT / "src"), env.get("PYTHONPATH", "")]),
     )
+    return env
+
+
+def _multirun(
+    args: list[str], sweep_dir: Path, cache_dir: Path, validate_before: bool = False
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "src" / "train.py"), "-m", *args, *TINY_OVERRIDES]
-    cmd += ["validate_before=false", f"hydra.sweep.dir={sweep_dir}", f"paths.cache_dir={cache_dir}"]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    cmd += [f"hydra.sweep.dir={sweep_dir}", f"paths.cache_dir={cache_dir}"]
+    cmd += [] if validate_before else ["validate_before=false"]
+    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
 
 
 def test_gamma_sweep_basic_launcher(tmp_path: Path, cache_dir: Path) -> None:
@@ -111,3 +122,46 @@ def test_optuna_search(tmp_path: Path, cache_dir: Path) -> None:
         values.append(final["after"]["val/acc"])
     assert result["best_value"] == pytest.approx(max(values))
     assert not (sweep / "failed_jobs.txt").exists()
+
+
+def test_reproduction_preset_launches_resumes_and_reports(tmp_path: Path, cache_dir: Path) -> None:
+    sweep = tmp_path / "repro"
+    args = ["reproduce=quick", "experiment=repro/grpo,repro/papo_g_mask1.0", "seed=0"]
+    proc = _multirun(args, sweep, cache_dir, validate_before=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    grpo, mask = sweep / "grpo" / "seed0", sweep / "papo_g_mask1.0" / "seed0"
+    for run in (grpo, mask):  # <sweep dir>/<arm>/seed<k>, CSV only (the quick preset), on the joblib launcher
+        assert (run / "final_metrics.json").exists() and (run / "csv" / "metrics.csv").exists()
+        assert not (run / "wandb").exists()
+    hydra_cfg = yaml.safe_load((grpo / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    assert hydra_cfg["launcher"]["_target_"].endswith("JoblibLauncher")
+    assert json.loads((grpo / "final_metrics.json").read_text())["before"]  # the warm-start row
+    # re-run: the finished job returns its saved metrics, the unfinished one starts over (its outputs set aside)
+    done = (grpo / "final_metrics.json").read_text()
+    (mask / "final_metrics.json").unlink()
+    proc = _multirun(args, sweep, cache_dir, validate_before=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (grpo / "final_metrics.json").read_text() == done
+    assert not list(grpo.glob("incomplete-*"))
+    (aside,) = mask.glob("incomplete-*")
+    assert (aside / "checkpoints" / "last.ckpt").exists() and (mask / "final_metrics.json").exists()
+    # the default-view re-evaluation of the arm trained with another view, then the report
+    cmd = [
+        sys.executable,
+        str(ROOT / "src" / "eval.py"),
+        "-m",
+        "reproduce_eval=quick",
+        "repro_arm=papo_g_mask1.0",
+    ]
+    cmd += ["seed=0", f"repro_dir={sweep}", f"paths.cache_dir={cache_dir}", "data.val_dataset.size=8"]
+    cmd += ["data.val_batch_size=8", "rollout.max_new_tokens=8"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (mask / "eval" / "eval_val_last.json").exists()
+    report = [sys.executable, str(ROOT / "scripts" / "repro_report.py"), str(sweep)]
+    proc = subprocess.run(report, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["arm"]: r for r in csv.DictReader((sweep / "results.csv").open())}
+    assert list(rows) == ["warm_start", "grpo", "papo_g_mask1.0"]
+    assert rows["papo_g_mask1.0"]["masked_source"] == "eval" and rows["grpo"]["rl_steps_mean"] == "2.0"
+    assert (sweep / "acc_by_arm.png").exists()
