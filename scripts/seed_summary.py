@@ -1,64 +1,113 @@
-"""Summarise a multirun over RL seeds: val metrics before and after RL, mean / std / 95% interval.
+#!/usr/bin/env python
+"""Summarise a multirun over RL seeds: val metrics before and after RL, mean and 95% t-interval over seeds.
 
-    python scripts/seed_summary.py logs/<task>/multiruns/<time>      # reads <job>/final_metrics.json
+    python src/train.py -m seed=1,2,3                                   # the main command, 3 RL seeds
+    python scripts/seed_summary.py logs/train/multiruns/<time>          # print the table
+    python scripts/seed_summary.py logs/train/multiruns/<time> --write docs/results.md
 
-Prints a Markdown table (the one in the README's results section comes from this script).
+Reads each job's ``final_metrics.json`` (papo.pipeline.train: val metrics before and after RL, RL steps and
+seconds, and where the run was made: date, commit, machine, command) and the sweep's ``multirun.yaml`` (the
+multirun's overrides). Intervals: papo.utils.seed_stats (scipy.stats.t). ``--write`` replaces the
+``results`` section of the given Markdown file (between ``<!-- results:begin -->`` and
+``<!-- results:end -->``): docs/results.md's table is this output, never typed by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
+import sys
 from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from papo.utils.finished_runs import FINAL_METRICS_FILE  # noqa: E402
+from papo.utils.provenance import describe_machine, provenance, replace_section  # noqa: E402
+from papo.utils.seed_stats import mean_ci  # noqa: E402
 
 KEYS = (
-    "val/acc",
-    "val/acc_masked",
-    "val/vision_gap",
-    "val/sampled/acc",
-    "val/sampled/acc_masked",
-    "val/sampled/vision_gap",
-    "val/acc_by_vd/high",
+    ("val/sampled/acc", "avg@k, T = 1.0"),
+    ("val/sampled/acc_masked", ""),
+    ("val/sampled/vision_gap", ""),
+    ("val/acc", "greedy"),
+    ("val/acc_masked", "greedy"),
+    ("val/vision_gap", "greedy"),
+    ("val/acc_by_vd/high", "greedy"),
 )
-# two-sided 95% t quantiles for n - 1 degrees of freedom
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+SECTION = "results"
 
 
 def _ci(values: list[float]) -> str:
-    m = statistics.mean(values)
-    if len(values) < 2:
-        return f"{100 * m:.1f}"
-    s = statistics.stdev(values)
-    half = T95.get(len(values) - 1, 1.96) * s / math.sqrt(len(values))
-    return f"{100 * m:.1f} ± {100 * half:.1f}"
+    """``mean ± half-width`` in percent (the mean alone for one value)."""
+    m, h, n = mean_ci(values)
+    return f"{100 * m:.1f}" if n < 2 else f"{100 * m:.1f} ± {100 * h:.1f}"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("sweep_dir", type=Path)
-    args = ap.parse_args()
-    runs = [json.loads(p.read_text()) for p in sorted(args.sweep_dir.glob("*/final_metrics.json"))]
+def sweep_command(sweep: Path) -> str:
+    """The multirun's command from Hydra's ``<sweep>/multirun.yaml`` (``python src/train.py -m <overrides>``)."""
+    import yaml
+
+    try:
+        task = yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+    except (OSError, KeyError, TypeError):
+        return "unknown (no multirun.yaml)"
+    return " ".join(["python src/train.py -m", *task])
+
+
+def summary(sweep: Path) -> str:
+    """The Markdown table with where its numbers come from."""
+    runs = [json.loads(p.read_text()) for p in sorted(sweep.glob(f"*/{FINAL_METRICS_FILE}"))]
     if not runs:
-        raise SystemExit(f"no */final_metrics.json under {args.sweep_dir}")
-    seeds = [r.get("seed") for r in runs]
-    print(
-        f"{len(runs)} runs, seeds {seeds}; RL steps {[r.get('rl_steps') for r in runs]}; "
-        f"RL seconds {[round(r.get('rl_seconds') or 0) for r in runs]}\n"
-    )
-    print("| metric (%) | before RL | after RL | change | per-seed change |")
-    print("|---|---|---|---|---|")
-    for k in KEYS:
-        if not all(k in r["after"] and k in r["before"] for r in runs):
+        raise SystemExit(f"no */{FINAL_METRICS_FILE} under {sweep}")
+    prov: list[dict[str, Any]] = [r.get("provenance") or {} for r in runs]
+    dates = sorted(p["date"] for p in prov if p.get("date"))
+    commits = sorted({p.get("commit", "not recorded") for p in prov})
+    machines = sorted({describe_machine(p["machine"]) for p in prov if p.get("machine")})
+    lines = [
+        f"Command: `{sweep_command(sweep)}` ({len(runs)} runs, RL seeds {[r.get('seed') for r in runs]}; "
+        f"RL steps {[r.get('rl_steps') for r in runs]}; RL seconds {[round(r.get('rl_seconds') or 0) for r in runs]}).",
+        f"Finished {dates[0] if dates else '?'} .. {dates[-1] if dates else '?'}, commit "
+        f"{', '.join(commits)}, on {'; '.join(machines) or 'not recorded'}.",
+        "",
+        "| metric (%) | protocol | before RL | after RL | change | per-seed change |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, protocol in KEYS:
+        if not all(key in r.get("after", {}) and key in r.get("before", {}) for r in runs):
             continue
-        before = [r["before"][k] for r in runs]
-        after = [r["after"][k] for r in runs]
+        before = [r["before"][key] for r in runs]
+        after = [r["after"][key] for r in runs]
         diff = [a - b for a, b in zip(after, before, strict=True)]
         per = ", ".join(f"{100 * d:+.1f}" for d in diff)
-        print(f"| `{k}` | {_ci(before)} | {_ci(after)} | {_ci(diff)} | {per} |")
-    print("\n(mean ± half-width of the 95% t-interval over seeds)")
+        lines.append(f"| `{key}` | {protocol} | {_ci(before)} | {_ci(after)} | {_ci(diff)} | {per} |")
+    lines += [
+        "",
+        "Mean ± half-width of the 95% t-interval over the seeds (scipy.stats.t, n - 1 degrees of freedom).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep_dir", type=Path)
+    ap.add_argument(
+        "--write", type=Path, default=None, help=f"Markdown file whose '{SECTION}' section to replace"
+    )
+    args = ap.parse_args(argv)
+    table = summary(args.sweep_dir)
+    print(table)
+    if args.write:
+        gen = provenance(f"python scripts/seed_summary.py {args.sweep_dir} --write {args.write}")
+        header = (
+            f"Generated {gen['date']} by `{gen['command']}` (commit {gen['commit']}) from the runs' "
+            f"{FINAL_METRICS_FILE}; regenerate it the same way, never edit it by hand.\n\n"
+        )
+        replace_section(args.write, SECTION, header + table)
+        print(f"wrote the '{SECTION}' section of {args.write}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

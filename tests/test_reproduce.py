@@ -9,6 +9,7 @@ import csv
 import importlib.util
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -351,3 +352,38 @@ def test_continued_sft_control_runs_without_rl(make_cfg, tmp_path: Path) -> None
     train(rl)
     rl_final = json.loads((tmp_path / "final_metrics.json").read_text())
     assert Path(rl_final["policy_dir"]) == shared_ws
+
+
+# ---------------------------------------------------------------------------------------------- seed_summary
+
+
+def test_seed_summary_regenerates_the_results_section(tmp_path: Path) -> None:
+    ss = _load_script("seed_summary")
+    sweep = tmp_path / "multiruns" / "t"
+    for job, (seed, b, a) in enumerate(((1, 0.40, 0.45), (2, 0.42, 0.48), (3, 0.41, 0.50))):
+        (sweep / str(job)).mkdir(parents=True)
+        prov = {"date": f"2026-12-0{job + 1}T10:00:00", "commit": "feedbee", "machine": {"cpu_count": 2}}
+        final = {"seed": seed, "rl_steps": 400, "rl_seconds": 250.0, "provenance": prov}
+        final["before"] = {"val/sampled/acc": b, "val/acc": 0.5}
+        final["after"] = {"val/sampled/acc": a, "val/acc": 0.5}
+        (sweep / str(job) / "final_metrics.json").write_text(json.dumps(final))
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": ["seed=1,2,3"]}}}))
+    doc = tmp_path / "results.md"
+    doc.write_text((ROOT / "docs" / "results.md").read_text())
+    prose = doc.read_text().split("<!-- results:begin -->")[0]
+    assert ss.main([str(sweep), "--write", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith(prose) and text.rstrip().endswith("<!-- results:end -->")
+    section = text.split("<!-- results:begin -->")[1]
+    assert "`python src/train.py -m seed=1,2,3`" in section and "commit feedbee" in section
+    assert "2026-12-01T10:00:00 .. 2026-12-03T10:00:00" in section and "2 CPUs" in section
+    change = [0.05, 0.06, 0.09]  # after - before per seed; mean 0.0667, sd 0.0208
+    half = T975_DF2 * statistics.stdev(change) / math.sqrt(3)
+    assert f"| 41.0 ± {100 * T975_DF2 * 0.01 / math.sqrt(3):.1f} | 47.7 ±" in section
+    assert f"| {100 * statistics.fmean(change):.1f} ± {100 * half:.1f} | +5.0, +6.0, +9.0 |" in section
+    assert "| `val/acc` | greedy | 50.0 ± 0.0 | 50.0 ± 0.0 | 0.0 ± 0.0 |" in section
+    assert ss.main([str(sweep), "--write", str(doc)]) == 0  # markers kept: it regenerates again
+    assert doc.read_text().count("<!-- results:begin -->") == 1
+    (tmp_path / "plain.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="results:begin"):
+        ss.main([str(sweep), "--write", str(tmp_path / "plain.md")])
