@@ -24,14 +24,14 @@ gradient checkpointing, one optimiser step per rollout batch, no reference model
 Each (model, side, round) runs in its own subprocess, so peak resident memory (``ru_maxrss``) is per side;
 ``--rounds`` repeats the sides in alternating order and pools their steps (robust to load drift). Per step
 (after ``--warmup`` discarded steps) it records wall seconds between consecutive step ends, response tokens
-per second and time per phase: ``generate`` (the decode loop itself: HF ``generate`` for TRL and the ``*_base``
-sides, our lean loop for ``grpo`` / ``papo``), ``score`` (reward calls),
-``rollout_other`` (chat template, processor, decoding, batching), ``logp_nograd`` (no-grad log-prob passes:
-PAPO's masked forward), ``forward`` (log-prob forward with grad + loss terms), ``backward``, ``other``
-(optimiser, grad clip, framework overhead, logging). Phases are measured by wrapping functions: TRL's
-``_generate_single_turn``, ``_calculate_rewards``, ``_generate_and_score_completions``, ``compute_loss`` and
-``accelerator.backward``; ours through the module's PhaseTimer plus wrappers of ``hf_generate``, ``lean_generate`` and
-``score_batch``.
+per second and time per phase, by the same public instruments on every side: ``generate`` (the policy's
+no-grad forward passes during the rollout: the decode steps, timed by forward hooks on the model), ``score``
+(the reward function), ``rollout_other`` (the rest of the rollout: chat template, processor, the decode loop's
+own sampling and cache bookkeeping, batching), ``logp_nograd`` (no-grad log-prob passes: PAPO's masked
+forward), ``forward`` (log-prob forward with grad + loss terms), ``backward``, ``other`` (optimiser, grad clip,
+framework overhead, logging). Ours takes the phase boundaries from the module's PhaseTimer; TRL's from a
+``TrainerCallback`` and tensor hooks on our model (:class:`ModelPhaseHooks`): no TRL method is wrapped or
+patched (docs/performance.md says what each TRL phase then includes).
 
 FLOP floor: the model FLOPs of one step counted from the model's linear layers (2 FLOPs per weight per token
 forward, backward = 2x forward) plus attention (4 * layers * heads * head_dim per query-key pair, causal):
@@ -44,7 +44,9 @@ Divided by this machine's fp32 matmul rate (median of timed 2048x2048 ``torch.ma
 step would take at 100 % of that rate; MFU = floor / measured median step time. TRL and our GRPO step do the
 same model work, so they share one floor.
 
-Results: a table on stdout and ``logs/bench/bench-<time>.json`` (``--out``). Worker logs go next to it.
+Results: a table on stdout and ``logs/bench/bench-<time>.json`` (``--out``; with date, commit, machine and
+command). Worker logs go next to it. ``--write-doc docs/performance.md --section NAME`` writes the table into
+that section of the document (between its markers); ``--from-json`` does so for a saved JSON.
 """
 
 from __future__ import annotations
@@ -389,28 +391,41 @@ def measure_module(
     import lightning as L
     import torch
 
-    import papo.rollout.collect as collect
     from papo.utils.timer import PhaseTimer
 
     cuda = accelerator in ("gpu", "cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     clock = Clock(sync)
-    # finer phases inside the module's "generate" (= whole rollout) timer
-    originals = collect.hf_generate, collect.lean_generate, collect.score_batch
-    collect.hf_generate = clock.timed("generate", collect.hf_generate)
-    collect.lean_generate = clock.timed("generate", collect.lean_generate)
-    collect.score_batch = clock.timed("score", collect.score_batch)
+    # the same instruments as the TRL side: ``generate`` = the policy's no-grad forward passes during the
+    # rollout (forward hooks), ``score`` = the reward function; the module's PhaseTimer gives the rest
+    module.reward_fn = clock.timed("score", module.reward_fn)
     pending: list[dict[str, float]] = []
+    state = {"phase": None, "t0": None}
+
+    def fwd_pre(mod: Any, args: Any) -> None:
+        if state["phase"] == "generate" and not torch.is_grad_enabled():
+            sync()
+            state["t0"] = time.perf_counter()
+
+    def fwd_post(mod: Any, args: Any, out: Any) -> None:
+        if state["t0"] is not None:
+            sync()
+            clock.add("generate", time.perf_counter() - state["t0"])
+            state["t0"] = None
+
+    hooks = [module.policy.register_forward_pre_hook(fwd_pre), module.policy.register_forward_hook(fwd_post)]
 
     class BenchTimer(PhaseTimer):
         @contextlib.contextmanager
         def __call__(self, phase: str) -> Iterator[None]:  # synchronised phase boundaries
             sync()
             t0 = time.perf_counter()
+            state["phase"] = phase
             try:
                 yield
             finally:
                 sync()
+                state["phase"] = None
                 self.seconds[phase] += time.perf_counter() - t0
 
         def pop(self) -> dict[str, float]:
@@ -460,7 +475,8 @@ def measure_module(
     try:
         trainer.fit(module, train_dataloaders=loader)
     finally:
-        collect.hf_generate, collect.lean_generate, collect.score_batch = originals
+        for h in hooks:
+            h.remove()
     phases = [finish_phases(s, p) for s, p in zip(clock.steps, clock.phases, strict=True)]
     return clock.steps, phases
 
@@ -511,6 +527,85 @@ def flop_info(
     }
 
 
+class ModelPhaseHooks:
+    """The TRL side's phases from public extension points only: forward hooks on the policy
+    (``nn.Module.register_forward_pre_hook`` / ``register_forward_hook``), gradient hooks on its outputs
+    (``Tensor.register_hook`` on the logits or TRL's fused-head log-probs: the model's backward starts) and on every trainable parameter
+    (``Tensor.register_post_accumulate_grad_hook``: the last one ends the backward pass). Per step (between
+    ``begin_step`` and ``end_step``, called from a TrainerCallback):
+
+    * rollout = step start -> first forward with grad; within it ``generate`` = the model's no-grad forward
+      passes (the decode steps), ``score`` = the reward function (timed by the caller), ``rollout_other`` = the
+      rest (chat template, processor, ``generate``'s own sampling loop, advantages);
+    * ``logp_nograd`` = no-grad forwards after the rollout (none with ``num_iterations=1, beta=0``);
+    * ``forward`` = first forward with grad -> the model's backward starts (log-probs and loss terms);
+    * ``backward`` = -> the last parameter's gradient is accumulated; the rest (grad clip, optimiser,
+      TRL's bookkeeping and logging) is ``other``.
+    """
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        self._torch = torch
+        model.register_forward_pre_hook(self._pre)
+        model.register_forward_hook(self._post)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(self._grad_done)
+        self.begin_step()
+
+    def begin_step(self) -> None:
+        self.t_step = time.perf_counter()
+        self.t_grad_fwd: float | None = None  # first forward with grad
+        self.t_bwd: float | None = None  # the model's backward starts
+        self.t_grad_done: float | None = None  # last parameter gradient accumulated
+        self.nograd_rollout = self.nograd_after = 0.0
+        self._t0: float | None = None
+
+    def _pre(self, module: Any, args: Any) -> None:
+        self._t0 = time.perf_counter()
+        if self._torch.is_grad_enabled() and self.t_grad_fwd is None:
+            self.t_grad_fwd = self._t0
+
+    def _post(self, module: Any, args: Any, output: Any) -> None:
+        if self._t0 is None:
+            return
+        if not self._torch.is_grad_enabled():
+            dt_ = time.perf_counter() - self._t0
+            if self.t_grad_fwd is None:
+                self.nograd_rollout += dt_
+            else:
+                self.nograd_after += dt_
+        else:  # every output tensor with grad (logits, or TRL's fused-head log_probs / entropy)
+            values = output.values() if hasattr(output, "values") else [output]
+            for v in values:
+                if self._torch.is_tensor(v) and v.requires_grad:
+                    v.register_hook(self._bwd_start)
+        self._t0 = None
+
+    def _bwd_start(self, grad: Any) -> None:
+        if self.t_bwd is None:
+            self.t_bwd = time.perf_counter()
+
+    def _grad_done(self, param: Any) -> None:
+        self.t_grad_done = time.perf_counter()
+
+    def end_step(self, timed: dict[str, float]) -> dict[str, float]:
+        """The step's phases (``timed``: seconds measured by the caller, e.g. ``score``)."""
+        end = time.perf_counter()
+        grad_fwd = self.t_grad_fwd or end
+        bwd = self.t_bwd or grad_fwd
+        score = timed.get("score", 0.0)
+        return {
+            "generate": self.nograd_rollout,
+            "score": score,
+            "rollout_other": max(0.0, grad_fwd - self.t_step - self.nograd_rollout - score),
+            "logp_nograd": self.nograd_after,
+            "forward": bwd - grad_fwd,
+            "backward": max(0.0, (self.t_grad_done or bwd) - bwd),
+        }
+
+
 def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     import psutil
     import torch
@@ -545,9 +640,15 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     r = cfg.rollout
     n = args.prompts * args.group_size
 
-    def reward(completions: list, answer: list, **_: Any) -> list[float]:
+    clock = Clock()
+
+    def bench_reward_fn(completions: list, answer: list, **_: Any) -> list[float]:
+        """The benchmark reward through TRL's public reward-function interface; its time is ``score``."""
+        t0 = time.perf_counter()
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [bench_reward(t, a, args.reward) for t, a in zip(texts, answer, strict=True)]
+        out = [bench_reward(t, a, args.reward) for t, a in zip(texts, answer, strict=True)]
+        clock.add("score", time.perf_counter() - t0)
+        return out
 
     out_dir = tempfile.mkdtemp(prefix="bench-trl-")
     config = GRPOConfig(
@@ -589,27 +690,21 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         disable_tqdm=True,
     )
     trainer = GRPOTrainer(
-        model=model, reward_funcs=[reward], args=config, train_dataset=dataset, processing_class=processor
+        model=model,
+        reward_funcs=[bench_reward_fn],
+        args=config,
+        train_dataset=dataset,
+        processing_class=processor,
     )
-    clock = Clock()
-    trainer._generate_single_turn = clock.timed("generate", trainer._generate_single_turn)
-    trainer._calculate_rewards = clock.timed("score", trainer._calculate_rewards)
-    trainer._generate_and_score_completions = clock.timed(
-        "rollout_total", trainer._generate_and_score_completions
-    )
-    trainer.compute_loss = clock.timed("logp_nograd", trainer.compute_loss, grad_name="forward")
-    trainer.accelerator.backward = clock.timed("backward", trainer.accelerator.backward)
+    phases = ModelPhaseHooks(model)  # public torch hooks on our model; TRL's own methods stay untouched
 
-    class StepClock(TrainerCallback):
+    class StepClock(TrainerCallback):  # transformers' public callback events
         def on_step_begin(self, *a: Any, **k: Any) -> None:
             clock.start()
+            phases.begin_step()
 
         def on_step_end(self, *a: Any, **k: Any) -> None:
-            raw = clock.pop()
-            raw["rollout_other"] = (
-                raw.pop("rollout_total", 0.0) - raw.get("generate", 0.0) - raw.get("score", 0.0)
-            )
-            clock.end(raw)
+            clock.end(phases.end_step(clock.pop()))
 
     trainer.add_callback(StepClock())
     if getattr(model, "is_activation_checkpointing", False) or getattr(
@@ -771,44 +866,85 @@ def print_table(results: dict[str, dict[str, dict]], rates: list[float], args: a
             )
     print("\nratios (throughput ours/TRL = TRL s/step / ours s/step; PAPO/GRPO = step time ratio):")
     for model, sides in results.items():
-        ok = {k: v for k, v in sides.items() if "error" not in v}
-        parts = []
-        if "trl" in ok and "grpo" in ok:
-            per_round = [
-                t / g
-                for t, g in zip(ok["trl"]["round_medians_s"], ok["grpo"]["round_medians_s"], strict=False)
-            ]
-            parts.append(
-                f"GRPO/TRL throughput {ok['trl']['step_s_median'] / ok['grpo']['step_s_median']:.2f}x "
-                f"(by round: {', '.join(f'{r:.2f}' for r in per_round)})"
-            )
-            parts.append(f"peak RSS GRPO/TRL {ok['grpo']['peak_rss_mb'] / ok['trl']['peak_rss_mb']:.2f}")
-        if "trl" in ok and "papo" in ok:
-            parts.append(
-                f"PAPO/TRL throughput {ok['trl']['step_s_median'] / ok['papo']['step_s_median']:.2f}x"
-            )
-        if "grpo" in ok and "papo" in ok:
-            parts.append(
-                f"PAPO/GRPO step time {ok['papo']['step_s_median'] / ok['grpo']['step_s_median']:.2f}x"
-            )
-        for side in ("grpo", "papo"):
-            if side in ok and f"{side}_base" in ok:
-                speedup = ok[f"{side}_base"]["step_s_median"] / ok[side]["step_s_median"]
-                parts.append(f"{side.upper()} speed-ups bought {speedup:.2f}x")
-        print(f"  {model}: " + ("; ".join(parts) or "n/a"))
+        print(f"  {model}: " + ("; ".join(ratio_parts(sides)) or "n/a"))
 
 
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
-        ).stdout
-        return sha + ("-dirty" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
+def ratio_parts(sides: dict[str, dict]) -> list[str]:
+    """The headline ratios of one model's sides (throughput against TRL, PAPO's cost, memory, speed-ups)."""
+    ok = {k: v for k, v in sides.items() if "error" not in v}
+    med = {k: v["step_s_median"] for k, v in ok.items()}
+    parts = []
+    if "trl" in ok and "grpo" in ok:
+        pairs = zip(ok["trl"]["round_medians_s"], ok["grpo"]["round_medians_s"], strict=False)
+        by_round = ", ".join(f"{t / g:.2f}" for t, g in pairs)
+        parts.append(f"GRPO/TRL throughput {med['trl'] / med['grpo']:.2f}x (by round: {by_round})")
+        parts.append(f"peak RSS GRPO/TRL {ok['grpo']['peak_rss_mb'] / ok['trl']['peak_rss_mb']:.2f}")
+    if "trl" in ok and "papo" in ok:
+        parts.append(f"PAPO/TRL throughput {med['trl'] / med['papo']:.2f}x")
+    if "grpo" in ok and "papo" in ok:
+        parts.append(f"PAPO/GRPO step time {med['papo'] / med['grpo']:.2f}x")
+    for side in ("grpo", "papo"):
+        if side in ok and f"{side}_base" in ok:
+            parts.append(f"{side.upper()} speed-ups bought {med[f'{side}_base'] / med[side]:.2f}x")
+    return parts
+
+
+SIDE_NAMES = {
+    "trl": "TRL",
+    "grpo": "ours GRPO",
+    "papo": "ours PAPO",
+    "grpo_base": "ours GRPO, speed-ups off",
+    "papo_base": "ours PAPO, speed-ups off",
+}
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The saved JSON of one benchmark run as the Markdown docs/performance.md shows (``--write-doc``)."""
+    from papo.utils.provenance import describe_machine
+
+    a, m = report["args"], report["machine"]
+    rate = statistics.median(m["fp32_matmul_flops"])
+    load = ", ".join(f"{x:.1f}" for x in m.get("load_avg") or [])
+    lines = [
+        f"`{report.get('command', 'python scripts/bench.py')}` on {report['date']}, commit {report['commit']}; "
+        f"{describe_machine(m)}, load average at the end {load or '?'}; torch {report['versions']['torch']}, "
+        f"transformers {report['versions']['transformers']}, trl {report['versions']['trl']}.",
+        f"Work per step: {a['prompts']} prompts x G={a['group_size']} = {a['prompts'] * a['group_size']} sequences, "
+        f"{a['max_new_tokens']} response tokens each (forced), {a['image_size']} px images; {a['rounds']} rounds x "
+        f"{a['steps']} measured steps (after {a['warmup']} warm-up each), pooled; {a['threads']} torch threads; "
+        f"fp32 matmul rate {rate / 1e9:.1f} GFLOP/s.",
+        "",
+        "| model | side | s/step (median) | p25-p75 | tok/s | floor s | MFU | peak RSS MB | "
+        + " | ".join(p.replace("_", " ") for p in PHASES)
+        + " |",
+        "|" + " --- |" * (8 + len(PHASES)),
+    ]
+    for model, sides in report["results"].items():
+        for side, r in sides.items():
+            name = SIDE_NAMES.get(side, side)
+            if "error" in r:
+                lines.append(f"| {model} | {name} | failed: {r['error']} |" + " |" * (6 + len(PHASES)))
+                continue
+            ph = " | ".join(f"{r['phase_s_median'][p]:.3f}" for p in PHASES)
+            lines.append(
+                f"| {model} | {name} | {r['step_s_median']:.3f} | {r['step_s_p25']:.3f}-{r['step_s_p75']:.3f} | "
+                f"{r['response_tokens_per_s']:.0f} | {r['floor_s']:.3f} | {100 * r['mfu']:.1f}% | "
+                f"{r['peak_rss_mb']:.0f} | {ph} |"
+            )
+    lines.append("")
+    lines += [
+        f"- {model}: " + ("; ".join(ratio_parts(sides)) or "n/a")
+        for model, sides in report["results"].items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(report: dict[str, Any], doc: Path, section: str) -> None:
+    """Replace ``section`` of ``doc`` (between its markers) by the report's table (papo.utils.provenance)."""
+    from papo.utils.provenance import replace_section
+
+    replace_section(doc, section, format_markdown(report))
+    print(f"wrote the '{section}' section of {doc}")
 
 
 def main() -> None:
@@ -839,6 +975,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON path (default logs/bench/bench-<time>.json)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per worker")
+    ap.add_argument(
+        "--write-doc",
+        type=Path,
+        default=None,
+        help="Markdown file whose --section to replace by this run's table (e.g. docs/performance.md)",
+    )
+    ap.add_argument("--section", default="bench_cpu_full", help="marker name of that section")
+    ap.add_argument("--from-json", type=Path, default=None, help="no measurement: the table of a saved JSON")
     # internal: worker mode
     ap.add_argument("--side", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -846,6 +990,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.side:
         worker(args)
+        return
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+        print(format_markdown(report))
+        if args.write_doc:
+            write_doc(report, args.write_doc, args.section)
         return
 
     import torch
@@ -916,6 +1066,8 @@ def main() -> None:
     print_table(summary, rates, args)
     import transformers
 
+    from papo.utils.provenance import git_commit
+
     try:
         import trl
 
@@ -925,6 +1077,7 @@ def main() -> None:
     report = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "commit": git_commit(),
+        "command": " ".join(["python scripts/bench.py", *sys.argv[1:]]),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
@@ -944,6 +1097,8 @@ def main() -> None:
     }
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nsaved {out}")
+    if args.write_doc:
+        write_doc(report, args.write_doc, args.section)
 
 
 if __name__ == "__main__":

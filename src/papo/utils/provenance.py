@@ -69,7 +69,7 @@ def provenance(command: str | None = None) -> dict[str, Any]:
 
 def describe_machine(m: dict[str, Any]) -> str:
     """One line for a table header: ``8 CPUs (x86_64, Linux-...), torch threads 2, GPU ...``."""
-    parts = [f"{m.get('cpu_count', '?')} CPUs ({m.get('processor', '?')}, {m.get('platform', '?')})"]
+    parts = [f"{m.get('cpu_count') or '?'} CPUs ({m.get('processor') or '?'}, {m.get('platform') or '?'})"]
     if "torch_threads" in m:
         parts.append(f"torch threads {m['torch_threads']}")
     if m.get("gpu"):
