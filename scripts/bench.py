@@ -1095,7 +1095,7 @@ def main() -> None:
         "results": summary,
         "raw": raw,
     }
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"\nsaved {out}")
     if args.write_doc:
         write_doc(report, args.write_doc, args.section)
