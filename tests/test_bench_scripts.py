@@ -1,5 +1,6 @@
 """Benchmark scripts: scripts/bench.py's FLOP floor (hand-computed counts on made-up dimensions, each prompt's
-images and prefill once) and smoke runs of the A/B scripts scripts/bench_logprobs.py (shared-image log-prob
+images and prefill once), its TRL-side phases from public hooks, its Markdown table written into a doc
+section, a smoke run of its TRL side, and smoke runs of the A/B scripts scripts/bench_logprobs.py (shared-image log-prob
 pass) and scripts/bench_decode.py (lean decode loop vs HF generate)."""
 
 from __future__ import annotations
@@ -100,3 +101,115 @@ def test_bench_decode_smoke(tmp_path: Path, cache_dir: Path) -> None:
     assert r["greedy_tokens_identical"] and r["rows"] == 4 and r["response_tokens"] == 16  # forced length
     assert len(r["raw_s"]["lean"]) == len(r["raw_s"]["generate"]) == 3
     assert r["speedup"] == r["median_s"]["generate"] / r["median_s"]["lean"]
+
+
+# ---------------------------------------------------------------------------------------------- TRL side, tables
+
+
+def test_model_phase_hooks_split_a_step_from_public_hooks(bench) -> None:
+    """No-grad forwards before the first forward with grad are ``generate``; the grad forward runs until the
+    backward pass reaches the model's output; the backward until the last parameter's gradient lands."""
+    import time
+
+    import torch
+
+    class Slow(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            time.sleep(0.02)
+            return {"log_probs": self.lin(x)}  # a dict output, like TRL's fused-head ModelOutput
+
+    model = Slow()
+    hooks = bench.ModelPhaseHooks(model)
+    hooks.begin_step()
+    with torch.no_grad():
+        for _ in range(3):  # the decode steps
+            model(torch.ones(1, 4))
+    time.sleep(0.03)  # rollout bookkeeping
+    out = model(torch.ones(1, 4))["log_probs"].sum()
+    time.sleep(0.02)  # loss arithmetic before backward
+    out.backward()
+    with torch.no_grad():
+        model(torch.ones(1, 4))  # a no-grad pass after the rollout
+    ph = hooks.end_step({"score": 0.01})
+    assert ph["generate"] >= 0.06 and ph["score"] == 0.01
+    assert 0.02 <= ph["rollout_other"] < 0.06  # 0.03 of bookkeeping, less the timed score
+    assert ph["forward"] >= 0.04 and ph["logp_nograd"] >= 0.02 and ph["backward"] >= 0.0
+    assert model.lin.weight.grad is not None
+
+
+def _fake_report() -> dict:
+    def side(step: float, rss: float) -> dict:
+        return {
+            "step_s_median": step, "step_s_p25": step, "step_s_p75": step, "response_tokens_per_s": 64 / step,
+            "floor_s": 0.01, "mfu": 0.01 / step, "peak_rss_mb": rss, "round_medians_s": [step, step],
+            "phase_s_median": {p: 0.001 for p in ("generate", "score", "rollout_other", "logp_nograd",
+                                                   "forward", "backward", "other")},
+        }  # fmt: skip
+
+    return {
+        "date": "2026-12-01T10:00:00",
+        "commit": "cafe123",
+        "command": "python scripts/bench.py --models tiny",
+        "machine": {
+            "platform": "Linux",
+            "processor": "x86_64",
+            "cpu_count": 2,
+            "load_avg": [0.1, 0.2, 0.3],
+            "threads": 2,
+            "fp32_matmul_flops": [1e11, 3e11, 2e11],
+        },
+        "versions": {"torch": "2", "transformers": "5", "trl": "1"},
+        "args": {
+            "prompts": 8,
+            "group_size": 4,
+            "max_new_tokens": 64,
+            "image_size": 112,
+            "rounds": 2,
+            "steps": 6,
+            "warmup": 2,
+            "threads": 2,
+        },
+        "results": {"tiny": {"trl": side(0.4, 1000), "grpo": side(0.2, 800), "papo": side(0.25, 820)}},
+    }
+
+
+def test_bench_table_is_written_into_its_doc_section(bench, tmp_path: Path) -> None:
+    doc = tmp_path / "perf.md"
+    doc.write_text(
+        "# prose\n\n<!-- bench_cpu_full:begin -->\nold\n<!-- bench_cpu_full:end -->\n\nmore prose\n"
+    )
+    bench.write_doc(_fake_report(), doc, "bench_cpu_full")
+    text = doc.read_text()
+    assert text.startswith("# prose\n\n<!-- bench_cpu_full:begin -->\n") and text.endswith("more prose\n")
+    assert "old" not in text and "commit cafe123" in text and "fp32 matmul rate 200.0 GFLOP/s" in text
+    assert "| tiny | TRL | 0.400 | 0.400-0.400 | 160 | 0.010 | 2.5% | 1000 |" in text
+    assert "GRPO/TRL throughput 2.00x (by round: 2.00, 2.00); peak RSS GRPO/TRL 0.80" in text
+    assert "PAPO/GRPO step time 1.25x" in text
+    with pytest.raises(ValueError, match="bench_cpu_smoke:begin"):
+        bench.write_doc(_fake_report(), doc, "bench_cpu_smoke")
+
+
+@pytest.mark.slow
+def test_bench_trl_side_smoke(tmp_path: Path, cache_dir: Path) -> None:
+    """TRL's GRPOTrainer under the benchmark (tiny model, 2 steps): it trains, and every phase the public
+    hooks measure is there, with TRL's own methods untouched."""
+    pytest.importorskip("trl")
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--models", "tiny", "--sides", "trl,grpo"]
+    cmd += ["--rounds", "1", "--steps", "1", "--warmup", "1", "--prompts", "2", "--group-size", "2"]
+    cmd += ["--max-new-tokens", "4", "--threads", "1", "--out", str(out)]
+    env = {**os.environ, "PAPO_CACHE_DIR": str(cache_dir), "WANDB_MODE": "offline"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python scripts/bench.py") and report["versions"]["trl"]
+    for side in ("trl", "grpo"):
+        r = report["results"]["tiny"][side]
+        assert "error" not in r, r
+        ph = r["phase_s_median"]
+        assert ph["generate"] > 0 and ph["forward"] > 0 and ph["backward"] > 0, (side, ph)
+        assert sum(ph.values()) == pytest.approx(r["step_s_median"], rel=1e-6)
