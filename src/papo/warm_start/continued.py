@@ -3,7 +3,8 @@
 ``+warm_start.continue_steps=N`` (with ``+trainer.limit_train_batches=0``, which skips the RL stage)
 fine-tunes the cached warm-start checkpoint for N more SFT steps, with the RL seed (``seed``) as the SFT
 seed so RL seeds give different continuations, and validates the result like an RL run.
-scripts/reproduce.py picks N so the SFT wall time matches the measured RL wall time.
+The reproduction picks N so the SFT wall time matches the measured RL wall time (scripts/repro_report.py
+--sft-steps; configs/experiment/repro/sft_continued.yaml).
 
 It reuses :func:`papo.warm_start.sft.ensure_warm_start` with the warm-start checkpoint as the base model,
 so the continuation is cached too (``cache_dir/warm_start/<warm start dir>-<hash>``; its
