@@ -289,6 +289,14 @@ def format_provenance(runs: list[Run], unfinished: list[Path], sweep: Path) -> s
         f"{dates[-1] if dates else '?'}; commit(s) {', '.join(commits) or 'not recorded'}; "
         f"machine(s): {'; '.join(machines) or 'not recorded'}.",
     ]
+    variants = launch_variants(runs)
+    if len(variants) > 1:  # e.g. a re-run with other steps or sizes into the same sweep dir
+        lines += [
+            "",
+            "**The runs were launched with different settings** (overrides besides arm and seed):",
+            "",
+        ]
+        lines += [f"- {n} run(s): `{' '.join(v) or '(none)'}`" for v, n in variants.items()]
     for inv in (_load_json(sweep / TIMING_FILE) or {}).get("invocations", []):
         total = sum(s["seconds"] for s in inv.get("stages", []))
         lines += [
@@ -304,6 +312,25 @@ def format_provenance(runs: list[Run], unfinished: list[Path], sweep: Path) -> s
         lines += ["", f"Unfinished runs (no {FINAL_METRICS_FILE}; re-run the same command to resume):", ""]
         lines += [f"- `{d.relative_to(sweep)}`" for d in unfinished]
     return "\n".join(lines) + "\n"
+
+
+#: overrides that differ between the runs of one reproduction by design
+PER_RUN_KEYS = ("seed", "experiment", "warm_start.continue_steps")
+
+
+def launch_variants(runs: list[Run]) -> dict[tuple[str, ...], int]:
+    """The distinct launch settings of ``runs`` (their recorded overrides without arm and seed) and how many
+    runs each has: more than one means the sweep dir mixes runs made with other steps, sizes or overrides."""
+    out: dict[tuple[str, ...], int] = {}
+    for r in runs:
+        cmd = (r.final.get("provenance") or {}).get("command")
+        if not cmd:
+            continue
+        rest = tuple(
+            sorted(o for o in cmd.split()[1:] if o.split("=", 1)[0].lstrip("+~") not in PER_RUN_KEYS)
+        )
+        out[rest] = out.get(rest, 0) + 1
+    return out
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -130,7 +130,7 @@ def test_missing_path_is_an_error(plot_runs, tmp_path: Path) -> None:
 
 
 def test_many_runs_labels_skip_bookkeeping_and_seeds_share_a_colour(plot_runs, tmp_path: Path) -> None:
-    """4 gamma arms x 3 seeds as scripts/reproduce.py writes them (logger names, tags, hydra dirs per run):
+    """4 gamma arms x 3 seeds launched with explicit overrides (logger names, tags, hydra dirs per run):
     short labels by the swept key and the seed only, one colour and one legend entry per gamma."""
     paths = []
     for gamma in (0.005, 0.01, 0.02, 0.04):
@@ -169,6 +169,24 @@ def test_many_runs_labels_skip_bookkeeping_and_seeds_share_a_colour(plot_runs, t
     out = tmp_path / "plots"
     plot_runs.main([str(p) for p in paths] + ["--out", str(out)], printer=lambda s: None)
     assert (out / "overview.png").stat().st_size > 5000 and (out / "sweep_summary.png").exists()
+
+
+def test_reproduction_runs_are_labelled_by_arm_and_seed(plot_runs, tmp_path: Path) -> None:
+    """Runs of a reproduction preset (``python src/train.py -m reproduce=full``, configs/reproduce): each
+    job's overrides name its arm (``experiment=repro/<arm>``) and seed; the arm labels and colours a run."""
+    paths = []
+    for arm in ("grpo", "papo_g", "papo_g_gamma0.1"):
+        for seed in (0, 1):
+            run = tmp_path / arm / f"seed{seed}"
+            write_run(run, 0.02, seed, steps=8, extra_overrides=(f"experiment=repro/{arm}", "reproduce=full"))
+            paths.append(run)
+    runs = plot_runs.find_runs(paths)
+    assert runs[5].label == "experiment=repro/papo_g_gamma0.1, seed=1"
+    assert runs[5].group == "experiment=repro/papo_g_gamma0.1"
+    colors = plot_runs.run_colors(runs)
+    assert len({str(c) for c in colors}) == 3 and colors[4] == colors[5]
+    labels = [h.get_label() for h in plot_runs.run_legend_handles(runs)]
+    assert labels == [f"experiment=repro/{a} (2 runs)" for a in ("grpo", "papo_g", "papo_g_gamma0.1")]
 
 
 def test_only_bookkeeping_differs_falls_back_to_directories(plot_runs, tmp_path: Path) -> None:

@@ -229,6 +229,19 @@ def test_report_on_fabricated_runs(rr, sweep: Path) -> None:
     assert len(runs) == 3 * 2 + 3 * 4 + 3 + 3 + 1  # grpo, papo_g, gammas, mask1.0, sft, mask0.4
     assert "| papo_g | 3 | 0.560 ± 0.025 |" in md and "PAPO-G vs GRPO" in md
     assert "commit(s) abc123" in md and "papo_g_mask0.4/seed1" in md  # provenance and unfinished runs
+    assert "different settings" not in md
+
+
+def test_report_flags_runs_launched_with_other_settings(rr, sweep: Path) -> None:
+    for seed, steps in ((0, 150), (1, 150), (2, 40)):  # seed 2 was re-run with another step count
+        final = json.loads((sweep / "grpo" / f"seed{seed}" / "final_metrics.json").read_text())
+        final["provenance"]["command"] = (
+            f"src/train.py seed={seed} experiment=repro/grpo trainer.max_steps={steps}"
+        )
+        (sweep / "grpo" / f"seed{seed}" / "final_metrics.json").write_text(json.dumps(final))
+    md = rr.report(sweep)
+    assert "**The runs were launched with different settings**" in md
+    assert "- 2 run(s): `trainer.max_steps=150`" in md and "- 1 run(s): `trainer.max_steps=40`" in md
     for png in ("acc_by_arm.png", "gamma_curve.png", "mask_ratio_curve.png"):
         assert (sweep / png).stat().st_size > 1000, png
 
