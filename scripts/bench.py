@@ -947,6 +947,13 @@ def write_doc(report: dict[str, Any], doc: Path, section: str) -> None:
     print(f"wrote the '{section}' section of {doc}")
 
 
+def git_commit() -> str:
+    """HEAD's hash, ``-dirty`` with local changes (papo.utils.provenance; also used by scripts/bench_gpu.sh)."""
+    from papo.utils.provenance import git_commit as head_commit
+
+    return head_commit()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -1065,8 +1072,6 @@ def main() -> None:
     }
     print_table(summary, rates, args)
     import transformers
-
-    from papo.utils.provenance import git_commit
 
     try:
         import trl
