@@ -5,6 +5,8 @@
     python scripts/reproduce.py                # 14 arms + the continued-SFT control x 3 seeds
     python scripts/reproduce.py --dry-run      # print the commands only
     python scripts/reproduce.py --quick --streams 4 trainer=gpu     # Hydra overrides go to every stage
+    python scripts/reproduce.py --quick seed=0,1,2,3,4               # more seeds (the re-evaluations follow)
+    python scripts/reproduce.py experiment=repro/grpo,repro/papo_g,repro/sft_calibration   # some arms only
     python scripts/reproduce.py --launcher slurm hydra.launcher.partition=gpu   # the same sweep on SLURM
 
 A thin convenience: the experiments are configs (configs/experiment/repro/, configs/reproduce/,
@@ -52,6 +54,8 @@ def eval_accepts(override: str) -> bool:
     eval_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "eval.yaml"))
     groups = {next(iter(d)) if isinstance(d, dict) else d for d in eval_cfg["defaults"]}
     top = override.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0]
+    if top == "experiment":  # the arms of stages 1-2; the re-evaluation sweeps repro_arm instead
+        return False
     return top in groups or top in eval_cfg or top == "hydra"
 
 
@@ -63,7 +67,7 @@ def stage_commands(mode: str, out: Path | None, extra: list[str], sft_steps: int
     sft = ["experiment=repro/sft_continued", f"warm_start.continue_steps={sft_steps}"]
     return [
         [py, "src/train.py", "-m", f"reproduce={mode}", *out_train, *extra],
-        [py, "src/train.py", "-m", f"reproduce={mode}", *sft, *out_train, *extra],
+        [py, "src/train.py", "-m", f"reproduce={mode}", *out_train, *extra, *sft],  # sft last: it wins
         [
             py,
             "src/eval.py",

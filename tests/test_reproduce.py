@@ -271,16 +271,20 @@ def test_wrapper_runs_the_stages_with_the_measured_sft_steps(
         return 0
 
     monkeypatch.setattr(wrapper, "run_stage", fake_stage)
-    rc = wrapper.main(
-        ["--quick", "--out", str(sweep), "--streams", "3", "trainer.max_steps=2", "+callbacks.x=1"]
-    )
+    argv = ["--quick", "--out", str(sweep), "--streams", "3", "trainer.max_steps=2", "+callbacks.x=1"]
+    rc = wrapper.main([*argv, "experiment=repro/grpo,repro/sft_calibration", "seed=0,1,2"])
     assert rc == 1  # papo_g_mask0.4/seed1 is unfinished
     assert [c[1:4] for c in calls] == [
         ["src/train.py", "-m", "reproduce=quick"],
         ["src/train.py", "-m", "reproduce=quick"],
         ["src/eval.py", "-m", "reproduce_eval=quick"],
     ]
-    assert "warm_start.continue_steps=459" in calls[1] and "experiment=repro/sft_continued" in calls[1]
+    assert calls[1][-2:] == [
+        "experiment=repro/sft_continued",
+        "warm_start.continue_steps=459",
+    ]  # last: it wins
+    assert "experiment=repro/grpo,repro/sft_calibration" in calls[0] and "seed=0,1,2" in calls[2]
+    assert not any(o.startswith("experiment=") for o in calls[2])  # the re-evaluation sweeps repro_arm
     assert f"hydra.sweep.dir={sweep}" in calls[0] and f"repro_dir={sweep}" in calls[2]
     assert all("hydra.launcher.n_jobs=3" in c and "trainer.max_steps=2" in c for c in calls)
     assert "+callbacks.x=1" in calls[0] and "+callbacks.x=1" not in calls[2]  # eval has no callbacks group
