@@ -154,7 +154,7 @@ def _rows_with_bad(bad: dict) -> Dataset:
 )
 def test_bad_row_error_names_the_row_or_skip_counts_it(bad: dict, reason: str, caplog) -> None:
     ds = _rows_with_bad(bad)
-    with pytest.raises(ValueError, match=rf"dataset=d split=train row=1: {reason}.*on_bad_row=skip"):
+    with pytest.raises(ValueError, match=rf"dataset=d split=train row=1 uid=train-1: {reason}.*on_bad_row=skip"):
         scan_split(ds, dataset_name="d", on_bad_row="error")
     report = scan_split(ds, dataset_name="d", on_bad_row="skip")
     assert report.keep == [0, 2] and report.bad[0][0] == 1 and reason in report.bad[0][1]
