@@ -433,7 +433,11 @@ def local_data_source_problems(cfg: DictConfig) -> list[str]:
         except MissingMandatoryValue:
             problems.append(f"{key} is required: a local file, glob or folder (or a hub dataset id)")
             continue
-        if source is None and split == "train_dataset" and str(conf.get("_target_", "")).endswith("load_split"):
+        if (
+            source is None
+            and split == "train_dataset"
+            and str(conf.get("_target_", "")).endswith("load_split")
+        ):
             problems.append(f"{key} is required: a local file, glob or folder (or a hub dataset id)")
             continue
         if source is None or str(source) in seen:  # a split copying another split's source: reported once

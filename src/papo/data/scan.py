@@ -291,8 +291,6 @@ def scan_split(
 
     def bad(row: int, record: Mapping[str, Any], reason: str) -> None:
         _note_uid(report, row, record)
-        if on_bad_row == "error":
-            raise _error(dataset_name, split, row, report.uids.get(row, f"{split}-{row}"), reason)
         report.bad.append((row, reason))
 
     for start in range(0, len(hf_dataset), batch_size):
@@ -312,18 +310,21 @@ def scan_split(
             sizes.append(row_sizes)
         if prompt_length_fn is None or max_prompt_length is None or not good_rows:
             report.keep.extend(good_rows)
-            continue
-        for row, n in zip(good_rows, _measure(prompt_length_fn, prompts, sizes), strict=True):
-            if isinstance(n, str):  # the processor refused this row (e.g. an image's aspect ratio)
-                bad(row, rows[row - start], n)
-                continue
-            lengths.append(n)
-            if n <= max_prompt_length:
-                report.keep.append(row)
-            else:
-                report.too_long.append(row)
-                report.too_long_tokens.append(int(n))
-                _note_uid(report, row, rows[row - start])
+        else:
+            for row, n in zip(good_rows, _measure(prompt_length_fn, prompts, sizes), strict=True):
+                if isinstance(n, str):  # the processor refused this row (e.g. an image's aspect ratio)
+                    bad(row, rows[row - start], n)
+                    continue
+                lengths.append(n)
+                if n <= max_prompt_length:
+                    report.keep.append(row)
+                else:
+                    report.too_long.append(row)
+                    report.too_long_tokens.append(int(n))
+                    _note_uid(report, row, rows[row - start])
+        if on_bad_row == "error" and report.bad:  # the first bad row in source order
+            row, reason = min(report.bad)
+            raise _error(dataset_name, split, row, report.uids.get(row, f"{split}-{row}"), reason)
     if lengths:
         report.max_length, report.mean_length = max(lengths), float(np.mean(lengths))
     return report
