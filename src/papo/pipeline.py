@@ -233,7 +233,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     if ckpt is not None and continue_wandb_run(cfg.get("logger")):  # one W&B run across a resume
         log.info("resuming W&B run %s", cfg.logger.wandb.id)
-    loggers = instantiate_list(cfg.get("logger"))
+    from papo.utils.wandb_setup import start_loggers
+
+    loggers = start_loggers(cfg.get("logger"))  # W&B unreachable: offline, with one warning
     if ckpt is not None:  # resuming in the same run dir: keep the CSV log Lightning would delete
         for lg in loggers:
             if isinstance(lg, CSVLogger):
