@@ -165,8 +165,6 @@ class PromptDataset(Dataset):
         }
         self.dropped[source_row] = rec
         if self.dropped_rows_file:
-            import json
-
             with open(self.dropped_rows_file, "a", encoding="utf-8") as f:  # one line per write: O_APPEND
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
