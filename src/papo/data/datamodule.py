@@ -442,18 +442,17 @@ def _as_view(masking: Any) -> ImageView | None:
 
 
 def _count_text_only(hf: Any) -> int:
-    """Rows whose ``images`` value is null or an empty list (read from Arrow, nothing decoded)."""
+    """Rows whose ``images`` value is null or an empty list (read from Arrow in batches, nothing decoded)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    column = hf.with_format("arrow")[:]["images"] if len(hf) else None
-    if column is None:
-        return 0
-    nulls = int(column.null_count)
-    try:
-        empty = int(pc.sum(pc.equal(pc.list_value_length(column), 0)).as_py() or 0)
-    except (TypeError, ValueError, NotImplementedError):  # a single-image (non-list) column
-        empty = 0
-    return nulls + empty
+    count = 0
+    for batch in hf.select_columns(["images"]).with_format("arrow").iter(batch_size=1024):
+        column = batch["images"]
+        count += int(column.null_count)
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            count += int(pc.sum(pc.equal(pc.list_value_length(column), 0)).as_py() or 0)
+    return count
 
 
 def _source_name(source: Any) -> str:

@@ -382,20 +382,27 @@ def _has_path_images(ds: Any) -> bool:
     """Whether ANY image entry of the split is a path string or a path-only ``{bytes: None, path}`` struct
     (read column-wise from Arrow, every row, nothing decoded), so relative paths are resolved everywhere."""
     import pyarrow as pa
+
+    if len(ds) == 0:
+        return False
+    # the memory-mapped column, image bytes not copied (rows a selection left out count too: resolving a
+    # relative path is harmless for rows that have none)
+    column = ds.data.column("images")
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    return any(_chunk_has_path_images(chunk) for chunk in chunks)
+
+
+def _chunk_has_path_images(array: Any) -> bool:
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    column = ds.with_format("arrow")[:]["images"] if len(ds) else None
-    if column is None:
-        return False
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     while pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
         array = array.flatten()
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
         return array.null_count < len(array)
     if pa.types.is_struct(array.type) and {"bytes", "path"} <= {f.name for f in array.type}:
-        no_bytes = pc.or_(
-            pc.is_null(array.field("bytes")), pc.equal(pc.binary_length(array.field("bytes")), 0)
-        )
-        path_only = pc.and_(pc.fill_null(no_bytes, True), pc.is_valid(array.field("path")))
+        data = array.field("bytes")
+        no_bytes = pc.fill_null(pc.or_(pc.is_null(data), pc.equal(pc.binary_length(data), 0)), True)
+        path_only = pc.and_(no_bytes, pc.is_valid(array.field("path")))
         return bool(pc.any(pc.fill_null(path_only, False)).as_py())
     return False
