@@ -140,7 +140,7 @@ class _DropTimeoutDisabledWarning(logging.Filter):
 
 
 def _math_verify() -> dict[str, Any]:
-    """Import math-verify once, outside any deadline (an interrupted import would leave broken modules)."""
+    """Import math-verify once (in the grading worker: by its initializer, outside any deadline)."""
     if not _MV:
         from math_verify import LatexExtractionConfig, parse, verify
 
