@@ -185,3 +185,21 @@ def test_a_run_on_the_hostile_corpus_lists_every_bad_row(fmt: str, make_cfg, tmp
         for row, r in rows.items():
             assert r["uid"] == f"h{row}" and expected[row] in r["reason"], r
     assert 7 in {r["row"] for r in reported if r["split"] == "val"}  # validation decodes every row
+
+
+def test_text_only_rows_are_logged_once_when_fitting_starts() -> None:
+    """With data.allow_text_only=true the pipeline logs their number as data/text_only_rows (next to
+    data/dropped_rows_setup); without it the key is absent (such rows are bad rows)."""
+    from types import SimpleNamespace
+
+    from papo.pipeline import DROPPED_ROWS_METRIC, LogSetupDrops
+
+    logged: list[dict] = []
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append(dict(metrics, step=step)))
+    trainer = SimpleNamespace(loggers=[logger], global_step=0)
+    LogSetupDrops(3, text_only=4).on_train_start(trainer, None)
+    LogSetupDrops(2).on_train_start(trainer, None)
+    assert logged == [
+        {DROPPED_ROWS_METRIC: 3.0, "data/text_only_rows": 4.0, "step": 0},
+        {DROPPED_ROWS_METRIC: 2.0, "step": 0},
+    ]
