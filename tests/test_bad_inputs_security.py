@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from papo.rewards import get_reward_fn, score_batch
+from papo.rewards import get_reward_fn, grading_worker, score_batch
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -32,6 +32,7 @@ def test_grader_never_evaluates_model_output(monkeypatch: pytest.MonkeyPatch) ->
     import sympy.parsing.sympy_parser as sympy_parser
 
     reward = get_reward_fn("math", format_weight=0.1, timeout_s=2.0)
+    monkeypatch.setattr(grading_worker._IN_PROCESS, "on", True, raising=False)  # spy on grading here
     score_batch(["<think>x</think> \\boxed{\\frac{1}{2}}"], ["0.5"], reward)  # warm-up: imports, caches
     leaked: list[str] = []
     for name in ("eval", "exec", "compile"):

@@ -1,7 +1,10 @@
-"""The validation sample table with an offline W&B logger: a table with both images is logged, no files."""
+"""The validation sample table with an offline W&B logger: the table is logged, and its images survive the
+offline run as media files that what was logged references (W&B keeps no image file of a table offline)."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +15,19 @@ from papo.evaluation.samples import collect_samples
 from test_eval_metrics import _batch, make_exp
 
 
-def test_wandb_table_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def logged_media_files(run_dir: Path, key: str) -> list[str]:
+    """The image files the history of an offline run references under ``key`` (read from the raw
+    ``run-*.wandb`` log: a list of images is logged with a ``filenames`` JSON array of their files)."""
+    raw = next(run_dir.glob("run-*.wandb")).read_bytes().decode("utf-8", "replace")
+    prefix = f"media/images/{key}_"
+    for match in re.finditer(r'\[("media/images/[^"\]]*"(?:,"media/images/[^"\]]*")*)\]', raw):
+        files = json.loads(match.group(0))
+        if all(f.startswith(prefix) for f in files):
+            return files
+    return []
+
+
+def test_wandb_table_offline_keeps_the_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wandb = pytest.importorskip("wandb")
     from lightning.pytorch.loggers import WandbLogger
 
@@ -41,4 +56,8 @@ def test_wandb_table_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     tables = list(run_dir.glob("files/media/table/val/samples_*.table.json"))
     assert tables, f"no table in {run_dir}"
     assert '"image_masked"' in tables[0].read_text()
+    for key in ("val/samples/images", "val/samples/images_masked"):
+        files = logged_media_files(run_dir, key)
+        assert len(files) == 2, (key, files)  # one per sample, referenced by the logged history
+        assert all((run_dir / "files" / f).is_file() for f in files), files
     assert not (tmp_path / "files").exists()  # write_files=auto: W&B attached, no Markdown

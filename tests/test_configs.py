@@ -55,6 +55,10 @@ def test_every_config_composes(group: str, option: str) -> None:
         with pytest.raises(ConfigError, match=rf"pip install 'papo\[{package}\]'"):
             validate_config(cfg)
         return
+    if (group, option) == ("data", "local_files"):  # composes; its source is required before anything loads
+        with pytest.raises(ConfigError, match=r"data\.train_dataset\.source is required"):
+            validate_config(cfg)
+        return
     validate_config(cfg)
 
 

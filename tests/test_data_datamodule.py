@@ -151,11 +151,11 @@ def test_bad_image_error_names_dataset_and_row():
     )
     dm = PapoDataModule(test_dataset=ds, masking=None, val_batch_size=2, dataset_name="virl39k")
     dm.setup("test")
-    with pytest.raises(ImageLoadError, match="dataset=virl39k split=test row=1 image=0"):
+    with pytest.raises(ImageLoadError, match="dataset=virl39k split=test row=1 uid=test-1 image=0"):
         next(iter(dm.test_dataloader()))
     small = PapoDataModule(test_dataset=ds, masking=None, dataset_name="virl39k", max_pixels=10)
     small.setup("test")
-    with pytest.raises(ImageLoadError, match=r"row=0 image=0.*max_pixels=10"):
+    with pytest.raises(ImageLoadError, match=r"row=0 uid=test-0 image=0.*max_pixels=10"):
         small.datasets["test"][0]
 
 

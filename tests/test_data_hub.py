@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +69,9 @@ def test_jsonl_with_image_folder_and_column_mapping(tmp_path: Path) -> None:
     (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:3]) + "\n")
     mapping = {"question": "problem", "solution": "answer", "image": "images"}
     ds = load_split(str(tmp_path / "data.jsonl"), columns=mapping)
-    assert ds.column_names == ["problem", "answer", "images"] or set(ds.column_names) == {
-        "problem",
-        "answer",
-        "images",
-    }
+    # an integer answer column is converted value by value; bad_value names values that are not text
+    assert set(ds.column_names) == {"problem", "answer", "images", "bad_value"}
+    assert ds["bad_value"] == [None] * 3
     assert ds[0]["problem"] == "How many 0?"  # <image> placeholder stripped
     assert ds[1]["answer"] == "1"  # ints cast to strings
     img = load_images(ds[2]["images"])[0]
@@ -154,7 +153,9 @@ def _rows_with_bad(bad: dict) -> Dataset:
 )
 def test_bad_row_error_names_the_row_or_skip_counts_it(bad: dict, reason: str, caplog) -> None:
     ds = _rows_with_bad(bad)
-    with pytest.raises(ValueError, match=rf"dataset=d split=train row=1: {reason}.*on_bad_row=skip"):
+    with pytest.raises(
+        ValueError, match=rf"dataset=d split=train row=1 uid=train-1: {reason}.*on_bad_row=skip"
+    ):
         scan_split(ds, dataset_name="d", on_bad_row="error")
     report = scan_split(ds, dataset_name="d", on_bad_row="skip")
     assert report.keep == [0, 2] and report.bad[0][0] == 1 and reason in report.bad[0][1]
@@ -254,3 +255,59 @@ def test_digits_datamodule_masks_every_image() -> None:
     for real, masked in zip(batch["images"], batch["images_masked"], strict=True):
         for a, b in zip(real, masked, strict=True):
             assert a.size == b.size and not np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_local_source_that_does_not_exist_is_a_config_error(tmp_path: Path) -> None:
+    """Local sources (file, glob, folder) are checked by the config validation, one line each, before the
+    processor or any data loads; src/train.py prints them and exits 2. Hub ids are left to the loader."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, compose_cfg
+    from papo.config_validation import ConfigError, validate_config
+
+    (tmp_path / "empty").mkdir()
+    cfg = compose_cfg(
+        [
+            "data=local_files",
+            f"data.train_dataset.source={tmp_path / 'train.jsonl'}",
+            f"data.val_dataset.source={tmp_path / 'empty'}",
+            f"+data.test_dataset.source={tmp_path / 'part*.parquet'}",
+            "+data.test_dataset._target_=papo.data.hub.load_split",
+        ]
+    )
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    lines = [p for p in err.value.problems if p.startswith("data.")]
+    assert [p.split("=")[0] for p in lines] == [
+        "data.train_dataset.source",
+        "data.val_dataset.source",
+        "data.test_dataset.source",
+    ], lines
+    assert (
+        "does not exist" in lines[0]
+        and "neither a saved dataset" in lines[1]
+        and "no file matches" in lines[2]
+    )
+    with pytest.raises(ConfigError, match=r"data\.train_dataset\.source is required"):
+        validate_config(compose_cfg(["data=local_files"]))
+    validate_config(compose_cfg(["data=virl39k"]))  # a hub id: not checked here
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "src" / "train.py"),
+            "data=local_files",
+            "data.train_dataset.source=/no/such.jsonl",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert (
+        "data.train_dataset.source='/no/such.jsonl': local data source '/no/such.jsonl' does not exist"
+        in run.stderr
+    )
+    assert "Traceback" not in run.stderr

@@ -415,8 +415,45 @@ def _check_masking_target(target: str) -> None:
     )
 
 
+def local_data_source_problems(cfg: DictConfig) -> list[str]:
+    """One line per ``data.<split>_dataset.source`` that names a local file, glob or folder that does not
+    exist (or holds no data files), checked before anything loads; hub ids are left to the loader."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    from papo.data.hub import resolve_source
+
+    problems, seen = [], set()
+    for split in ("train_dataset", "val_dataset", "test_dataset"):
+        conf = (cfg.get("data") or {}).get(split)
+        if not isinstance(conf, DictConfig) or "source" not in conf:
+            continue
+        key = f"data.{split}.source"
+        try:
+            source = conf.source
+        except MissingMandatoryValue:
+            problems.append(f"{key} is required: a local file, glob or folder (or a hub dataset id)")
+            continue
+        if (
+            source is None
+            and split == "train_dataset"
+            and str(conf.get("_target_", "")).endswith("load_split")
+        ):
+            problems.append(f"{key} is required: a local file, glob or folder (or a hub dataset id)")
+            continue
+        if source is None or str(source) in seen:  # a split copying another split's source: reported once
+            continue
+        seen.add(str(source))
+        try:
+            resolve_source(source if isinstance(source, str) else list(source))
+        except (FileNotFoundError, ValueError) as err:
+            problems.append(f"{key}={source!r}: {err}")
+    return problems
+
+
 def _validate_common(p: _Problems, cfg: DictConfig) -> None:
     """Choices and targets shared by training and evaluation: reward, data, warm start, masking view."""
+    for problem in local_data_source_problems(cfg):
+        p.add(problem)
     p.run(check_choice, cfg, "reward.on_error", ["raise", "zero"])
     p.run(check_choice, cfg, "data.on_bad_row", ["error", "skip"])
     from papo.rewards import REWARD_FUNCTIONS

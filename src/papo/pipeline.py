@@ -170,23 +170,31 @@ def write_dropped_rows(datamodule: Any, output_dir: str | Path) -> list[dict[str
     rows = list(getattr(datamodule, "dropped_rows", None) or [])
     if rank_zero_only.rank == 0:
         path = Path(output_dir, DROPPED_ROWS_FILE)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        if hasattr(datamodule, "write_dropped_rows"):  # also appends decode-time skips later
+            datamodule.write_dropped_rows(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         if rows:
             log.warning("%d row(s) dropped at setup; the list is in %s", len(rows), path)
     return rows
 
 
 class LogSetupDrops(L.Callback):
-    """Logs the number of rows the setup scan dropped (``data/dropped_rows_setup``) once, when fitting
-    starts, through every logger of the trainer (at the restored global step after a resume)."""
+    """Logs the number of rows the setup scan dropped (``data/dropped_rows_setup``) and, when text-only rows
+    are allowed, the number of rows without an image (``data/text_only_rows``) once, when fitting starts,
+    through every logger of the trainer (at the restored global step after a resume)."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, text_only: int | None = None) -> None:
         self.count = int(count)
+        self.text_only = text_only
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {DROPPED_ROWS_METRIC: float(self.count)}
+        if self.text_only is not None:
+            metrics["data/text_only_rows"] = float(self.text_only)
         for lg in trainer.loggers:
-            lg.log_metrics({DROPPED_ROWS_METRIC: float(self.count)}, step=trainer.global_step)
+            lg.log_metrics(metrics, step=trainer.global_step)
 
 
 @task_wrapper
@@ -217,8 +225,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     base_dir = resolve_model_dir(cfg.model, corpus_fn=synthetic_corpus)
     attach_prompt_filter(datamodule, base_dir, cfg)
-    datamodule.setup("fit")
-    dropped = write_dropped_rows(datamodule, cfg.paths.output_dir)
+    try:
+        datamodule.setup("fit")
+    finally:  # also when every row is bad: the error points at this file
+        dropped = write_dropped_rows(datamodule, cfg.paths.output_dir)
     policy_dir = base_dir
     if cfg.warm_start.get("enabled", False):
         from papo.warm_start import ensure_warm_start
@@ -236,12 +246,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for k in cfg
         if k != "hydra"
     }
-    callbacks = [*instantiate_list(cfg.get("callbacks")), LogSetupDrops(len(dropped))]
+    text_only = getattr(datamodule, "text_only_rows", None)
+    text_only_count = sum(text_only.values()) if getattr(datamodule, "allow_text_only", False) else None
+    callbacks = [*instantiate_list(cfg.get("callbacks")), LogSetupDrops(len(dropped), text_only_count)]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar callback when bars are off
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     if ckpt is not None and continue_wandb_run(cfg.get("logger")):  # one W&B run across a resume
         log.info("resuming W&B run %s", cfg.logger.wandb.id)
-    loggers = instantiate_list(cfg.get("logger"))
+    from papo.utils.wandb_setup import start_loggers
+
+    loggers = start_loggers(cfg.get("logger"))  # W&B unreachable: offline, with one warning
     if ckpt is not None:  # resuming in the same run dir: keep the CSV log Lightning would delete
         for lg in loggers:
             if isinstance(lg, CSVLogger):

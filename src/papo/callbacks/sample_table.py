@@ -1,7 +1,11 @@
 """Sample generations at each validation: question, real and masked image, answer, response, reward.
 
-With a ``WandbLogger`` attached: a W&B table ``val/samples`` (``wandb.Image`` for both views; works
-offline, ``wandb sync`` uploads it later). Files (``write_files``: ``auto`` = only without W&B, or
+With a ``WandbLogger`` attached: a W&B table ``val/samples`` (text columns, and ``wandb.Image`` for both
+views) and the same images as their own media keys ``val/samples/images`` and ``val/samples/images_masked``
+(one image per sample, captioned with the sample's row of the table). The media keys are what keeps the
+images of an OFFLINE run: W&B writes images inside a table as the word "Image" without keeping the file
+unless the run is online, while media keys are written to ``files/media/images/`` and uploaded by a later
+``wandb sync``. Files (``write_files``: ``auto`` = only without W&B, or
 true / false): ``<dirpath>/step<N>.md`` with the images as PNGs under ``<dirpath>/images/`` and
 ``step<N>.csv``. The samples are the first response of the first ``num_samples`` prompts of the first
 val batch, kept by ``PapoModule.validation_step`` (:mod:`papo.evaluation.validation`) in
@@ -38,6 +42,23 @@ def wandb_sample_table(samples: list[dict[str, Any]]) -> Any:
             *[s.get(c) for c in SAMPLE_COLUMNS],
         )
     return table
+
+
+def wandb_sample_images(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """``{"images": [wandb.Image], "images_masked": [...]}``: the first image of each sample, captioned
+    ``"<k>: <uid>"`` (k = the sample's row in the table); a key is absent when no sample has that view."""
+    import wandb
+
+    out: dict[str, list[Any]] = {}
+    for field in ("images", "images_masked"):
+        media = [
+            wandb.Image(s[field][0], caption=f"{k}: {s.get('uid')}")
+            for k, s in enumerate(samples)
+            if s.get(field)
+        ]
+        if media:
+            out[field] = media
+    return out
 
 
 class SampleTableCallback(Callback):
@@ -77,7 +98,9 @@ class SampleTableCallback(Callback):
             s["step"] = step
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         for lg in wandb_loggers:
-            lg.experiment.log({self.key: wandb_sample_table(samples), "trainer/global_step": step})
+            payload = {self.key: wandb_sample_table(samples), "trainer/global_step": step}
+            payload.update({f"{self.key}/{k}": v for k, v in wandb_sample_images(samples).items()})
+            lg.experiment.log(payload)
         if self.write_files is True or (self.write_files == "auto" and not wandb_loggers):
             out = Path(self.dirpath or Path(trainer.default_root_dir) / "val_samples")
             md, _ = write_samples(samples, out, f"step{step:06d}")

@@ -28,8 +28,10 @@ run continues with exactly the next prompts and the same masks. For multi-GPU ru
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -52,12 +54,16 @@ __all__ = [
     "PromptCollator",
     "PromptDataset",
     "ResumableDataLoader",
+    "no_image_reason",
     "text_field",
 ]
 
 REQUIRED_COLUMNS = ("images", "problem", "answer")
 #: optional column -> fill value when absent (uid falls back to f"{split}-{row}")
 OPTIONAL_COLUMNS = {"task_type": "unknown", "vision_dependency": "unknown", "uid": None}
+#: columns the loader and the setup scan add: why a value could not be represented as text
+#: (papo.data.hub), and the row's number in the source once the scan dropped rows
+BOOKKEEPING_COLUMNS = ("bad_value", "source_row")
 BATCH_KEYS = (
     "uid",
     "problem",
@@ -80,10 +86,13 @@ class PromptDataset(Dataset):
     raises ``ImageLoadError`` naming ``dataset=<name> split=<split> row=<row> image=<j>``.
 
     Bad rows found while decoding (corrupt image data, ``problem``/``answer`` None, empty, not text or not
-    UTF-8, an aspect ratio of ``max_aspect_ratio`` or more, which Qwen-VL processors reject) raise
-    :class:`BadRowError` / ``ImageLoadError`` naming the row; with ``on_bad_row="skip"`` the item is instead
-    a marker ``{"row", "epoch", "bad_row": reason}`` (logged here, counted by the collate function as
-    ``batch["skipped_rows"]`` and by the RL module as ``train/data/skipped_rows``).
+    UTF-8, no image while ``allow_text_only`` is off, an aspect ratio of ``max_aspect_ratio`` or more, which
+    Qwen-VL processors reject, or any other exception while preparing the row) raise :class:`BadRowError` /
+    ``ImageLoadError`` naming the dataset, split, SOURCE row (the ``source_row`` column once the setup scan
+    dropped rows) and uid; with ``on_bad_row="skip"`` the item is instead a marker
+    ``{"row", "epoch", "bad_row": reason}`` (logged here, listed in :attr:`dropped`, appended to
+    ``dropped_rows_file`` when set, counted by the collate function as ``batch["skipped_rows"]`` and by the
+    RL module as ``train/data/skipped_rows``).
     """
 
     def __init__(
@@ -94,6 +103,7 @@ class PromptDataset(Dataset):
         max_pixels: int = 64_000_000,
         on_bad_row: str = "error",
         max_aspect_ratio: float | None = 200.0,
+        allow_text_only: bool = False,
     ) -> None:
         columns = list(hf_dataset.column_names)
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -107,9 +117,12 @@ class PromptDataset(Dataset):
         if on_bad_row not in ("error", "skip"):
             raise ValueError(f"on_bad_row={on_bad_row!r} is unknown; valid: ['error', 'skip']")
         self.on_bad_row, self.max_aspect_ratio = on_bad_row, max_aspect_ratio
+        self.allow_text_only = bool(allow_text_only)
         self.num_skipped = 0  # bad rows skipped by THIS process (workers count their own)
+        self.dropped: dict[int, dict[str, Any]] = {}  # decode-time skips of THIS process, by source row
+        self.dropped_rows_file: str | None = None  # where decode-time skips are appended (JSON lines)
         self.hf_dataset = hf_dataset  # the source datasets.Dataset, all columns, as given
-        wanted = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in columns]
+        wanted = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *BOOKKEEPING_COLUMNS) if c in columns]
         self._rows = hf_dataset.select_columns(wanted).with_format("arrow")
         self._len = len(hf_dataset)
 
@@ -119,26 +132,59 @@ class PromptDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, row = key if isinstance(key, tuple) else (None, key)
         row = int(row)
+        record = self._rows[row].to_pylist()[0]
+        source_row = int(record["source_row"]) if record.get("source_row") is not None else row
+        uid = str(record["uid"]) if record.get("uid") is not None else f"{self.split}-{source_row}"
+        context = f"dataset={self.dataset_name} split={self.split} row={source_row} uid={uid}"
         try:
-            return self._decode(epoch, row)
-        except (BadRowError, ImageLoadError) as err:  # both name the dataset, split and row
+            return self._decode(epoch, row, record, uid, context)
+        except (BadRowError, ImageLoadError) as err:  # both name the dataset, split, row and uid
             if self.on_bad_row != "skip":
                 raise
-            self.num_skipped += 1
-            log.warning("skipped bad row (data.on_bad_row=skip, %d so far): %s", self.num_skipped, err)
-            return {"row": row, "epoch": epoch, "bad_row": str(err)}
+            reason = str(err)
+        except Exception as err:  # any other failure while preparing this row is this row's report
+            message = f"Bad row ({context}): cannot prepare the row: {type(err).__name__}: {err}"
+            if self.on_bad_row != "skip":
+                raise BadRowError(message) from err
+            reason = message
+        self.num_skipped += 1
+        log.warning("skipped bad row (data.on_bad_row=skip, %d so far): %s", self.num_skipped, reason)
+        self._record_drop(source_row, uid, reason)
+        return {"row": row, "epoch": epoch, "bad_row": reason}
 
-    def _decode(self, epoch: int | None, row: int) -> dict[str, Any]:
-        record = self._rows[row].to_pylist()[0]
-        context = f"dataset={self.dataset_name} split={self.split} row={row}"
+    def _record_drop(self, source_row: int, uid: str, reason: str) -> None:
+        if source_row in self.dropped:
+            return
+        rec = {
+            "dataset": self.dataset_name,
+            "split": self.split,
+            "row": source_row,
+            "uid": uid,
+            "reason": reason,
+            "stage": "decode",
+        }
+        self.dropped[source_row] = rec
+        if self.dropped_rows_file:
+            with open(self.dropped_rows_file, "a", encoding="utf-8") as f:  # one line per write: O_APPEND
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+    def _decode(
+        self, epoch: int | None, row: int, record: dict[str, Any], uid: str, context: str
+    ) -> dict[str, Any]:
+        if record.get("bad_value"):
+            raise BadRowError(f"Bad row ({context}): {record['bad_value']}")
         problem = _text_field(record["problem"], "problem", context)
         answer = _text_field(record["answer"], "answer", context)
+        if not self.allow_text_only:
+            reason = no_image_reason(record["images"])
+            if reason is not None:
+                raise BadRowError(f"Bad row ({context}): {reason}")
         images = load_images(record["images"], context=context, max_pixels=self.max_pixels)
         _check_aspect_ratio(images, self.max_aspect_ratio, context)
         return {
             "row": row,
             "epoch": epoch,
-            "uid": str(record["uid"]) if record.get("uid") is not None else f"{self.split}-{row}",
+            "uid": uid,
             "problem": problem,
             "answer": answer,
             "task_type": str(record.get("task_type") or OPTIONAL_COLUMNS["task_type"]),
@@ -147,6 +193,16 @@ class PromptDataset(Dataset):
             ),
             "images": images,
         }
+
+
+def no_image_reason(images: Any) -> str | None:
+    """Why a row counts as having no image (None or an empty list), or None when it has one."""
+    if images is None or (isinstance(images, list | tuple) and len(images) == 0):
+        return (
+            "the row has no image (a vision dataset); set data.allow_text_only=true to train on text-only "
+            "rows (counted as data/text_only_rows)"
+        )
+    return None
 
 
 class BadRowError(ValueError):
@@ -385,6 +441,26 @@ def _as_view(masking: Any) -> ImageView | None:
     return masking
 
 
+def _count_text_only(hf: Any) -> int:
+    """Rows whose ``images`` value is null or an empty list (read from Arrow in batches, nothing decoded)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    count = 0
+    for batch in hf.select_columns(["images"]).with_format("arrow").iter(batch_size=1024):
+        column = batch["images"]
+        count += int(column.null_count)
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            count += int(pc.sum(pc.equal(pc.list_value_length(column), 0)).as_py() or 0)
+    return count
+
+
+def _source_name(source: Any) -> str:
+    """The data file / hub id behind a split (the ``source`` of a ``load_split`` partial), else ""."""
+    keywords = getattr(source, "keywords", None) or {}
+    return f"source {keywords['source']!r}" if keywords.get("source") else ""
+
+
 def _has_columns(hf: Any) -> bool:
     return all(c in hf.column_names for c in REQUIRED_COLUMNS)
 
@@ -423,6 +499,9 @@ class PapoDataModule(L.LightningDataModule):
         max_aspect_ratio: rows with an image whose long/short side ratio reaches this are bad rows (Qwen-VL
             processors raise at 200); ``None`` disables. Decode-time bad rows with ``on_bad_row="skip"`` are
             dropped from their batch, logged and counted (``batch["skipped_rows"]``).
+        allow_text_only: False (default): a row without an image is a bad row (reported like any other);
+            True: such rows train as text-only prompts, counted per split in :attr:`text_only_rows`
+            (logged once as ``data/text_only_rows``).
     """
 
     def __init__(
@@ -442,6 +521,7 @@ class PapoDataModule(L.LightningDataModule):
         max_prompt_length: int | None = None,
         prompt_length_fn: Callable | None = None,
         max_aspect_ratio: float | None = 200.0,
+        allow_text_only: bool = False,
     ) -> None:
         super().__init__()
         masking = _as_view(masking)
@@ -466,7 +546,10 @@ class PapoDataModule(L.LightningDataModule):
         self.max_prompt_length = None if max_prompt_length is None else int(max_prompt_length)
         self.prompt_length_fn = prompt_length_fn
         self.max_aspect_ratio = max_aspect_ratio  # rows with a more extreme image are bad (Qwen-VL: 200)
+        self.allow_text_only = bool(allow_text_only)
         self.datasets: dict[str, PromptDataset] = {}
+        # rows without an image per split, kept when allow_text_only (logged as data/text_only_rows)
+        self.text_only_rows: dict[str, int] = {}
         self.train_sampler: EpochShuffleSampler | None = None
         # every row the setup scan dropped: {dataset, split, row, uid, reason} (papo.data.scan.ScanReport)
         self.dropped_rows: list[dict[str, Any]] = []
@@ -480,15 +563,23 @@ class PapoDataModule(L.LightningDataModule):
             hf = _resolve(self._sources[split], f"{split}_dataset")
             hf = self._scan(hf, split)
             self.datasets[split] = PromptDataset(
-                hf, self.dataset_name, split, self.max_pixels, self.on_bad_row, self.max_aspect_ratio
+                hf,
+                self.dataset_name,
+                split,
+                self.max_pixels,
+                self.on_bad_row,
+                self.max_aspect_ratio,
+                self.allow_text_only,
             )
+            if self.allow_text_only and "images" in hf.column_names:
+                self.text_only_rows[split] = _count_text_only(hf)
         if stage == "fit" and "train" not in self.datasets:
             raise ValueError(f"Dataset {self.dataset_name!r}: stage 'fit' needs a train_dataset")
 
     def _scan(self, hf: Any, split: str) -> Any:
         """Drop bad rows (``on_bad_row="skip"``) and over-long prompts, with a logged count (papo.data.scan)."""
         length_fn = self.prompt_length_fn if self.max_prompt_length is not None else None
-        if (length_fn is None and self.on_bad_row == "error") or not _has_columns(hf):
+        if (length_fn is None and self.on_bad_row == "error") or not _has_columns(hf) or len(hf) == 0:
             # nothing to filter (a bad image still raises, naming its row, when drawn); or PromptDataset
             # reports the missing columns
             return hf
@@ -503,6 +594,7 @@ class PapoDataModule(L.LightningDataModule):
             max_prompt_length=self.max_prompt_length if length_fn is not None else None,
             prompt_length_fn=length_fn,
             max_pixels=self.max_pixels,
+            allow_text_only=self.allow_text_only,
         )
         logging.getLogger(__name__).info(
             report.summary(self.dataset_name, split, self.max_prompt_length if length_fn else None)
@@ -511,13 +603,29 @@ class PapoDataModule(L.LightningDataModule):
         if len(report.keep) == len(hf):
             return hf
         if not report.keep:
+            source = _source_name(self._sources[split])
             raise ValueError(
-                f"Dataset {self.dataset_name!r} ({split}): no row left after the scan: "
+                f"Dataset {self.dataset_name!r} ({split}{', ' + source if source else ''}): no usable rows: "
+                "every row was dropped by the scan; each one is listed with its reason in "
+                "dropped_rows.jsonl in the run directory. "
                 + report.summary(self.dataset_name, split, self.max_prompt_length if length_fn else None)
             )
-        if "uid" not in hf.column_names:  # keep the ORIGINAL row number in uids (and in error messages)
+        if "uid" not in hf.column_names:  # keep the ORIGINAL row number in uids
             hf = hf.add_column("uid", [f"{split}-{i}" for i in range(len(hf))])
+        if "source_row" not in hf.column_names:  # ... and in every message about a row
+            hf = hf.add_column("source_row", list(range(len(hf))))
         return hf.select(report.keep)
+
+    def write_dropped_rows(self, path: str | Path) -> list[dict[str, Any]]:
+        """Write every row the setup scan dropped to ``path`` (JSON lines; the file is written, empty, even
+        when nothing was dropped), and append rows skipped later at decode time to the same file. Returns
+        the rows dropped at setup."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.dropped_rows))
+        for dataset in self.datasets.values():
+            dataset.dropped_rows_file = str(path)
+        return list(self.dropped_rows)
 
     @property
     def train_set(self) -> Any:

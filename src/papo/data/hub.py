@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -42,10 +43,12 @@ __all__ = [
     "HUB_OFFLINE_HINT",
     "LOCAL_FORMATS",
     "STANDARD_COLUMNS",
+    "TEXT_COLUMNS",
     "HubOfflineError",
     "hub_offline_error",
     "load_split",
     "resolve_source",
+    "value_as_text",
 ]
 
 #: what to do when a hub model / dataset is not cached and hub access is off (papo.utils.run_env)
@@ -290,7 +293,7 @@ def load_split(
 
     images_feature = ds.features["images"]
     single = not (hasattr(images_feature, "feature") or isinstance(images_feature, list))
-    needs_paths = img_base is not None and _has_string_images(ds)
+    needs_paths = img_base is not None and _has_path_images(ds)
     if single or needs_paths or strip_image_placeholders:
 
         def convert(batch: dict[str, list]) -> dict[str, list]:
@@ -310,26 +313,96 @@ def load_split(
         ds = ds.map(
             convert, batched=True, batch_size=256, features=features, num_proc=num_proc, desc="columns"
         )
-    for key in ("problem", "answer"):
-        if str(getattr(ds.features[key], "dtype", "string")) not in ("string", "large_string"):
-            ds = ds.cast_column(key, _string_feature())
+    ds = _text_columns(ds, num_proc)
     log.info("data source %s (%s): %d rows, columns %s", source, split, len(ds), ds.column_names)
     return ds
 
 
-def _string_feature() -> Any:
+#: text columns whose values reach the model as written (numbers as their text), whatever their type
+TEXT_COLUMNS = ("problem", "answer", "task_type", "vision_dependency", "uid")
+#: the column naming why a row's value could not be represented as text (None when it could)
+BAD_VALUE_COLUMN = "bad_value"
+
+
+def _is_string(feature: Any) -> bool:
+    return type(feature).__name__ == "Value" and str(feature.dtype) in ("string", "large_string")
+
+
+def value_as_text(value: Any, column: str) -> tuple[str | None, str | None]:
+    """``(text, None)`` for a value of any type a loader produces, or ``(None, reason)``.
+
+    Strings are kept as they are (``""`` stays empty, and is reported downstream); integers and finite
+    floats become their decimal text (``3`` -> ``"3"``); None stays None (reported downstream as missing).
+    Booleans, lists, dicts and non-finite floats are not text: the reason names the column and the type.
+    """
+    if value is None or isinstance(value, str):
+        return value, None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None, f"{column} must be a string (or a number), got {type(value).__name__} {value!r:.40}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, f"{column} is {value}"
+    return str(value), None
+
+
+def _text_columns(ds: Any, num_proc: int | None) -> Any:
+    """Every text column as strings, value by value (:func:`value_as_text`).
+
+    A jsonl column that mixes types (strings, integers, nulls) is read by ``datasets`` as a ``Json``
+    column; casting it to strings would give the JSON text (an empty answer as the two characters ``""``).
+    Here each value is decoded first, so it reaches the model exactly as written; a value that is not text
+    is named in the ``bad_value`` column and its row is reported by the scan / the datamodule.
+    """
+    columns = [c for c in TEXT_COLUMNS if c in ds.column_names and not _is_string(ds.features[c])]
+    if not columns:
+        return ds
     from datasets import Value
 
-    return Value("string")
+    def convert(batch: dict[str, list]) -> dict[str, list]:
+        out = dict(batch)
+        reasons: list[str | None] = list(batch.get(BAD_VALUE_COLUMN) or [None] * len(batch[columns[0]]))
+        for column in columns:
+            texts = []
+            for i, value in enumerate(batch[column]):
+                text, why = value_as_text(value, column)
+                texts.append(text)
+                if why is not None and reasons[i] is None:
+                    reasons[i] = why
+            out[column] = texts
+        out[BAD_VALUE_COLUMN] = reasons
+        return out
+
+    features = ds.features.copy()
+    for column in columns:
+        features[column] = Value("string")
+    features[BAD_VALUE_COLUMN] = Value("string")
+    return ds.map(convert, batched=True, batch_size=1024, features=features, num_proc=num_proc, desc="text")
 
 
-def _has_string_images(ds: Any) -> bool:
-    """Whether image entries are path strings or path-only dicts (sampled on the first rows)."""
-    head = ds.select(range(min(len(ds), 8))).with_format("arrow")["images"].to_pylist()
-    for value in head:
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str):
-                return True
-            if isinstance(item, Mapping) and not item.get("bytes") and item.get("path"):
-                return True
+def _has_path_images(ds: Any) -> bool:
+    """Whether ANY image entry of the split is a path string or a path-only ``{bytes: None, path}`` struct
+    (read column-wise from Arrow, every row, nothing decoded), so relative paths are resolved everywhere."""
+    import pyarrow as pa
+
+    if len(ds) == 0:
+        return False
+    # the memory-mapped column, image bytes not copied (rows a selection left out count too: resolving a
+    # relative path is harmless for rows that have none)
+    column = ds.data.column("images")
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    return any(_chunk_has_path_images(chunk) for chunk in chunks)
+
+
+def _chunk_has_path_images(array: Any) -> bool:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    while pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        array = array.flatten()
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        return array.null_count < len(array)
+    if pa.types.is_struct(array.type) and {"bytes", "path"} <= {f.name for f in array.type}:
+        data = array.field("bytes")
+        no_bytes = pc.fill_null(pc.or_(pc.is_null(data), pc.equal(pc.binary_length(data), 0)), True)
+        path_only = pc.and_(no_bytes, pc.is_valid(array.field("path")))
+        return bool(pc.any(pc.fill_null(path_only, False)).as_py())
     return False

@@ -2,8 +2,12 @@
 
 :func:`scan_split` reads every row once (in Arrow batches, images NOT decoded: only their headers are
 opened for the size), and returns the rows to keep plus a :class:`ScanReport`. A row is *bad* when its
-``problem`` is missing or empty, its ``answer`` is missing, or an image cannot be opened. With
-``on_bad_row="error"`` the first bad row raises a ``ValueError`` naming the dataset, split, row and
+``problem`` or ``answer`` is missing, empty or not text (``papo.data.datamodule.text_field``; a value the
+loader could not represent as text is named in the ``bad_value`` column), when it has no image and text-only
+rows are not allowed (``allow_text_only``), when an image cannot be opened, or when ANY exception is raised
+while measuring or preparing it (e.g. the processor refusing an image's aspect ratio while counting its
+tokens): the exception becomes that row's reason, never a crash of the scan. With
+``on_bad_row="error"`` the first bad row raises a ``ValueError`` naming the dataset, split, row, uid and
 reason; with ``"skip"`` bad rows are dropped, counted and logged (the first few by row and reason), and
 :meth:`ScanReport.dropped_rows` lists every dropped row (the pipeline writes the list to
 ``<output_dir>/dropped_rows.jsonl`` and logs the count as ``data/dropped_rows_setup``). Never silently.
@@ -190,12 +194,25 @@ class ScanReport:
         return out
 
 
-def _row_problem(problem: Any, answer: Any) -> str | None:
-    """Why the text fields are bad, or None (the rules of ``papo.data.datamodule.text_field``: None, empty,
-    not text or not UTF-8; numbers are fine answers)."""
-    from papo.data.datamodule import text_field
+def _row_problem(record: Mapping[str, Any], allow_text_only: bool) -> str | None:
+    """Why the text fields or the image list are bad, or None (the rules of
+    ``papo.data.datamodule.text_field``: None, empty, not text or not UTF-8; numbers are fine answers)."""
+    from papo.data.datamodule import no_image_reason, text_field
 
-    return text_field(problem, "problem")[1] or text_field(answer, "answer")[1]
+    if record.get("bad_value"):
+        return str(record["bad_value"])
+    reason = text_field(record["problem"], "problem")[1] or text_field(record["answer"], "answer")[1]
+    if reason is None and not allow_text_only:
+        reason = no_image_reason(record["images"])
+    return reason
+
+
+def _error(dataset_name: str, split: str, row: int, uid: str, reason: str) -> ValueError:
+    return ValueError(
+        f"bad row in dataset={dataset_name} split={split} row={row} uid={uid}: {reason}. "
+        "Fix the data, or set data.on_bad_row=skip to drop such rows (counted, logged and listed in "
+        "dropped_rows.jsonl)."
+    )
 
 
 def _note_uid(report: ScanReport, row: int, record: Mapping[str, Any]) -> None:
@@ -205,6 +222,43 @@ def _note_uid(report: ScanReport, row: int, record: Mapping[str, Any]) -> None:
 
 def _decoded(text: Any) -> str:
     return bytes(text).decode("utf-8") if isinstance(text, (bytes, bytearray, memoryview)) else str(text)
+
+
+def _prepare(
+    record: Mapping[str, Any], prompt_template: str, max_pixels: int, allow_text_only: bool
+) -> tuple[str | None, str, list[tuple[int, int]]]:
+    """(why the row is bad or None, its templated prompt, its image sizes)."""
+    reason = _row_problem(record, allow_text_only)
+    if reason is not None:
+        return reason, "", []
+    images = record["images"]
+    items = [] if images is None else images if isinstance(images, list) else [images]
+    sizes = []
+    for j, item in enumerate(items):
+        try:
+            sizes.append(image_size(item, max_pixels))
+        except ValueError as e:
+            return f"image {j}: {e}", "", []
+    return None, build_prompt(_decoded(record["problem"]), prompt_template), sizes
+
+
+def _measure(
+    fn: Callable[[list[str], list[list[tuple[int, int]]]], list[int]],
+    prompts: list[str],
+    sizes: list[list[tuple[int, int]]],
+) -> list[int | str]:
+    """Token counts of a batch of prompts; when the batch call raises, each row alone, so an exception
+    names its own row (as a ``str`` reason in place of the count) and the others are measured."""
+    try:
+        return list(fn(prompts, sizes))
+    except Exception:
+        out: list[int | str] = []
+        for prompt, size in zip(prompts, sizes, strict=True):
+            try:
+                out.append(int(fn([prompt], [size])[0]))
+            except Exception as e:
+                out.append(f"cannot measure the prompt: {type(e).__name__}: {e}")
+        return out
 
 
 def scan_split(
@@ -218,57 +272,59 @@ def scan_split(
     prompt_length_fn: Callable[[list[str], list[list[tuple[int, int]]]], list[int]] | None = None,
     max_pixels: int = 64_000_000,
     batch_size: int = 1024,
+    allow_text_only: bool = True,
 ) -> ScanReport:
     """Scan every row of ``hf_dataset`` (hub-convention columns). See the module docstring.
 
+    ``allow_text_only=False`` makes a row without an image a bad row.
+
     Raises:
-        ValueError: a bad row with ``on_bad_row="error"`` (names dataset, split, row, reason and the switch).
+        ValueError: a bad row with ``on_bad_row="error"`` (names dataset, split, row, uid, reason and the
+            switch).
     """
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row={on_bad_row!r} is unknown; valid: {list(ON_BAD_ROW)}")
     report = ScanReport(num_rows=len(hf_dataset))
     lengths: list[int] = []
-    columns = ["images", "problem", "answer"] + (["uid"] if "uid" in hf_dataset.column_names else [])
-    table = hf_dataset.select_columns(columns).with_format("arrow")
+    optional = [c for c in ("uid", "bad_value") if c in hf_dataset.column_names]
+    table = hf_dataset.select_columns(["images", "problem", "answer", *optional]).with_format("arrow")
+
+    def bad(row: int, record: Mapping[str, Any], reason: str) -> None:
+        _note_uid(report, row, record)
+        report.bad.append((row, reason))
+
     for start in range(0, len(hf_dataset), batch_size):
         rows = table[start : start + batch_size].to_pylist()
         good_rows, prompts, sizes = [], [], []
         for offset, record in enumerate(rows):
             row = start + offset
-            reason = _row_problem(record["problem"], record["answer"])
-            row_sizes: list[tuple[int, int]] = []
-            if reason is None:
-                images = record["images"]
-                items = [] if images is None else images if isinstance(images, list) else [images]
-                for j, item in enumerate(items):
-                    try:
-                        row_sizes.append(image_size(item, max_pixels))
-                    except ValueError as e:
-                        reason = f"image {j}: {e}"
-                        break
+            try:
+                reason, prompt, row_sizes = _prepare(record, prompt_template, max_pixels, allow_text_only)
+            except Exception as e:  # any failure to read one row is that row's report
+                reason, prompt, row_sizes = f"cannot prepare the row: {type(e).__name__}: {e}", "", []
             if reason is not None:
-                if on_bad_row == "error":
-                    raise ValueError(
-                        f"bad row in dataset={dataset_name} split={split} row={row}: {reason}. "
-                        "Fix the data, or set data.on_bad_row=skip to drop such rows (counted and logged)."
-                    )
-                report.bad.append((row, reason))
-                _note_uid(report, row, record)
+                bad(row, record, reason)
                 continue
             good_rows.append(row)
-            prompts.append(build_prompt(_decoded(record["problem"]), prompt_template))
+            prompts.append(prompt)
             sizes.append(row_sizes)
-        if prompt_length_fn is None or max_prompt_length is None:
+        if prompt_length_fn is None or max_prompt_length is None or not good_rows:
             report.keep.extend(good_rows)
-            continue
-        for row, n in zip(good_rows, prompt_length_fn(prompts, sizes), strict=True):
-            lengths.append(n)
-            if n <= max_prompt_length:
-                report.keep.append(row)
-            else:
-                report.too_long.append(row)
-                report.too_long_tokens.append(int(n))
-                _note_uid(report, row, rows[row - start])
+        else:
+            for row, n in zip(good_rows, _measure(prompt_length_fn, prompts, sizes), strict=True):
+                if isinstance(n, str):  # the processor refused this row (e.g. an image's aspect ratio)
+                    bad(row, rows[row - start], n)
+                    continue
+                lengths.append(n)
+                if n <= max_prompt_length:
+                    report.keep.append(row)
+                else:
+                    report.too_long.append(row)
+                    report.too_long_tokens.append(int(n))
+                    _note_uid(report, row, rows[row - start])
+        if on_bad_row == "error" and report.bad:  # the first bad row in source order
+            row, reason = min(report.bad)
+            raise _error(dataset_name, split, row, report.uids.get(row, f"{split}-{row}"), reason)
     if lengths:
         report.max_length, report.mean_length = max(lengths), float(np.mean(lengths))
     return report

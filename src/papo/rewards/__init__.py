@@ -6,8 +6,9 @@ The math reward of the paper (and of EasyR1, which PAPO builds on) is
 
 * :mod:`~papo.rewards.extract` -- :func:`extract_boxed` (linear time);
 * :mod:`~papo.rewards.format` -- :func:`format_reward` (EasyR1's decisions, linear time);
-* :mod:`~papo.rewards.grading` -- :func:`grade_answer` (string fast path + math-verify under a deadline
-  that works in any thread, with input caps; never executes model output);
+* :mod:`~papo.rewards.grading` -- :func:`grade_answer` (string fast path + math-verify behind input limits
+  that do not depend on time, :mod:`~papo.rewards.grading_limits`, in a reused worker process killed at a
+  deadline, :mod:`~papo.rewards.grading_worker`; never executes model output);
 * :mod:`~papo.rewards.scoring` -- :func:`score_response`, :data:`REWARD_FUNCTIONS`,
   :func:`get_reward_fn`, :func:`score_batch`.
 

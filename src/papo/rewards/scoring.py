@@ -31,7 +31,7 @@ from typing import Any
 
 from papo.rewards.extract import extract_boxed
 from papo.rewards.format import is_well_formatted, normalize_tag_whitespace
-from papo.rewards.grading import grade_answer
+from papo.rewards.grading import DEFAULT_TIMEOUT_S, grade_answer
 
 __all__ = [
     "ON_ERROR_MODES",
@@ -53,7 +53,10 @@ _PREVIEW_CHARS = 200
 
 
 def score_response(
-    response: str, truth: str | int | float, format_weight: float = 0.1, timeout_s: float = 2.0
+    response: str,
+    truth: str | int | float,
+    format_weight: float = 0.1,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> dict[str, float]:
     """The math reward of one response.
 
@@ -61,7 +64,7 @@ def score_response(
         response: the decoded model response.
         truth: the ground-truth answer (``int``/``float`` accepted).
         format_weight: weight ``w`` of the format reward, in ``[0, 1]``.
-        timeout_s: time budget of the symbolic answer check (see :func:`grade_answer`).
+        timeout_s: deadline of the symbolic answer check (a last resort, see :func:`grade_answer`).
 
     Returns:
         ``{"overall": (1 - w) * accuracy + w * format, "accuracy": 0.0 or 1.0, "format": 0.0 or 1.0}``.

@@ -1,8 +1,9 @@
 """OmegaConf resolvers used by configs/ (registered once, on import of papo.utils).
 
-- ``${papo_wandb_offline:}``: True unless W&B can log online without prompting (an API key is set or
-  WANDB_MODE=online). W&B with no key waits forever at a login prompt on a terminal, so offline is the
-  default; offline runs sync later with ``wandb sync``.
+- ``${papo_wandb_offline:}``: True unless W&B can log online without prompting (WANDB_MODE=online, or
+  credentials W&B finds by itself: an API key in the environment, or the ``.netrc`` entry of ``wandb login``;
+  ``papo.utils.wandb_setup.stored_credentials``). W&B with no credentials waits forever at a login prompt
+  on a terminal, so offline is the default then; offline runs sync later with ``wandb sync``.
 - ``${papo_published:KEY,ALGO}``: the published PAPO coefficient for the chosen algorithm
   (PAPO-D for DAPO, PAPO-G 3B otherwise), so ``loss=papo algo=dapo`` is PAPO-D as published.
 - ``${papo_per_rank:TOTAL,DEVICES[,NODES]}``: a global batch split over the ranks (DDP/FSDP batches are per
@@ -26,13 +27,15 @@ PUBLISHED_COEFS: dict[str, dict[str, float]] = {
 
 
 def wandb_offline() -> bool:
-    """Whether W&B must run offline: no API key and not explicitly online."""
+    """Whether W&B must run offline: not explicitly online and no credentials W&B would find by itself."""
     mode = os.environ.get("WANDB_MODE", "").lower()
     if mode in ("offline", "disabled", "dryrun"):
         return True
     if mode == "online":
         return False
-    return not os.environ.get("WANDB_API_KEY")
+    from papo.utils.wandb_setup import stored_credentials
+
+    return stored_credentials() is None
 
 
 def published_coef(key: str, algo: str) -> float:

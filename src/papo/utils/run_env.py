@@ -1,7 +1,8 @@
 """Process-level set-up done before heavy imports: W&B offline by default, quiet tokenizers, threads.
 
-W&B with no API key hangs at a login prompt on a terminal and errors in CI, so unless a key is set (or
-WANDB_MODE=online) we set WANDB_MODE=offline. Hub access is disabled unless the user opts in
+W&B with no credentials hangs at a login prompt on a terminal and errors in CI, so unless it has some (an
+API key in the environment, or the ``.netrc`` entry ``wandb login`` writes; or WANDB_MODE=online) we set
+WANDB_MODE=offline. Hub access is disabled unless the user opts in
 (PAPO_ALLOW_HUB=1): the embedded default never downloads anything.
 """
 
