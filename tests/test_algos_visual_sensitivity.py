@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from papo.algos import (
+from papo.algos.visual_sensitivity import (
     DISTRIBUTION_SIGNALS,
     distribution_sensitivity,
     distribution_sensitivity_from_hidden,
