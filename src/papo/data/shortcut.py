@@ -67,7 +67,7 @@ WORDINGS: dict[str, list[tuple[str, str]]] = {
     ],
 }
 SHORTCUT_TASKS: tuple[str, ...] = tuple(WORDINGS)
-DEFAULT_TASK_WEIGHTS: dict[str, float] = {"count": 1.0, "color": 1.0, "shape": 0.0}
+DEFAULT_TASK_WEIGHTS: dict[str, float] = {"count": 1.0, "color": 0.0, "shape": 1.0}
 SHORTCUT_LABELS = ("consistent", "breaking")
 VISION_DEPENDENCY = {"consistent": "low", "breaking": "high"}
 
@@ -163,7 +163,7 @@ def build_shortcut_split(
         shortcut_rate: probability that a row's answer is its wording's prior answer, in [0, 1]; ``None``
             draws the wording independently of the answer (no shortcut).
         task_weights: task type -> weight (``count``, ``color``, ``shape``); missing tasks get 0;
-            ``None`` -> count 1, color 1, shape 0.
+            ``None`` -> count 1, color 0, shape 1 (what the tiny model learns to see, docs/testbed.md).
         scene_kwargs: scene fields of :class:`papo.data.synthetic.SyntheticTaskConfig` (``image_size``,
             ``grid``, ``max_objects``, ``object_scale``, ...).
 
