@@ -44,6 +44,10 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "no shortcut, 200 SFT steps, count / colour / shape",
         ["data.train_dataset.shortcut_rate=null", ALL_TASKS, "warm_start.max_steps=200"],
     ),
+    "no_shortcut_400": (
+        "no shortcut, 400 SFT steps, count / colour / shape",
+        ["data.train_dataset.shortcut_rate=null", ALL_TASKS, "warm_start.max_steps=400"],
+    ),
     "no_shortcut_600": (
         "no shortcut, 600 SFT steps, count / colour / shape",
         ["data.train_dataset.shortcut_rate=null", ALL_TASKS, "warm_start.max_steps=600"],
