@@ -73,13 +73,17 @@ COLUMNS = (
     ("acc_by_vd/low", "consistent"),
     ("acc_by_vd/high", "breaking"),
     ("acc_masked", "acc masked"),
+    ("acc_masked_by_vd/low", "consistent masked"),
+    ("acc_masked_by_vd/high", "breaking masked"),
     ("vision_gap", "vision gap"),
 )
 
 
 def git_commit() -> str:
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    )
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 

@@ -31,6 +31,7 @@ def _report() -> dict:
             "acc_by_vd/low": 0.9,
             "acc_by_vd/high": 0.6,
             "acc_masked": 0.3,
+            "acc_masked_by_vd/low": 0.5,
             "vision_gap": 0.455,
         },
         "warm_start": {"seconds": 91.6},
@@ -47,7 +48,9 @@ def _report() -> dict:
 
 def test_table_rows_and_markers(script, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     table = script.markdown_table(_report())
-    assert "| `shortcut_0.9_600` | 75.5 | 100.0 | - | - | 90.0 | 60.0 | 30.0 | 45.5 | 92 |" in table
+    assert (
+        "| `shortcut_0.9_600` | 75.5 | 100.0 | - | - | 90.0 | 60.0 | 30.0 | 50.0 | - | 45.5 | 92 |" in table
+    )
     assert "commit abc1234" in table and "load average at the start 1.2" in table
     doc = tmp_path / "testbed.md"
     doc.write_text(f"intro\n{script.BEGIN}\nold table\n{script.END}\noutro\n")
