@@ -3,7 +3,8 @@
 Two questions, one arm each per setting:
 
 * Can supervised training teach the tiny model the image-dependent questions at all? ``no_shortcut_*`` arms
-  train on rows whose wording is independent of the answer (``shortcut_rate=null``), all three tasks.
+  train on rows whose wording is independent of the answer (``shortcut_rate=null``), on the testbed's
+  tasks (count and shape); ``three_tasks_no_shortcut_600`` adds the colour task.
 * Does the language-prior shortcut trap it? ``shortcut_*`` arms train on the testbed's training data
   (wording = answer prior for 90 % of the rows) and report accuracy separately on the shortcut-consistent
   and the shortcut-breaking validation rows (``acc_by_vd/low`` and ``acc_by_vd/high``).
@@ -38,31 +39,34 @@ BEGIN, END = "<!-- learnability table: begin -->", "<!-- learnability table: end
 
 ALL_TASKS = "data.train_dataset.task_weights={count: 1.0, color: 1.0, shape: 1.0}"
 TESTBED_TASKS = "data.train_dataset.task_weights={count: 1.0, color: 0.0, shape: 1.0}"
-#: arm -> (what it measures, overrides of src/eval.py)
+NO_SHORTCUT = "data.train_dataset.shortcut_rate=null"
+SHORTCUT = "data.train_dataset.shortcut_rate=0.9"
+
+
+def _steps(n: int) -> str:
+    return f"warm_start.max_steps={n}"
+
+
+#: arm -> (what it measures, overrides of src/eval.py); the testbed's tasks are count and shape, and every
+#: no_shortcut / shortcut pair differs only in the training data's shortcut
 ARMS: dict[str, tuple[str, list[str]]] = {
-    "no_shortcut_200": (
-        "no shortcut, 200 SFT steps, count / colour / shape",
-        ["data.train_dataset.shortcut_rate=null", ALL_TASKS, "warm_start.max_steps=200"],
-    ),
-    "no_shortcut_400": (
-        "no shortcut, 400 SFT steps, count / colour / shape",
-        ["data.train_dataset.shortcut_rate=null", ALL_TASKS, "warm_start.max_steps=400"],
-    ),
-    "no_shortcut_600": (
+    **{
+        f"no_shortcut_{n}": (
+            f"no shortcut, {n} SFT steps, count / shape",
+            [NO_SHORTCUT, TESTBED_TASKS, _steps(n)],
+        )
+        for n in (200, 400, 600)
+    },
+    **{
+        f"shortcut_0.9_{n}": (
+            f"shortcut 0.9, {n} SFT steps, count / shape",
+            [SHORTCUT, TESTBED_TASKS, _steps(n)],
+        )
+        for n in (200, 400, 600)
+    },
+    "three_tasks_no_shortcut_600": (
         "no shortcut, 600 SFT steps, count / colour / shape",
-        ["data.train_dataset.shortcut_rate=null", ALL_TASKS, "warm_start.max_steps=600"],
-    ),
-    "shortcut_0.9_200": (
-        "shortcut 0.9, 200 SFT steps, count / shape",
-        ["data.train_dataset.shortcut_rate=0.9", TESTBED_TASKS, "warm_start.max_steps=200"],
-    ),
-    "shortcut_0.9_400": (
-        "shortcut 0.9, 400 SFT steps, count / shape",
-        ["data.train_dataset.shortcut_rate=0.9", TESTBED_TASKS, "warm_start.max_steps=400"],
-    ),
-    "shortcut_0.9_600": (
-        "shortcut 0.9, 600 SFT steps, count / shape",
-        ["data.train_dataset.shortcut_rate=0.9", TESTBED_TASKS, "warm_start.max_steps=600"],
+        [NO_SHORTCUT, ALL_TASKS, _steps(600)],
     ),
 }
 COLUMNS = (
