@@ -16,7 +16,8 @@ shape         3 ways of asking "what shape" (square,       1..max_objects object
               circle, triangle)                            colours random
 ============  ===========================================  ===========================================
 
-So in training (default ``shortcut_rate`` 0.9) the wording alone answers 90 % of the rows: a model can score
+The default mix is count and shape; supervised training teaches the tiny model colour only partly
+(docs/testbed.md). So in training (default ``shortcut_rate`` 0.9) the wording alone answers 90 % of the rows: a model can score
 ~90 % without looking. In validation (default 0.5) half of the rows break the prior, and only a model that
 reads the image answers those. ``shortcut_rate: null`` removes the shortcut (the wording is drawn
 independently of the answer): the learnability check of docs/testbed.md trains on that.
@@ -29,7 +30,8 @@ the image does), so ``val/acc_by_vd/high`` is the accuracy on shortcut-breaking 
 
 Answers are balanced by construction: the answer is drawn uniformly first, then the wording (its prior with
 probability ``shortcut_rate``, another wording otherwise), then a scene consistent with the answer. Item
-``i`` of split ``s`` depends only on ``(seed, crc32(s), i)`` (as in :mod:`papo.data.synthetic`). Not part of
+``i`` of split ``s`` depends only on ``(seed, crc32(s), i)`` (as in :mod:`papo.data.synthetic`, whose scene
+layout and drawing this module reuses, so the pixels obey the same rules). Not part of
 any paper: a CPU testbed in the spirit of the language-prior benchmarks (VQA-CP, whose train and test
 answer priors differ), built on what the tiny model can see.
 """
