@@ -9,8 +9,9 @@ Every rule returns a keep mask of the response mask's shape and dtype, contained
   descending sort per row, the first k ranks kept; here the sort is stable, so ties go to the earlier token).
 * ``top_quantile_per_sequence`` (f in (0, 1]): in each sequence, the tokens whose score is >= the row's
   (1 - f) quantile over its response tokens (``torch.nanquantile``, linear interpolation; ties at the
-  quantile are all kept, so a row may keep more than ceil(f n)); PAPO's released optional top-20 % rule for
-  KL_prcp has this form.
+  quantile are all kept, so a row may keep more than ceil(f n)): PAPO's released optional token mask for
+  KL_prcp (``verl/workers/actor/dp_actor.py``, ``nanquantile(kl, 1 - top_p)`` then ``kl >= thresh``, the
+  masked values averaged over all response tokens).
 * ``top_fraction_per_batch`` (f in (0, 1]): the ceil(f N) tokens with the largest scores among all N
   response tokens of the batch (one host sync for N).
 * ``threshold`` (value s): the tokens whose score is >= s.
