@@ -75,6 +75,32 @@ def test_validation_metrics_keys_gaps_and_kl() -> None:
     }
 
 
+def test_declared_row_field_is_grouped_with_its_vision_gap() -> None:
+    """A field the dataset declares (the shortcut testbed's consistent / breaking label) gets accuracy,
+    masked accuracy and vision gap per value, also in the lean training-time key set."""
+    labels = ["consistent", "breaking", "breaking", "consistent"]
+    real = make_exp([1, 0, 1, 1], ["count"] * 4, ["low", "high", "high", "low"])
+    masked = make_exp([1, 0, 0, 1], ["count"] * 4, ["low", "high", "high", "low"])
+    real.shortcut, masked.shortcut = labels, labels
+    m = ValidationMetrics()
+    m.update(real, masked=False)
+    m.update(masked, masked=True)
+    out = m.compute("val")
+    assert out["val/acc_by_shortcut/breaking"] == pytest.approx(0.5)
+    assert out["val/acc_masked_by_shortcut/breaking"] == pytest.approx(0.0)
+    assert out["val/vision_gap_by_shortcut/breaking"] == pytest.approx(0.5)
+    assert out["val/vision_gap_by_shortcut/consistent"] == pytest.approx(0.0)
+    assert "val/vision_gap_by_vd/high" not in out  # the standard groups keep their lean key set
+    # rows without the field (every other dataset): no shortcut keys at all
+    plain = ValidationMetrics()
+    plain.update(make_exp([1, 0], ["a", "b"], ["high", "none"]), masked=False)
+    assert not [k for k in plain.compute("val") if "shortcut" in k]
+    # an explicit group list replaces the default one
+    only_task = ValidationMetrics(groups=[("task_type", "task")])
+    only_task.update(real, masked=False)
+    assert sorted(k for k in only_task.compute("val") if "_by_" in k) == ["val/acc_by_task/count"]
+
+
 def test_kl_prcp_accumulates_over_batches_token_weighted() -> None:
     m = ValidationMetrics()
     m.update_kl(torch.tensor([2.0]), torch.tensor([1.0]), ["high"])

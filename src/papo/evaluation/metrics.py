@@ -11,16 +11,27 @@ Keys (``{prefix}/...``, ``sfx`` is ``""`` for the real image and ``"_masked"`` f
 ``kl_prcp_by_vd/<v>`` when :meth:`ValidationMetrics.update_kl` was called. ``detailed=True`` (eval.py)
 adds ``reward{sfx}_by_task|vd/<x>``, ``format{sfx}_by_task|vd/<x>``, ``vision_gap_by_task|vd/<x>`` and
 ``reward_gap`` (= reward - reward_masked).
+
+Grouping is generic over per-row label fields: ``GROUPS`` (task type, vision dependency) are always there;
+``DECLARED_GROUPS`` are fields a dataset may declare, grouped only when the rows carry them (an attribute of
+the scored batch, e.g. ``exp.shortcut``: ``consistent`` / ``breaking`` rows of :mod:`papo.data.shortcut`),
+and for those the per-group vision gap ``vision_gap_by_<tag>/<x>`` is reported in the lean key set too.
+``ValidationMetrics(groups=...)`` replaces the whole list.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torchmetrics import MeanMetric
 
 from papo.rollout.experience import Experience
 
+#: (row field, key tag) always grouped
 GROUPS = (("task_type", "task"), ("vision_dependency", "vd"))
+#: (row field, key tag) grouped when the rows carry the field; their per-group vision gap is always reported
+DECLARED_GROUPS = (("shortcut", "shortcut"),)
 
 
 class ValidationMetrics:
@@ -29,11 +40,15 @@ class ValidationMetrics:
     Args:
         detailed: also track reward and format per category and the per-category gaps (eval.py); off for
             training-time validation to keep the logged key set small.
+        groups: ``(row field, key tag)`` pairs to group by; ``None`` = ``GROUPS`` + ``DECLARED_GROUPS``.
+            A field the scored rows do not carry is skipped.
     """
 
-    def __init__(self, detailed: bool = False) -> None:
+    def __init__(self, detailed: bool = False, groups: Sequence[tuple[str, str]] | None = None) -> None:
         self.metrics: dict[str, MeanMetric] = {}
         self.detailed = detailed
+        self.groups = tuple(GROUPS + DECLARED_GROUPS if groups is None else groups)
+        self._seen_tags: set[str] = set()
 
     def _update(self, key: str, values: torch.Tensor, weight: torch.Tensor | float = 1.0) -> None:
         if key not in self.metrics:
@@ -44,6 +59,7 @@ class ValidationMetrics:
 
     def reset(self) -> None:
         self.metrics.clear()
+        self._seen_tags.clear()
 
     def update(self, exp: Experience, masked: bool) -> None:
         """Accumulate one generated-and-scored batch (``masked``: generated from the masked view)."""
@@ -55,8 +71,11 @@ class ValidationMetrics:
         per_group = [("acc", exp.accuracy)]
         if self.detailed:
             per_group += [("reward", exp.rewards), ("format", exp.format)]
-        for field, tag in GROUPS:
-            labels = getattr(exp, field)
+        for field, tag in self.groups:
+            labels = getattr(exp, field, None)
+            if labels is None:  # a declared field this dataset does not have
+                continue
+            self._seen_tags.add(tag)
             for value in sorted(set(labels)):
                 idx = torch.tensor([i for i, x in enumerate(labels) if x == value])
                 for name, values in per_group:
@@ -82,14 +101,16 @@ class ValidationMetrics:
         out = {f"{prefix}/{k}": float(m.compute()) for k, m in sorted(self.metrics.items())}
         if f"{prefix}/acc" in out and f"{prefix}/acc_masked" in out:
             out[f"{prefix}/vision_gap"] = out[f"{prefix}/acc"] - out[f"{prefix}/acc_masked"]
-        if self.detailed:
-            if f"{prefix}/reward" in out and f"{prefix}/reward_masked" in out:
-                out[f"{prefix}/reward_gap"] = out[f"{prefix}/reward"] - out[f"{prefix}/reward_masked"]
-            for _, tag in GROUPS:
-                head = f"{prefix}/acc_by_{tag}/"
-                for key in [k for k in out if k.startswith(head)]:
-                    value = key[len(head) :]
-                    masked = out.get(f"{prefix}/acc_masked_by_{tag}/{value}")
-                    if masked is not None:
-                        out[f"{prefix}/vision_gap_by_{tag}/{value}"] = out[key] - masked
+        if self.detailed and f"{prefix}/reward" in out and f"{prefix}/reward_masked" in out:
+            out[f"{prefix}/reward_gap"] = out[f"{prefix}/reward"] - out[f"{prefix}/reward_masked"]
+        declared = {tag for _, tag in DECLARED_GROUPS}
+        for tag in sorted(self._seen_tags):
+            if not (self.detailed or tag in declared):
+                continue
+            head = f"{prefix}/acc_by_{tag}/"
+            for key in [k for k in out if k.startswith(head)]:
+                value = key[len(head) :]
+                masked = out.get(f"{prefix}/acc_masked_by_{tag}/{value}")
+                if masked is not None:
+                    out[f"{prefix}/vision_gap_by_{tag}/{value}"] = out[key] - masked
         return out
