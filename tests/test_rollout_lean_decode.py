@@ -17,7 +17,7 @@ from papo.models.stand_in import ensure_stand_in
 from papo.rollout.collect import Generator
 from papo.rollout.hf_generate import GenerationConfig
 from papo.rollout.lean_decode import lean_generate
-from papo.rollout.token_sampling import filter_logits, sample_tokens
+from papo.rollout.token_sampling import StepRules, filter_logits, next_tokens, sample_tokens
 from test_rollout_generation import _reward
 
 
@@ -59,6 +59,33 @@ def test_sample_tokens_draws_from_the_softmax_distribution() -> None:
     freq = torch.bincount(draws, minlength=6).float() / draws.numel()
     assert freq[0] == 0 and freq[3] == 0
     assert torch.allclose(freq, probs, atol=0.01)  # 4 standard errors at n = 40k
+
+
+def test_next_tokens_applies_every_rule_of_a_decode_step() -> None:
+    """Greedy by hand: suppressed ids never win, EOS is blocked before min_new_tokens, ended rows get pad,
+    and a row that emits EOS is marked ended (in place)."""
+    eos, pad = 3, 0
+    rules = StepRules(eos_id=eos, pad_id=pad, suppress=torch.tensor([1]), temperature=0.0, min_new_tokens=2)
+    logits = torch.tensor(
+        [
+            [
+                0.0,
+                9.0,
+                1.0,
+                5.0,
+            ],  # suppressed id 1 is the largest: the next best is EOS (3), blocked at step 1
+            [0.0, 0.0, 1.0, 5.0],  # EOS largest
+            [0.0, 0.0, 7.0, 5.0],  # an ended row: pad whatever it would emit
+        ]
+    )
+    unfinished = torch.tensor([True, True, False])
+    step1 = next_tokens(logits.clone(), 1, unfinished, rules)
+    assert step1.tolist() == [2, 2, pad] and unfinished.tolist() == [True, True, False]
+    step2 = next_tokens(logits.clone(), 2, unfinished, rules)  # EOS allowed from step 2 on
+    assert step2.tolist() == [eos, eos, pad] and unfinished.tolist() == [False, False, False]
+    sampled = StepRules(eos_id=eos, pad_id=pad, suppress=torch.tensor([1, 3]), temperature=1.0)
+    draws = next_tokens(torch.zeros(2000, 4), 0, torch.ones(2000, dtype=torch.bool), sampled)
+    assert set(draws.tolist()) == {0, 2}  # suppressed ids (EOS included) are never drawn
 
 
 def _ragged_batch() -> dict:
@@ -153,7 +180,7 @@ def test_sampled_lean_decode_never_emits_special_tokens_and_honours_min_new_toke
 def test_sampling_distribution_is_the_one_the_log_prob_pass_computes(policy, monkeypatch) -> None:
     """The logits each decode step samples from (KV cache, 3D rope positions, ready-made masks, one prefill
     repeated for G rows) equal a full forward over prompt + response: the rollouts are on-policy."""
-    import papo.rollout.lean_decode as lean_decode
+    import papo.rollout.token_sampling as token_sampling
     from papo.models.logprobs import response_logps
 
     model, processor = policy
@@ -163,7 +190,7 @@ def test_sampling_distribution_is_the_one_the_log_prob_pass_computes(policy, mon
         seen.append(logits.clone())
         return filter_logits(logits, *args)
 
-    monkeypatch.setattr(lean_decode, "filter_logits", recording_filter)
+    monkeypatch.setattr(token_sampling, "filter_logits", recording_filter)
     gen = _generator(processor, 9, "lean")
     cfg = GenerationConfig(max_new_tokens=10, temperature=1.0, top_p=1.0, num_samples=3)
     torch.manual_seed(0)
