@@ -304,6 +304,12 @@ RANGES: list[tuple[str, float | None, float | None, dict]] = [
         None,
         {"integer": True, "nullable": True, "allowed": "null = algo.micro_batch_size rows at a time"},
     ),
+    (
+        "algo.logprob_chunk_tokens",
+        1,
+        None,
+        {"integer": True, "nullable": True, "allowed": "null = the model's full-logits forward"},
+    ),
     ("algo.dynamic_sampling.max_tries", 1, None, {"integer": True}),
     ("algo.overlong.buffer_length", 1, None, {"integer": True}),
     ("algo.overlong.penalty_factor", 0, None, {}),

@@ -251,7 +251,11 @@ class PapoModule(L.LightningModule):
             for k, v in inputs.items()
         }
         return response_logps(
-            model, temperature=self.rollout_cfg["temperature"], suppress_ids=self.suppress_ids, **inputs
+            model,
+            temperature=self.rollout_cfg["temperature"],
+            suppress_ids=self.suppress_ids,
+            chunk_tokens=self.algo.get("logprob_chunk_tokens"),
+            **inputs,
         )  # (n, T)
 
     def _micro_batches(self, exp: Experience) -> list[list[int]]:
