@@ -1,6 +1,8 @@
-"""The lean decode loop (papo.rollout.lean_decode) and its sampler (papo.rollout.token_sampling): the same
-filtering as HF's logits warpers, draws from the right distribution, and HF ``generate``'s exact tokens when
-greedy (left padding, images of different sizes, Qwen2.5-VL and Qwen3-VL)."""
+"""The decode loops (papo.rollout.lean_decode, and the static-cache loop papo.rollout.static_decode run step by
+step on CPU) and their sampler (papo.rollout.token_sampling): the same filtering as HF's logits warpers, draws
+from the right distribution, HF ``generate``'s exact tokens when greedy (left padding, images of different
+sizes, Qwen2.5-VL and Qwen3-VL, LoRA), and the sampler's distribution is the training forward's (on-policy).
+Static-loop specifics (graph reuse, fallbacks, no host syncs in the step): tests/test_rollout_static_decode.py."""
 
 from __future__ import annotations
 
@@ -128,12 +130,13 @@ def _generator(processor, chunk: int, decoder: str) -> Generator:
     return Generator(processor, generation_suppress_token_ids(processor), 512, chunk, decoder)
 
 
-def test_greedy_lean_decode_gives_hf_generate_tokens(policy) -> None:
+@pytest.mark.parametrize("decoder", ["lean", "static"])
+def test_greedy_decode_gives_hf_generate_tokens(policy, decoder: str) -> None:
     model, processor = policy
     batch = _ragged_batch()
     cfg = GenerationConfig(max_new_tokens=12, temperature=0.0, num_samples=1)
     hf, _ = _generator(processor, 8, "generate").rollout(model, batch, cfg, _reward)
-    lean, _ = _generator(processor, 8, "lean").rollout(model, batch, cfg, _reward)
+    lean, _ = _generator(processor, 8, decoder).rollout(model, batch, cfg, _reward)
     assert hf.prompt_mask.min() == 0  # left padding is exercised
     assert torch.equal(lean.response_ids, hf.response_ids)
     assert torch.equal(lean.response_mask, hf.response_mask)
@@ -163,9 +166,10 @@ def test_one_prefill_per_prompt_repeats_the_cache_for_its_samples(policy) -> Non
     assert mask.shape == grouped.shape
 
 
-def test_sampled_lean_decode_never_emits_special_tokens_and_honours_min_new_tokens(policy) -> None:
+@pytest.mark.parametrize("decoder", ["lean", "static"])
+def test_sampled_decode_never_emits_special_tokens_and_honours_min_new_tokens(policy, decoder: str) -> None:
     model, processor = policy
-    gen = _generator(processor, 12, "lean")
+    gen = _generator(processor, 12, decoder)
     cfg = GenerationConfig(max_new_tokens=8, temperature=1.5, top_p=1.0, num_samples=4, min_new_tokens=8)
     torch.manual_seed(0)
     exp, _ = gen.rollout(model, _ragged_batch(), cfg, _reward)
@@ -177,9 +181,13 @@ def test_sampled_lean_decode_never_emits_special_tokens_and_honours_min_new_toke
     assert len({tuple(r) for r in exp.response_ids.tolist()}) > 3
 
 
-def test_sampling_distribution_is_the_one_the_log_prob_pass_computes(policy, monkeypatch) -> None:
-    """The logits each decode step samples from (KV cache, 3D rope positions, ready-made masks, one prefill
-    repeated for G rows) equal a full forward over prompt + response: the rollouts are on-policy."""
+@pytest.mark.parametrize("decoder", ["lean", "static"])
+def test_sampling_distribution_is_the_one_the_log_prob_pass_computes(
+    policy, monkeypatch, decoder: str
+) -> None:
+    """The logits each decode step samples from (KV cache (dynamic, or static with its masked spare slots and
+    spare rows), 3D rope positions, ready-made masks, one prefill repeated for G rows) equal a full forward over
+    prompt + response, with the chunked LM head too: the rollouts are on-policy."""
     import papo.rollout.token_sampling as token_sampling
     from papo.models.logprobs import response_logps
 
@@ -191,7 +199,7 @@ def test_sampling_distribution_is_the_one_the_log_prob_pass_computes(policy, mon
         return filter_logits(logits, *args)
 
     monkeypatch.setattr(token_sampling, "filter_logits", recording_filter)
-    gen = _generator(processor, 9, "lean")
+    gen = _generator(processor, 9, decoder)
     cfg = GenerationConfig(max_new_tokens=10, temperature=1.0, top_p=1.0, num_samples=3)
     torch.manual_seed(0)
     exp, _ = gen.rollout(model, _ragged_batch(), cfg, _reward)
@@ -200,6 +208,8 @@ def test_sampling_distribution_is_the_one_the_log_prob_pass_computes(policy, mon
     suppress = torch.tensor(gen.suppress_ids, dtype=torch.long)
     with torch.no_grad():
         full = response_logps(model, **exp.model_inputs(), suppress_ids=suppress)[:, : steps.shape[1]]
+        chunked = response_logps(model, **exp.model_inputs(), suppress_ids=suppress, chunk_tokens=7)
     live = exp.response_mask[:, : steps.shape[1]].bool()
     assert live.sum() > 20
     torch.testing.assert_close(sampled[live], full[live], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sampled[live], chunked[:, : steps.shape[1]][live], atol=1e-4, rtol=1e-4)
