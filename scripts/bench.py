@@ -30,8 +30,8 @@ sides, our lean loop for ``grpo`` / ``papo``), ``score`` (reward calls),
 PAPO's masked forward), ``forward`` (log-prob forward with grad + loss terms), ``backward``, ``other``
 (optimiser, grad clip, framework overhead, logging). Phases are measured by wrapping functions: TRL's
 ``_generate_single_turn``, ``_calculate_rewards``, ``_generate_and_score_completions``, ``compute_loss`` and
-``accelerator.backward``; ours through the module's PhaseTimer plus wrappers of ``hf_generate``, ``lean_generate`` and
-``score_batch``.
+``accelerator.backward``; ours through the module's PhaseTimer plus wrappers of ``hf_generate``, ``lean_generate``,
+``static_generate`` and ``score_batch``.
 
 FLOP floor: the model FLOPs of one step counted from the model's linear layers (2 FLOPs per weight per token
 forward, backward = 2x forward) plus attention (4 * layers * heads * head_dim per query-key pair, causal):
@@ -396,9 +396,10 @@ def measure_module(
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     clock = Clock(sync)
     # finer phases inside the module's "generate" (= whole rollout) timer
-    originals = collect.hf_generate, collect.lean_generate, collect.score_batch
+    originals = collect.hf_generate, collect.lean_generate, collect.static_generate, collect.score_batch
     collect.hf_generate = clock.timed("generate", collect.hf_generate)
     collect.lean_generate = clock.timed("generate", collect.lean_generate)
+    collect.static_generate = clock.timed("generate", collect.static_generate)
     collect.score_batch = clock.timed("score", collect.score_batch)
     pending: list[dict[str, float]] = []
 
@@ -460,7 +461,7 @@ def measure_module(
     try:
         trainer.fit(module, train_dataloaders=loader)
     finally:
-        collect.hf_generate, collect.lean_generate, collect.score_batch = originals
+        collect.hf_generate, collect.lean_generate, collect.static_generate, collect.score_batch = originals
     phases = [finish_phases(s, p) for s, p in zip(clock.steps, clock.phases, strict=True)]
     return clock.steps, phases
 
@@ -667,10 +668,13 @@ def ab_setup(args: argparse.Namespace, model_name: str) -> tuple[Any, dict[str, 
     return module, build_batches(ns)[0]
 
 
-def run_ab_script(doc: str, stem: str, measure: Any, print_results: Any) -> None:
-    """The command line of an A/B script: its options, ``measure(args, model) -> dict`` per model,
-    ``print_results(args, results, threads)``, and the JSON ``logs/bench/<stem>-<time>.json`` (``--out``)."""
+def run_ab_script(doc: str, stem: str, measure: Any, print_results: Any, add_args: Any = None) -> None:
+    """The command line of an A/B script: its options (``add_args(parser)`` adds the script's own),
+    ``measure(args, model) -> dict`` per model, ``print_results(args, results, threads)``, and the JSON
+    ``logs/bench/<stem>-<time>.json`` (``--out``)."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if add_args is not None:
+        add_args(ap)
     ap.add_argument("--models", default="tiny,small")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group-size", type=int, default=4)

@@ -54,6 +54,8 @@ def test_at_most_one_chunks_logits_exist_and_backward_rebuilds_them() -> None:
     with torch.no_grad():
         chunked_token_logps(head, hidden, torch.zeros(10, dtype=torch.long), chunk_tokens=4)
     assert len(rows) == 9  # no grad: one pass, no checkpointing
+    chunked_token_logps(head, hidden, torch.zeros(10, dtype=torch.long), chunk_tokens=10).sum().backward()
+    assert rows[9:] == [10]  # one chunk holds all the logits there are: kept for backward, not recomputed
 
 
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl", "qwen2_5_vl+lora"])

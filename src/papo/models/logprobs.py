@@ -12,8 +12,8 @@ Two ways to get from hidden states to log-probs, the same values and gradients (
 
 * ``chunk_tokens`` set (``algo.logprob_chunk_tokens``): the base model returns the last hidden states, the
   response tokens (padding dropped) are taken out, and the LM head runs on ``chunk_tokens`` of them at a time,
-  each chunk under ``torch.utils.checkpoint`` so its (chunk, vocabulary) logits are rebuilt in backward instead
-  of kept: at most one chunk's fp32 logits exist at a time. TRL's and verl's fused / chunked log-prob heads
+  each chunk under ``torch.utils.checkpoint`` (when there are several) so its (chunk, vocabulary) logits are
+  rebuilt in backward instead of kept: at most one chunk's fp32 logits exist at a time. TRL's and verl's fused / chunked log-prob heads
   avoid the (tokens x vocabulary) tensor the same way. Used when the model is a Qwen-VL
   ``...ForConditionalGeneration`` (base model + ``lm_head``) with unsharded weights;
 * otherwise the model's own forward returns (N, T + 1, V) logits (``logits_to_keep``), as Hugging Face
@@ -135,13 +135,15 @@ def chunked_token_logps(
 ) -> Tensor:
     """:func:`token_logps_from_logits` of ``head(hidden)`` without the whole (M, V) logits: (M, H), (M,) -> (M,).
 
-    The head runs on ``chunk_tokens`` rows at a time; when gradients are recorded each chunk is a
-    ``torch.utils.checkpoint`` region, so backward rebuilds that chunk's logits instead of keeping them (one
-    extra head forward per token, for memory that no longer grows with M x V).
+    The head runs on ``chunk_tokens`` rows at a time. When gradients are recorded and there are several
+    chunks, each chunk is a ``torch.utils.checkpoint`` region, so backward rebuilds that chunk's logits instead
+    of keeping them (one extra head forward per token, for memory that no longer grows with M x V); a single
+    chunk keeps its logits for backward, as the full forward does (no recomputation: that chunk is all the
+    logits there are).
     """
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens={chunk_tokens} must be >= 1")
-    grad = torch.is_grad_enabled()
+    grad = torch.is_grad_enabled() and hidden.shape[0] > chunk_tokens
     out = []
     for s in range(0, hidden.shape[0], chunk_tokens):
         h, y = hidden[s : s + chunk_tokens], targets[s : s + chunk_tokens]
