@@ -696,7 +696,19 @@ def run_ab_script(doc: str, stem: str, measure: Any, print_results: Any, add_arg
     print_results(args, results, threads)
     out = Path(args.out or ROOT / "logs" / "bench" / f"{stem}-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "threads": threads, "results": results}, indent=2))
+    header = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "command": " ".join([f"scripts/{stem}.py", *sys.argv[1:]]),
+        "machine": {
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+            "torch": torch.__version__,
+        },
+    }
+    doc = {**header, "args": vars(args), "threads": threads, "results": results}
+    out.write_text(json.dumps(doc, indent=2))
     print(f"wrote {out}")
 
 
