@@ -648,16 +648,22 @@ def worker(args: argparse.Namespace) -> None:
 # ==========================================================================================================
 # A/B timing of one phase (scripts/bench_logprobs.py, scripts/bench_decode.py)
 # ==========================================================================================================
-def interleaved_times(runs: dict[str, Any], reps: int) -> dict[str, list[float]]:
+#: --clock of the A/B scripts: wall time, or the process's CPU time (with --threads 1, the compute time alone:
+#: on a machine shared with other jobs, time spent waiting for a core is not counted)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def interleaved_times(runs: dict[str, Any], reps: int, clock: str = "wall") -> dict[str, list[float]]:
     """Seconds of each zero-argument callable in ``runs`` (two of them), ``reps`` times each, interleaved
-    A B B A ... in one process, so a drifting machine load hits both alike."""
+    A B B A ... in one process, so a drifting machine load hits both alike; ``clock``: a key of CLOCKS."""
+    now = CLOCKS[clock]
     names = list(runs)
     times: dict[str, list[float]] = {n: [] for n in names}
     for i in range(reps):
         for name in names if i % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
+            t0 = now()
             runs[name]()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(now() - t0)
     return times
 
 
@@ -682,6 +688,7 @@ def run_ab_script(doc: str, stem: str, measure: Any, print_results: Any, add_arg
     ap.add_argument("--image-size", type=int, default=112)
     ap.add_argument("--reps", type=int, default=7, help="timed runs per variant (interleaved)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--clock", choices=list(CLOCKS), default="wall", help="wall time, or process CPU time")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

@@ -68,7 +68,7 @@ def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
     runs = {new: lambda: run(new), old: lambda: run(old)}
     for fn in runs.values():  # warm-up (and, on a GPU, the graph capture)
         ids, _ = fn()
-    times = bench.interleaved_times(runs, args.reps)
+    times = bench.interleaved_times(runs, args.reps, args.clock)
     out = bench.ab_summary(times, new=new, old=old)
     return {
         "model": model_name,

@@ -325,6 +325,37 @@ def decode_parity(model: Any, inputs: dict, gen: Any, device: Any, tokens: int, 
     return out
 
 
+def sampling_cost(vocab: int, device: Any, rows: tuple[int, ...] = (32, 256)) -> dict[str, Any]:
+    """Milliseconds of the step rule outside the graph (suppression, top-p 0.99 sampling, pad, ended rows) per
+    token, on random logits of the 3B vocabulary: the part of a decode token that is not the model's step."""
+    import torch
+
+    from papo.rollout.token_sampling import StepRules, next_tokens
+
+    rules = StepRules(eos_id=1, pad_id=0, suppress=torch.arange(vocab // 2, vocab, device=device), top_p=0.99)
+    out = {}
+    for n in rows:
+        logits = torch.randn(n, vocab, device=device)
+        unfinished = torch.ones(n, dtype=torch.bool, device=device)
+        for _ in range(3):
+            next_tokens(logits.clone(), 5, unfinished, rules)
+        reps = 20
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                next_tokens(logits.clone(), 5, unfinished, rules)
+            end.record()
+            torch.cuda.synchronize()
+            out[f"ms_per_token_{n}_rows"] = start.elapsed_time(end) / reps
+        else:
+            t = time.perf_counter()
+            for _ in range(reps):
+                next_tokens(logits.clone(), 5, unfinished, rules)
+            out[f"ms_per_token_{n}_rows"] = 1000 * (time.perf_counter() - t) / reps
+    return out
+
+
 def on_policy_gap(module: Any, batch: dict[str, Any], decoder: str, device: Any, tokens: int) -> dict:
     """Max / mean |sampler log-prob - training forward's (chunked head) log-prob| over the sampled tokens."""
     import torch
@@ -548,6 +579,8 @@ def correctness(report: Report, args: argparse.Namespace, probe: Any, batch: dic
         return logprob_parity(policy, exp, probe.suppress_ids.to(device), device, chunk=4096)
 
     report.guarded("correctness", "3b_decode", big_decode)
+    vocab = policy.config.text_config.vocab_size
+    report.guarded("correctness", "sampling_cost", lambda: sampling_cost(vocab, device))
     tokens = 6 if args.tiny else 32
     report.guarded(
         "correctness", "3b_on_policy", lambda: on_policy_gap(probe, batch, "static", device, tokens)

@@ -56,7 +56,7 @@ def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
         b = run(per_row)
         rows = {"shared": patch_rows[0], "per_row": patch_rows[1]}
         times = bench.interleaved_times(
-            {"shared": lambda: run(shared), "per_row": lambda: run(per_row)}, args.reps
+            {"shared": lambda: run(shared), "per_row": lambda: run(per_row)}, args.reps, args.clock
         )
     finally:
         hook.remove()
@@ -91,7 +91,7 @@ def measure_head(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
 
     a, b = run(args.chunk_tokens), run(None)  # warm-up, and the equality check
     times = bench.interleaved_times(
-        {"chunked": lambda: run(args.chunk_tokens), "full": lambda: run(None)}, args.reps
+        {"chunked": lambda: run(args.chunk_tokens), "full": lambda: run(None)}, args.reps, args.clock
     )
     return {
         "model": model_name,
