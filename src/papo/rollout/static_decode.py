@@ -233,8 +233,9 @@ def _step_graph(
     old = graphs.get(rows)
     if old is not None and old.length >= needed and old.state == state:
         return old
-    graphs.pop(rows, None)  # free the old static cache before allocating the new one
     length = max(length_bucket(needed), old.length if old is not None else 0)
+    del old
+    graphs.pop(rows, None)  # free the old static cache and graph pool before allocating the new ones
     sg = _new_step_graph(model, rows, length, like, positions, state, pad_id)
     if capture:
         with _step_autocast(like.device, autocast):
