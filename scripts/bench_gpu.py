@@ -420,15 +420,18 @@ def logprob_parity(model: Any, exp: Any, suppress: Any, device: Any, chunk: int)
         )
         (logps * torch.linspace(0.5, 1.5, logps.shape[1], device=device)).sum().backward()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if device.type == "cuda" else None
-        grads = [p.grad.detach().float().clone() if p.grad is not None else None for p in params]
-        return logps.detach().float(), grads, peak
+        return logps.detach().float(), peak
 
     model.train()
-    full, g_full, peak_full = run(None)
-    chunked, g_chunked, peak_chunked = run(chunk)
+    full, peak_full = run(None)
+    g_full = [p.grad.detach().clone() if p.grad is not None else None for p in params]  # model dtype
+    chunked, peak_chunked = run(chunk)
+    num = den = 0.0
+    for p, g in zip(params, g_full, strict=True):
+        if g is not None and p.grad is not None:
+            num += float((p.grad.float() - g.float()).pow(2).sum())
+            den += float(g.float().pow(2).sum())
     model.zero_grad(set_to_none=True)
-    num = sum(float((a - b).pow(2).sum()) for a, b in zip(g_chunked, g_full, strict=True) if b is not None)
-    den = sum(float(b.pow(2).sum()) for b in g_full if b is not None)
     mask = exp.response_mask.to(device).bool()
     return {
         "chunked_head_used": chunked_head_supported(model),

@@ -14,6 +14,7 @@ from papo.rollout.micro_batches import (
     fixed_size_split,
     padded_tokens,
     plan_micro_batches,
+    split_to_count,
     token_budget_split,
 )
 
@@ -40,6 +41,36 @@ def test_token_budget_split_by_hand() -> None:
     assert token_budget_split(PROMPTS, RESPONSES, max_tokens=20)[0] == [3]
     assert token_budget_split(PROMPTS, RESPONSES, max_tokens=10_000, max_rows=4) == [[3, 2, 5, 0], [1, 4]]
     assert plan_micro_batches(PROMPTS, RESPONSES, max_rows=2, max_tokens=10_000) == [[3, 2], [5, 0], [1, 4]]
+
+
+def test_split_to_count_halves_the_largest_micro_batches() -> None:
+    plan = [[3], [2, 5], [0, 1, 4]]  # padded sizes 34, 60, 51
+    assert split_to_count(plan, PROMPTS, RESPONSES, 3) == plan
+    assert split_to_count(plan, PROMPTS, RESPONSES, 4) == [[3], [2], [5], [0, 1, 4]]
+    # then [0, 1, 4] (51) is the largest: halves [0, 1] and [4]
+    assert split_to_count(plan, PROMPTS, RESPONSES, 5) == [[3], [2], [5], [0, 1], [4]]
+    assert len(split_to_count(plan, PROMPTS, RESPONSES, 6)) == 6
+    with pytest.raises(ValueError, match="cannot split 6 rows into 7"):
+        split_to_count(plan, PROMPTS, RESPONSES, 7)
+
+
+def test_ranks_split_to_the_largest_count(make_cfg, monkeypatch, mixed_reward) -> None:
+    """Under data parallelism every rank runs as many micro-batches as the rank that needs the most."""
+    from papo.data.synthetic import synthetic_corpus
+    from papo.models import papo_module
+    from papo.pipeline import build_module, resolve_model_dir
+    from test_rollout_generation import _batch, _reward
+
+    cfg = make_cfg([*RUN, "algo.micro_batch_tokens=100000", "algo.micro_batch_size=64"])
+    module = build_module(cfg, resolve_model_dir(cfg.model, corpus_fn=synthetic_corpus), total_steps=1)
+    exp, _ = module.generator.rollout(module.policy, _batch(3), module._gen_cfg(train=True), _reward)
+    assert len(module._micro_batches(exp)) == 1
+    seen: list = []
+    monkeypatch.setattr(papo_module, "world_size", lambda: 2)
+    monkeypatch.setattr(papo_module, "all_reduce", lambda v, op, device: seen.append((v, op)) or 5)
+    plan = module._micro_batches(exp)
+    assert seen == [(1, "max")] and len(plan) == 5
+    assert sorted(i for mb in plan for i in mb) == list(range(len(exp)))
 
 
 # ---------------------------------------------------------------- the module's update

@@ -71,6 +71,7 @@ def test_rows_that_end_at_different_steps_match_the_lean_loop(policy) -> None:
     lengths = lean[1].sum(1)
     assert int(lengths[0]) == k + 1 and len(set(lengths.tolist())) > 1 and lean[1].shape[0] == 6
     assert torch.equal(static[0], lean[0]) and torch.equal(static[1], lean[1])
+    assert step_graphs(model)  # the static loop ran (no fallback to the lean loop)
     release_graphs(model)
 
 
@@ -86,6 +87,7 @@ def test_sampled_tokens_equal_the_lean_loops_with_the_same_seed(policy) -> None:
     static = static_generate(*args)
     assert torch.equal(static[0], lean[0]) and torch.equal(static[1], lean[1])
     assert len({tuple(r) for r in lean[0].tolist()}) > 3  # real samples, not copies
+    assert step_graphs(model)  # the static loop ran (no fallback to the lean loop)
     release_graphs(model)
 
 
@@ -118,6 +120,28 @@ def test_one_step_graph_per_row_bucket_reused_and_rebuilt(policy, monkeypatch) -
     assert built == [8, 4, 8, 8]
     release_graphs(model)
     assert step_graphs(model) == {}
+
+
+def test_autocast_steps_cast_the_live_weights_in_a_graph_of_their_own(policy) -> None:
+    """Under autocast (Lightning's bf16-mixed) the static cache takes the prefill's dtypes (bf16 values; keys
+    promoted by the rope), the step runs under the same autocast without its cast cache, and the graph is keyed
+    by the autocast state."""
+    model, processor = policy
+    release_graphs(model)
+    inputs, gen = _inputs(processor)
+    cfg = GenerationConfig(max_new_tokens=6, temperature=0.0)
+    args = (model, inputs, cfg, gen.eos_id, gen.pad_id, gen.suppress_ids, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lean = lean_generate(*args)
+        static = static_generate(*args)
+    assert torch.equal(static[0], lean[0])
+    (sg,) = step_graphs(model).values()
+    assert sg.cache.layers[0].values.dtype == torch.bfloat16
+    assert (True, torch.bfloat16) in sg.state
+    static_generate(*args)  # no autocast: another state, a new static cache in fp32
+    (sg,) = step_graphs(model).values()
+    assert sg.cache.layers[0].values.dtype == torch.float32
+    release_graphs(model)
 
 
 def test_early_stop_is_read_every_check_every_tokens(policy, monkeypatch) -> None:

@@ -42,7 +42,7 @@ from papo.rewards import get_reward_fn
 from papo.rollout.collect import Generator
 from papo.rollout.experience import Experience
 from papo.rollout.hf_generate import GenerationConfig
-from papo.rollout.micro_batches import plan_micro_batches
+from papo.rollout.micro_batches import plan_micro_batches, split_to_count
 from papo.utils.checkpointing import experience_from_state, experience_state, rng_state, set_rng_state
 from papo.utils.distributed import (
     all_reduce,
@@ -260,13 +260,15 @@ class PapoModule(L.LightningModule):
 
     def _micro_batches(self, exp: Experience) -> list[list[int]]:
         """Row indices of each micro-batch of ``exp``: ``algo.micro_batch_size`` rows at a time, or packed by
-        the token budget ``algo.micro_batch_tokens`` (papo.rollout.micro_batches)."""
-        return plan_micro_batches(
-            exp.prompt_mask.sum(1).long().tolist(),
-            exp.response_mask.sum(1).long().tolist(),
-            self.algo["micro_batch_size"],
-            self.algo.get("micro_batch_tokens"),
-        )
+        the token budget ``algo.micro_batch_tokens`` (papo.rollout.micro_batches), then split to the largest
+        count of any rank (every rank runs the same number of forwards and backwards)."""
+        prompts, responses = exp.prompt_mask.sum(1).long().tolist(), exp.response_mask.sum(1).long().tolist()
+        budget = self.algo.get("micro_batch_tokens")
+        plan = plan_micro_batches(prompts, responses, self.algo["micro_batch_size"], budget)
+        if budget is not None and world_size() > 1:
+            count = int(all_reduce(len(plan), "max", self.device))
+            plan = split_to_count(plan, prompts, responses, count)
+        return plan
 
     @torch.no_grad()
     def _logps_nograd(self, model: torch.nn.Module, exp: Experience, masked: bool = False) -> Tensor:

@@ -9,7 +9,8 @@ share a micro-batch (little padding), and short rows fill larger micro-batches t
 ``use_dynamic_bsz`` / ``ppo_max_token_len_per_gpu`` does the same job (it balances the sum of lengths over a
 chosen number of micro-batches instead of capping the padded size).
 
-The split changes the maths only through the loss normaliser: with the global token mean, or the sequence-mean
+Data-parallel ranks split to the same number of micro-batches (:func:`split_to_count`). The split changes the
+maths only through the loss normaliser: with the global token mean, or the sequence-mean
 modes with per-sequence weights (``papo.models.papo_module``), the update is the same for any split (up to
 float summation order); under the released per-micro-batch mean it is not, so the config refuses the budget
 there (:mod:`papo.config_validation`).
@@ -70,6 +71,28 @@ def token_budget_split(
     if current:
         out.append(current)
     return out
+
+
+def split_to_count(
+    plan: list[list[int]], prompt_lengths: Sequence[int], response_lengths: Sequence[int], count: int
+) -> list[list[int]]:
+    """``plan`` with its largest micro-batches (by :func:`padded_tokens`) halved until it has ``count`` of them.
+
+    Data-parallel ranks must run the same number of forwards and backwards (DDP all-reduces gradients in
+    every backward, FSDP gathers weights in every forward), while a token budget packs each rank's rows into
+    as many micro-batches as their lengths need: every rank splits to the largest count of any rank. Halving
+    keeps the rows' sorted order, so each half stays within the budget.
+    """
+    plan = [list(mb) for mb in plan]
+    while len(plan) < count:
+        splittable = [i for i, mb in enumerate(plan) if len(mb) > 1]
+        if not splittable:
+            raise ValueError(f"cannot split {sum(map(len, plan))} rows into {count} micro-batches")
+        i = max(splittable, key=lambda j: padded_tokens(prompt_lengths, response_lengths, plan[j]))
+        mb = plan[i]
+        half = (len(mb) + 1) // 2
+        plan[i : i + 1] = [mb[:half], mb[half:]]
+    return plan
 
 
 def plan_micro_batches(

@@ -179,22 +179,34 @@ def _step_autocast(device: torch.device, state: tuple[bool, torch.dtype | None])
         yield
 
 
+class CaptureError(RuntimeError):
+    """The decode step could not be recorded as a CUDA graph (the lean loop takes over for that model)."""
+
+
 def _weights_memory(model: torch.nn.Module) -> tuple[int, ...]:
     return tuple(p.data_ptr() for p in model.parameters())
 
 
 def _new_step_graph(
-    model: torch.nn.Module, rows: int, length: int, like: Tensor, positions: Tensor, state: tuple, pad_id: int
+    model: torch.nn.Module,
+    rows: int,
+    length: int,
+    like: tuple[Tensor, Tensor],
+    positions: Tensor,
+    state: tuple,
+    pad_id: int,
 ) -> _StepGraph:
-    """Buffers + a static cache of ``rows x length`` slots, laid out like the prefill's keys ``like``."""
+    """Buffers + a static cache of ``rows x length`` slots, laid out like the prefill's keys and values
+    ``like`` (under autocast the two can differ in dtype: rope promotes the keys, not the values)."""
     from transformers import StaticCache
 
     cache = StaticCache(config=hf_model(model).config, max_cache_len=length)
-    kv_heads, head_dim = like.shape[1], like.shape[-1]
-    probe = like.new_zeros(rows, kv_heads, 1, head_dim)
+    keys, values = (x.new_zeros(rows, x.shape[1], 1, x.shape[-1]) for x in like)
     for layer in cache.layers:
-        layer.lazy_initialization(probe, probe)
-    device = like.device
+        layer.lazy_initialization(keys, values)
+        if layer.values.dtype != values.dtype:  # transformers 5.17 gives both the keys' dtype
+            layer.values = torch.zeros_like(layer.values, dtype=values.dtype)
+    device = keys.device
     lead = tuple(positions.shape[:-2])
     return _StepGraph(
         model=weakref.ref(model),
@@ -213,7 +225,7 @@ def _step_graph(
     model: torch.nn.Module,
     n: int,
     needed: int,
-    like: Tensor,
+    like: tuple[Tensor, Tensor],
     positions: Tensor,
     capture: bool,
     autocast: tuple,
@@ -222,7 +234,7 @@ def _step_graph(
     """The model's step graph for ``n`` rows and ``needed`` positions: reused, or built (and captured)."""
     rows = row_bucket(n)
     state = (
-        like.dtype,
+        tuple(x.dtype for x in like),
         tuple(positions.shape[:-2]),
         autocast,
         capture,
@@ -238,8 +250,11 @@ def _step_graph(
     graphs.pop(rows, None)  # free the old static cache and graph pool before allocating the new ones
     sg = _new_step_graph(model, rows, length, like, positions, state, pad_id)
     if capture:
-        with _step_autocast(like.device, autocast):
-            sg.capture()
+        try:
+            with _step_autocast(like[0].device, autocast):
+                sg.capture()
+        except Exception as err:  # a host sync, data-dependent shapes, ... inside the model's forward
+            raise CaptureError(f"{type(err).__name__}: {err}") from err
     graphs[rows] = sg
     return sg
 
@@ -276,12 +291,11 @@ def static_generate(
     (B, P), T = attn.shape, cfg.max_new_tokens
     n = B * G
     autocast = _autocast_state(device)
-    first = dynamic.layers[0].keys  # (B, kv_heads, P, head_dim)
+    like = dynamic.layers[0].keys, dynamic.layers[0].values  # (B, kv_heads, P, head_dim) each
     try:
-        sg = _step_graph(model, n, P + T, first, positions, capture, autocast, pad_id)
-    except Exception as err:  # a forward that cannot be captured: the lean loop from now on
-        _GRAPHS.get(model, {}).pop(row_bucket(n), None)
-        _UNCAPTURABLE[model] = f"{type(err).__name__}: {err}"
+        sg = _step_graph(model, n, P + T, like, positions, capture, autocast, pad_id)
+    except CaptureError as err:  # a forward that cannot be captured: the lean loop from now on
+        _UNCAPTURABLE[model] = str(err)
         _log_once(
             f"rollout.decoder=static: the decode step of {type(hf_model(model)).__name__} could not be "
             f"captured as a CUDA graph ({_UNCAPTURABLE[model]}); decoding with the lean loop instead"
