@@ -32,7 +32,9 @@ than ``sdpa`` or sliding windows (the step needs a ready-made boolean key mask),
 fails (a host synchronisation or data-dependent control flow inside it).
 
 Graphs hold their static caches and memory pools until :func:`release_graphs` or the model is freed. They
-record the forward as it ran at capture: a LoRA policy decodes with its adapters enabled, as rollouts do.
+record the forward as it ran at capture: a LoRA policy decodes with its adapters enabled, as rollouts do; under
+autocast every replay casts the weights it reads (autocast's cast cache is off during capture: a cached copy
+would go stale after the optimiser step), which with fp32 master weights costs a read of them per token.
 """
 
 from __future__ import annotations
