@@ -381,29 +381,43 @@ def build_module(args: argparse.Namespace, side: str, extra_overrides: list[str]
 
 
 def measure_module(
-    module: Any, batches: list[dict[str, Any]], accelerator: str = "cpu", budget_s: float | None = None
+    module: Any,
+    batches: list[dict[str, Any]],
+    accelerator: str = "cpu",
+    budget_s: float | None = None,
+    decode_timing: str = "forward_hooks",
 ) -> tuple[list[float], list[dict[str, float]]]:
     """Fit ``module`` on ``batches`` (one step each) under a minimal Lightning Trainer.
 
     Returns (wall seconds per step, phase seconds per step). On CUDA every phase boundary synchronises, so
     phases are not skewed by asynchronous kernels. ``budget_s``: stop after the step that crosses it.
+    ``decode_timing``: what the ``generate`` phase times (``forward_hooks`` or ``decode_calls``, see below).
     """
     import lightning as L
     import torch
 
+    import papo.rollout.collect as collect
     from papo.utils.timer import PhaseTimer
 
     cuda = accelerator in ("gpu", "cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     clock = Clock(sync)
-    # the same instruments as the TRL side: ``generate`` = the policy's no-grad forward passes during the
-    # rollout (forward hooks), ``score`` = the reward function; the module's PhaseTimer gives the rest
+    # ``generate``: by default the same instrument as the TRL side, the policy's no-grad forward passes during
+    # the rollout (forward hooks); ``decode_timing="decode_calls"`` times the decode-loop calls instead (sampling
+    # included), which also counts CUDA-graph replays, where no forward runs (scripts/bench_gpu.py)
     module.reward_fn = clock.timed("score", module.reward_fn)
+    originals = collect.hf_generate, collect.lean_generate, collect.static_generate
+    if decode_timing == "decode_calls":
+        collect.hf_generate = clock.timed("generate", collect.hf_generate)
+        collect.lean_generate = clock.timed("generate", collect.lean_generate)
+        collect.static_generate = clock.timed("generate", collect.static_generate)
+    elif decode_timing != "forward_hooks":
+        raise ValueError(f"decode_timing={decode_timing!r}; valid: forward_hooks, decode_calls")
     pending: list[dict[str, float]] = []
     state = {"phase": None, "t0": None}
 
     def fwd_pre(mod: Any, args: Any) -> None:
-        if state["phase"] == "generate" and not torch.is_grad_enabled():
+        if decode_timing == "forward_hooks" and state["phase"] == "generate" and not torch.is_grad_enabled():
             sync()
             state["t0"] = time.perf_counter()
 
@@ -477,6 +491,7 @@ def measure_module(
     finally:
         for h in hooks:
             h.remove()
+        collect.hf_generate, collect.lean_generate, collect.static_generate = originals
     phases = [finish_phases(s, p) for s, p in zip(clock.steps, clock.phases, strict=True)]
     return clock.steps, phases
 
@@ -742,16 +757,22 @@ def worker(args: argparse.Namespace) -> None:
 # ==========================================================================================================
 # A/B timing of one phase (scripts/bench_logprobs.py, scripts/bench_decode.py)
 # ==========================================================================================================
-def interleaved_times(runs: dict[str, Any], reps: int) -> dict[str, list[float]]:
+#: --clock of the A/B scripts: wall time, or the process's CPU time (with --threads 1, the compute time alone:
+#: on a machine shared with other jobs, time spent waiting for a core is not counted)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def interleaved_times(runs: dict[str, Any], reps: int, clock: str = "wall") -> dict[str, list[float]]:
     """Seconds of each zero-argument callable in ``runs`` (two of them), ``reps`` times each, interleaved
-    A B B A ... in one process, so a drifting machine load hits both alike."""
+    A B B A ... in one process, so a drifting machine load hits both alike; ``clock``: a key of CLOCKS."""
+    now = CLOCKS[clock]
     names = list(runs)
     times: dict[str, list[float]] = {n: [] for n in names}
     for i in range(reps):
         for name in names if i % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
+            t0 = now()
             runs[name]()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(now() - t0)
     return times
 
 
@@ -762,10 +783,13 @@ def ab_setup(args: argparse.Namespace, model_name: str) -> tuple[Any, dict[str, 
     return module, build_batches(ns)[0]
 
 
-def run_ab_script(doc: str, stem: str, measure: Any, print_results: Any) -> None:
-    """The command line of an A/B script: its options, ``measure(args, model) -> dict`` per model,
-    ``print_results(args, results, threads)``, and the JSON ``logs/bench/<stem>-<time>.json`` (``--out``)."""
+def run_ab_script(doc: str, stem: str, measure: Any, print_results: Any, add_args: Any = None) -> None:
+    """The command line of an A/B script: its options (``add_args(parser)`` adds the script's own),
+    ``measure(args, model) -> dict`` per model, ``print_results(args, results, threads)``, and the JSON
+    ``logs/bench/<stem>-<time>.json`` (``--out``)."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if add_args is not None:
+        add_args(ap)
     ap.add_argument("--models", default="tiny,small")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group-size", type=int, default=4)
@@ -773,6 +797,7 @@ def run_ab_script(doc: str, stem: str, measure: Any, print_results: Any) -> None
     ap.add_argument("--image-size", type=int, default=112)
     ap.add_argument("--reps", type=int, default=7, help="timed runs per variant (interleaved)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--clock", choices=list(CLOCKS), default="wall", help="wall time, or process CPU time")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -787,7 +812,19 @@ def run_ab_script(doc: str, stem: str, measure: Any, print_results: Any) -> None
     print_results(args, results, threads)
     out = Path(args.out or ROOT / "logs" / "bench" / f"{stem}-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "threads": threads, "results": results}, indent=2))
+    header = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "command": " ".join([f"scripts/{stem}.py", *sys.argv[1:]]),
+        "machine": {
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+            "torch": torch.__version__,
+        },
+    }
+    doc = {**header, "args": vars(args), "threads": threads, "results": results}
+    out.write_text(json.dumps(doc, indent=2))
     print(f"wrote {out}")
 
 

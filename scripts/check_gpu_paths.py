@@ -3,7 +3,7 @@ published experiment configs on one GPU, bf16-mixed, with gradient checkpointing
 
     python scripts/check_gpu_paths.py [--out results.json] [--cases papo_g_3b,fsdp,...]
 
-Cases: the Qwen2.5-VL and Qwen3-VL stand-ins on trainer=gpu (lean decode loop; one case with HF generate), LoRA
+Cases: the Qwen2.5-VL and Qwen3-VL stand-ins on trainer=gpu (the default decoder: static cache + CUDA graphs; one case with HF generate), LoRA
 (reference = adapters disabled), bf16 master weights, Lightning's FSDP2 strategy and DeepSpeed ZeRO-2 / ZeRO-3
 (with and without a reference model) on one device; the DeepSpeed cases need the deepspeed package. Prints one
 line per case and writes a JSON summary.

@@ -1,7 +1,8 @@
 """Benchmark scripts: scripts/bench.py's FLOP floor (hand-computed counts on made-up dimensions, each prompt's
 images and prefill once), its TRL-side phases from public hooks, its Markdown table written into a doc
-section, a smoke run of its TRL side, and smoke runs of the A/B scripts scripts/bench_logprobs.py (shared-image log-prob
-pass) and scripts/bench_decode.py (lean decode loop vs HF generate)."""
+section, a smoke run of its TRL side, and smoke runs of the A/B scripts scripts/bench_logprobs.py (shared-image
+log-prob pass; chunked LM head) and scripts/bench_decode.py (lean decode loop vs HF generate; static-cache loop
+vs lean)."""
 
 from __future__ import annotations
 
@@ -76,15 +77,17 @@ def test_each_prompts_images_and_prefill_count_once_per_pass(bench) -> None:
     assert per_row["generate"] - f["generate"] == (G - 1) * (vision + prefills)
 
 
-def _run_ab_script(name: str, tmp_path: Path, cache_dir: Path) -> dict:
+def _run_ab_script(name: str, tmp_path: Path, cache_dir: Path, *extra: str) -> dict:
     """Smoke run of an A/B script (tiny model, 2 prompts x G=2, 4 tokens, 3 reps); its one result."""
     out = tmp_path / "b.json"
     cmd = [sys.executable, str(ROOT / "scripts" / name), "--models", "tiny", "--reps", "3", "--prompts", "2"]
-    cmd += ["--group-size", "2", "--max-new-tokens", "4", "--threads", "1", "--out", str(out)]
+    cmd += ["--group-size", "2", "--max-new-tokens", "4", "--threads", "1", "--out", str(out), *extra]
     env = {**os.environ, "PAPO_CACHE_DIR": str(cache_dir), "WANDB_MODE": "offline"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (r,) = json.loads(out.read_text())["results"]
+    doc = json.loads(out.read_text())
+    assert {"date", "commit", "command", "machine"} <= set(doc)
+    (r,) = doc["results"]
     return r
 
 
@@ -101,6 +104,18 @@ def test_bench_decode_smoke(tmp_path: Path, cache_dir: Path) -> None:
     assert r["greedy_tokens_identical"] and r["rows"] == 4 and r["response_tokens"] == 16  # forced length
     assert len(r["raw_s"]["lean"]) == len(r["raw_s"]["generate"]) == 3
     assert r["speedup"] == r["median_s"]["generate"] / r["median_s"]["lean"]
+
+
+def test_bench_decode_static_vs_lean_smoke(tmp_path: Path, cache_dir: Path) -> None:
+    r = _run_ab_script("bench_decode.py", tmp_path, cache_dir, "--ab", "static", "--clock", "cpu")
+    assert r["pair"] == ["static", "lean"] and r["greedy_tokens_identical"] and r["response_tokens"] == 16
+    assert r["speedup"] == r["median_s"]["lean"] / r["median_s"]["static"]
+
+
+def test_bench_logprobs_chunked_head_smoke(tmp_path: Path, cache_dir: Path) -> None:
+    r = _run_ab_script("bench_logprobs.py", tmp_path, cache_dir, "--ab", "head", "--chunk-tokens", "3")
+    assert r["max_abs_logp_diff"] < 1e-5 and r["chunk_tokens"] == 3 and r["rows"] == 4
+    assert r["speedup"] == r["median_s"]["full"] / r["median_s"]["chunked"]
 
 
 # ---------------------------------------------------------------------------------------------- TRL side, tables

@@ -31,7 +31,10 @@ BAD_VALUES = [
     ("reward.name=nope", "reward.name='nope' is unknown; valid: ['math'"),
     ("reward.on_error=ignore", "reward.on_error='ignore' is unknown; valid: ['raise', 'zero']"),
     ("data.on_bad_row=drop", "data.on_bad_row='drop' is unknown; valid: ['error', 'skip']"),
-    ("rollout.decoder=fast", "rollout.decoder='fast' is unknown; valid: ['lean', 'generate']"),
+    (
+        "rollout.decoder=fast",
+        "rollout.decoder='fast' is unknown; valid: ['auto', 'static', 'lean', 'generate']",
+    ),
     ("loss.components.perception_kl.kind=k9", "loss.components.perception_kl.kind='k9' is unknown"),
     ("loss.components.perception_kl.direction=up", "perception_kl.direction='up' is unknown; valid:"),
     ("loss.schedule=cosine", "loss.schedule='cosine' is unknown; valid: ['fixed', 'linear']"),
@@ -244,7 +247,10 @@ BAD_EVAL_VALUES = [
     ),
     ("masking.mask_prob=1.5", "masking.mask_prob=1.5 must be in [0, 1]"),
     ("rollout.max_new_tokens=0", "rollout.max_new_tokens=0 must be > 0"),
-    ("rollout.decoder=fast", "rollout.decoder='fast' is unknown; valid: ['lean', 'generate']"),
+    (
+        "rollout.decoder=fast",
+        "rollout.decoder='fast' is unknown; valid: ['auto', 'static', 'lean', 'generate']",
+    ),
     ("reward.on_error=ignore", "reward.on_error='ignore' is unknown; valid: ['raise', 'zero']"),
     ("data.max_pixels=0", "data.max_pixels=0 must be an integer >= 1"),
     ("model.family=nope", "model.family='nope' is unknown; valid: ["),

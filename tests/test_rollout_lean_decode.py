@@ -1,6 +1,8 @@
-"""The lean decode loop (papo.rollout.lean_decode) and its sampler (papo.rollout.token_sampling): the same
-filtering as HF's logits warpers, draws from the right distribution, and HF ``generate``'s exact tokens when
-greedy (left padding, images of different sizes, Qwen2.5-VL and Qwen3-VL)."""
+"""The decode loops (papo.rollout.lean_decode, and the static-cache loop papo.rollout.static_decode run step by
+step on CPU) and their sampler (papo.rollout.token_sampling): the same filtering as HF's logits warpers, draws
+from the right distribution, HF ``generate``'s exact tokens when greedy (left padding, images of different
+sizes, Qwen2.5-VL and Qwen3-VL, LoRA), and the sampler's distribution is the training forward's (on-policy).
+Static-loop specifics (graph reuse, fallbacks, no host syncs in the step): tests/test_rollout_static_decode.py."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from papo.models.stand_in import ensure_stand_in
 from papo.rollout.collect import Generator
 from papo.rollout.hf_generate import GenerationConfig
 from papo.rollout.lean_decode import lean_generate
-from papo.rollout.token_sampling import filter_logits, sample_tokens
+from papo.rollout.token_sampling import StepRules, filter_logits, next_tokens, sample_tokens
 from test_rollout_generation import _reward
 
 
@@ -61,6 +63,33 @@ def test_sample_tokens_draws_from_the_softmax_distribution() -> None:
     assert torch.allclose(freq, probs, atol=0.01)  # 4 standard errors at n = 40k
 
 
+def test_next_tokens_applies_every_rule_of_a_decode_step() -> None:
+    """Greedy by hand: suppressed ids never win, EOS is blocked before min_new_tokens, ended rows get pad,
+    and a row that emits EOS is marked ended (in place)."""
+    eos, pad = 3, 0
+    rules = StepRules(eos_id=eos, pad_id=pad, suppress=torch.tensor([1]), temperature=0.0, min_new_tokens=2)
+    logits = torch.tensor(
+        [
+            [
+                0.0,
+                9.0,
+                1.0,
+                5.0,
+            ],  # suppressed id 1 is the largest: the next best is EOS (3), blocked at step 1
+            [0.0, 0.0, 1.0, 5.0],  # EOS largest
+            [0.0, 0.0, 7.0, 5.0],  # an ended row: pad whatever it would emit
+        ]
+    )
+    unfinished = torch.tensor([True, True, False])
+    step1 = next_tokens(logits.clone(), 1, unfinished, rules)
+    assert step1.tolist() == [2, 2, pad] and unfinished.tolist() == [True, True, False]
+    step2 = next_tokens(logits.clone(), 2, unfinished, rules)  # EOS allowed from step 2 on
+    assert step2.tolist() == [eos, eos, pad] and unfinished.tolist() == [False, False, False]
+    sampled = StepRules(eos_id=eos, pad_id=pad, suppress=torch.tensor([1, 3]), temperature=1.0)
+    draws = next_tokens(torch.zeros(2000, 4), 0, torch.ones(2000, dtype=torch.bool), sampled)
+    assert set(draws.tolist()) == {0, 2}  # suppressed ids (EOS included) are never drawn
+
+
 def _ragged_batch() -> dict:
     """Prompts of different lengths and images of different sizes (different rope offsets per row)."""
     rng = np.random.RandomState(0)
@@ -101,12 +130,13 @@ def _generator(processor, chunk: int, decoder: str) -> Generator:
     return Generator(processor, generation_suppress_token_ids(processor), 512, chunk, decoder)
 
 
-def test_greedy_lean_decode_gives_hf_generate_tokens(policy) -> None:
+@pytest.mark.parametrize("decoder", ["lean", "static"])
+def test_greedy_decode_gives_hf_generate_tokens(policy, decoder: str) -> None:
     model, processor = policy
     batch = _ragged_batch()
     cfg = GenerationConfig(max_new_tokens=12, temperature=0.0, num_samples=1)
     hf, _ = _generator(processor, 8, "generate").rollout(model, batch, cfg, _reward)
-    lean, _ = _generator(processor, 8, "lean").rollout(model, batch, cfg, _reward)
+    lean, _ = _generator(processor, 8, decoder).rollout(model, batch, cfg, _reward)
     assert hf.prompt_mask.min() == 0  # left padding is exercised
     assert torch.equal(lean.response_ids, hf.response_ids)
     assert torch.equal(lean.response_mask, hf.response_mask)
@@ -136,9 +166,10 @@ def test_one_prefill_per_prompt_repeats_the_cache_for_its_samples(policy) -> Non
     assert mask.shape == grouped.shape
 
 
-def test_sampled_lean_decode_never_emits_special_tokens_and_honours_min_new_tokens(policy) -> None:
+@pytest.mark.parametrize("decoder", ["lean", "static"])
+def test_sampled_decode_never_emits_special_tokens_and_honours_min_new_tokens(policy, decoder: str) -> None:
     model, processor = policy
-    gen = _generator(processor, 12, "lean")
+    gen = _generator(processor, 12, decoder)
     cfg = GenerationConfig(max_new_tokens=8, temperature=1.5, top_p=1.0, num_samples=4, min_new_tokens=8)
     torch.manual_seed(0)
     exp, _ = gen.rollout(model, _ragged_batch(), cfg, _reward)
@@ -150,10 +181,14 @@ def test_sampled_lean_decode_never_emits_special_tokens_and_honours_min_new_toke
     assert len({tuple(r) for r in exp.response_ids.tolist()}) > 3
 
 
-def test_sampling_distribution_is_the_one_the_log_prob_pass_computes(policy, monkeypatch) -> None:
-    """The logits each decode step samples from (KV cache, 3D rope positions, ready-made masks, one prefill
-    repeated for G rows) equal a full forward over prompt + response: the rollouts are on-policy."""
-    import papo.rollout.lean_decode as lean_decode
+@pytest.mark.parametrize("decoder", ["lean", "static"])
+def test_sampling_distribution_is_the_one_the_log_prob_pass_computes(
+    policy, monkeypatch, decoder: str
+) -> None:
+    """The logits each decode step samples from (KV cache (dynamic, or static with its masked spare slots and
+    spare rows), 3D rope positions, ready-made masks, one prefill repeated for G rows) equal a full forward over
+    prompt + response, with the chunked LM head too: the rollouts are on-policy."""
+    import papo.rollout.token_sampling as token_sampling
     from papo.models.logprobs import response_logps
 
     model, processor = policy
@@ -163,8 +198,8 @@ def test_sampling_distribution_is_the_one_the_log_prob_pass_computes(policy, mon
         seen.append(logits.clone())
         return filter_logits(logits, *args)
 
-    monkeypatch.setattr(lean_decode, "filter_logits", recording_filter)
-    gen = _generator(processor, 9, "lean")
+    monkeypatch.setattr(token_sampling, "filter_logits", recording_filter)
+    gen = _generator(processor, 9, decoder)
     cfg = GenerationConfig(max_new_tokens=10, temperature=1.0, top_p=1.0, num_samples=3)
     torch.manual_seed(0)
     exp, _ = gen.rollout(model, _ragged_batch(), cfg, _reward)
@@ -173,6 +208,8 @@ def test_sampling_distribution_is_the_one_the_log_prob_pass_computes(policy, mon
     suppress = torch.tensor(gen.suppress_ids, dtype=torch.long)
     with torch.no_grad():
         full = response_logps(model, **exp.model_inputs(), suppress_ids=suppress)[:, : steps.shape[1]]
+        chunked = response_logps(model, **exp.model_inputs(), suppress_ids=suppress, chunk_tokens=7)
     live = exp.response_mask[:, : steps.shape[1]].bool()
     assert live.sum() > 20
     torch.testing.assert_close(sampled[live], full[live], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sampled[live], chunked[:, : steps.shape[1]][live], atol=1e-4, rtol=1e-4)

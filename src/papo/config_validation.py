@@ -124,6 +124,7 @@ def validate_config(cfg: DictConfig) -> None:
         f"algo.dynamic_sampling low={ds.low}, high={ds.high}: need 0 <= low < high <= 1",
     )
     _validate_rollout(p, cfg)
+    p.run(check_token_budget_normalizer, a)
     loss = cfg.loss
     for key in ("gamma", "eta_real", "eta_masked"):
         if key in loss:
@@ -258,6 +259,27 @@ def check_range(
     _check(ok, f"{key}={value!r} {need}")
 
 
+#: ``algo.loss_normalizer`` values under which the update does not depend on how a mini-batch is split into
+#: micro-batches (the absent key is the global token count over the mini-batch, which does not). Token-budget
+#: micro-batches (``algo.micro_batch_tokens``) are allowed only with these: under a per-micro-batch mean the
+#: budget's split would change the update.
+SPLIT_INDEPENDENT_NORMALIZERS: tuple[str, ...] = ()
+
+
+def check_token_budget_normalizer(algo: DictConfig) -> None:
+    """``algo.micro_batch_tokens`` needs a loss normaliser that does not depend on the micro-batch split."""
+    budget = algo.get("micro_batch_tokens")
+    normalizer = algo.get("loss_normalizer")
+    if budget is None or normalizer is None:
+        return
+    _check(
+        normalizer in SPLIT_INDEPENDENT_NORMALIZERS,
+        f"algo.micro_batch_tokens={budget} with algo.loss_normalizer={normalizer!r}: that normaliser averages "
+        "each micro-batch on its own, so a token-budget split would change the update; set "
+        f"algo.micro_batch_tokens=null, or algo.loss_normalizer to one of {list(SPLIT_INDEPENDENT_NORMALIZERS)}",
+    )
+
+
 def check_choice(cfg: DictConfig, key: str, choices: list[str] | tuple[str, ...]) -> None:
     """``cfg.<key>`` (dotted; skipped when absent) must be one of ``choices``; the error lists them."""
     value = OmegaConf.select(cfg, key, default=_ABSENT)
@@ -276,6 +298,18 @@ RANGES: list[tuple[str, float | None, float | None, dict]] = [
     ("algo.ppo_epochs", 1, None, {"integer": True}),
     ("algo.num_minibatches", 1, None, {"integer": True}),
     ("algo.micro_batch_size", 1, None, {"integer": True}),
+    (
+        "algo.micro_batch_tokens",
+        1,
+        None,
+        {"integer": True, "nullable": True, "allowed": "null = algo.micro_batch_size rows at a time"},
+    ),
+    (
+        "algo.logprob_chunk_tokens",
+        1,
+        None,
+        {"integer": True, "nullable": True, "allowed": "null = the model's full-logits forward"},
+    ),
     ("algo.dynamic_sampling.max_tries", 1, None, {"integer": True}),
     ("algo.overlong.buffer_length", 1, None, {"integer": True}),
     ("algo.overlong.penalty_factor", 0, None, {}),

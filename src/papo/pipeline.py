@@ -234,7 +234,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from papo.warm_start import ensure_warm_start
 
         policy_dir = ensure_warm_start(cfg, Path(base_dir), datamodule.train_set)
-        if cfg.warm_start.get("continue_steps"):  # continued-SFT control (configs/experiment/repro/sft_continued.yaml)
+        if cfg.warm_start.get(
+            "continue_steps"
+        ):  # continued-SFT control (configs/experiment/repro/sft_continued.yaml)
             from papo.warm_start.continued import continue_warm_start
 
             policy_dir = continue_warm_start(cfg, policy_dir, datamodule.train_set)

@@ -1,19 +1,37 @@
 """Per-token log-probabilities of response tokens under a (vision-)language model.
 
 The sequence is ``[left-padded prompt (P)] + [right-padded response (T)]``. The LM head is applied only
-to the T positions that predict response tokens (``logits_to_keep``), not to prompt/image positions,
-and columns that are padding for every row of the micro-batch are trimmed first. Each distinct image of
-the micro-batch goes through the vision tower once (a group's G rows share their prompt's image), when
-the model accepts precomputed image features (``mm_encoder_outputs``: Qwen2.5-VL, Qwen3-VL); otherwise,
-and under FSDP, its pixels are repeated per row as the model's own forward expects.
+to the positions that predict response tokens, not to prompt/image positions, and columns that are padding
+for every row of the micro-batch are trimmed first. Each distinct image of the micro-batch goes through the
+vision tower once (a group's G rows share their prompt's image), when the model accepts precomputed image
+features (``mm_encoder_outputs``: Qwen2.5-VL, Qwen3-VL); otherwise, and under FSDP, its pixels are repeated
+per row as the model's own forward expects.
+
+Two ways to get from hidden states to log-probs, the same values and gradients (float tolerance,
+``tests/test_logprobs_chunked.py``):
+
+* ``chunk_tokens`` set (``algo.logprob_chunk_tokens``): the base model returns the last hidden states, the
+  response tokens (padding dropped) are taken out, and the LM head runs on ``chunk_tokens`` of them at a time,
+  each chunk under ``torch.utils.checkpoint`` (when there are several) so its (chunk, vocabulary) logits are
+  rebuilt in backward instead of kept: at most one chunk's fp32 logits exist at a time. TRL's and verl's fused / chunked log-prob heads
+  avoid the (tokens x vocabulary) tensor the same way. Used when the model is a Qwen-VL
+  ``...ForConditionalGeneration`` (base model + ``lm_head``) with unsharded weights;
+* otherwise the model's own forward returns (N, T + 1, V) logits (``logits_to_keep``), as Hugging Face
+  computes them, and the log-softmax runs on all of them at once (FSDP-sharded roots, DeepSpeed ZeRO-3, other
+  layouts).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from papo.models.loading import forward_accepts, hf_model
+
+#: model types whose ``...ForConditionalGeneration.forward`` is ``lm_head(model(...)[0])`` (nothing between the
+#: base model's last hidden state and the LM head), so the chunked head gives the forward's log-probs
+CHUNKED_HEAD_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
 
 def token_logps_from_logits(
@@ -60,13 +78,15 @@ def response_logps(
     extra: dict[str, Tensor] | None = None,
     temperature: float = 1.0,
     suppress_ids: Tensor | None = None,
+    chunk_tokens: int | None = None,
 ) -> Tensor:
     """log pi(o_t | prompt, image, o_<t) for every response position. Returns (N, T) (T = input's T).
 
     prompt_ids/prompt_mask (N, P) left-padded; response_ids/response_mask (N, T) right-padded;
     ``visual`` holds pixel_values/image_grid_thw for the images of these N rows (in row order);
     ``extra`` holds other per-row prompt tensors of the processor (e.g. mm_token_type_ids (N, P)).
-    Positions beyond the longest response are returned as 0.
+    ``chunk_tokens``: apply the LM head to this many response tokens at a time (see the module docstring);
+    None = the model's own full-logits forward. Padding positions are returned as 0.
     """
     N, T_full = response_ids.shape
     P_full = prompt_ids.shape[1]
@@ -79,19 +99,91 @@ def response_logps(
         for k, v in extra.items():  # prompt-aligned (N, P_full) -> trimmed + zero for response positions
             v = v[:, P_full - P :]
             kwargs[k] = torch.cat([v, torch.zeros_like(v[:, :1]).expand(N, T)], dim=1)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        use_cache=False,
-        logits_to_keep=T + 1,
-        **kwargs,
-    )
-    logits = out.logits[:, :-1, :]  # (N, T, V): position P'-1+t predicts response token t
-    logps = token_logps_from_logits(logits, r_ids, temperature, suppress_ids)  # (N, T)
-    logps = logps.masked_fill(r_mask == 0, 0.0)  # padding (possibly a suppressed id: -inf) -> 0
+    if chunk_tokens and chunked_head_supported(model):
+        hf = hf_model(model)
+        out = hf.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        P = p_ids.shape[1]
+        hidden = out.last_hidden_state[:, P - 1 : P - 1 + T]  # (N, T, H): position P'-1+t predicts token t
+        live = r_mask.bool()  # (N, T)
+        picked = chunked_token_logps(
+            hf.get_output_embeddings(), hidden[live], r_ids[live], temperature, suppress_ids, chunk_tokens
+        )  # (M,) one per response token
+        logps = torch.zeros(N, T, dtype=picked.dtype, device=picked.device).masked_scatter(live, picked)
+    else:
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            logits_to_keep=T + 1,
+            **kwargs,
+        )
+        logits = out.logits[:, :-1, :]  # (N, T, V): position P'-1+t predicts response token t
+        logps = token_logps_from_logits(logits, r_ids, temperature, suppress_ids)  # (N, T)
+        logps = logps.masked_fill(r_mask == 0, 0.0)  # padding (possibly a suppressed id: -inf) -> 0
     if T_full > T:
         logps = torch.cat([logps, logps.new_zeros(N, T_full - T)], dim=1)  # (N, T_full)
     return logps
+
+
+def chunked_token_logps(
+    head: torch.nn.Module,
+    hidden: Tensor,
+    targets: Tensor,
+    temperature: float = 1.0,
+    suppress_ids: Tensor | None = None,
+    chunk_tokens: int = 2048,
+) -> Tensor:
+    """:func:`token_logps_from_logits` of ``head(hidden)`` without the whole (M, V) logits: (M, H), (M,) -> (M,).
+
+    The head runs on ``chunk_tokens`` rows at a time. When gradients are recorded and there are several
+    chunks, each chunk is a ``torch.utils.checkpoint`` region, so backward rebuilds that chunk's logits instead
+    of keeping them (one extra head forward per token, for memory that no longer grows with M x V); a single
+    chunk keeps its logits for backward, as the full forward does (no recomputation: that chunk is all the
+    logits there are).
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens={chunk_tokens} must be >= 1")
+    grad = torch.is_grad_enabled() and hidden.shape[0] > chunk_tokens
+    out = []
+    for s in range(0, hidden.shape[0], chunk_tokens):
+        h, y = hidden[s : s + chunk_tokens], targets[s : s + chunk_tokens]
+        if grad:
+            out.append(checkpoint(_head_logps, head, h, y, temperature, suppress_ids, use_reentrant=False))
+        else:
+            out.append(_head_logps(head, h, y, temperature, suppress_ids))
+    if not out:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(out)
+
+
+def _head_logps(
+    head: torch.nn.Module, h: Tensor, y: Tensor, temperature: float, suppress_ids: Tensor | None
+) -> Tensor:
+    return token_logps_from_logits(head(h), y, temperature, suppress_ids)  # (c,)
+
+
+def weights_sharded(model: torch.nn.Module) -> bool:
+    """True if the model's weights are sharded across ranks (FSDP / FSDP2 roots, DTensor parameters, DeepSpeed
+    ZeRO-3 partitions): its submodules cannot be called on their own, outside the root's gathering hooks."""
+    try:
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    except ImportError:  # pragma: no cover - torch < 2.6
+        FSDPModule = FullyShardedDataParallel = ()
+    if isinstance(model, (FSDPModule, FullyShardedDataParallel)):
+        return True
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        DTensor = ()
+    return any(isinstance(p, DTensor) or hasattr(p, "ds_id") for p in model.parameters())
+
+
+def chunked_head_supported(model: torch.nn.Module) -> bool:
+    """Whether :func:`response_logps` may run the base model and the LM head separately (chunked head): a
+    known ``lm_head(model(...))`` layout (:data:`CHUNKED_HEAD_MODEL_TYPES`) with unsharded weights."""
+    hf = hf_model(model)
+    layout = getattr(hf.config, "model_type", None) in CHUNKED_HEAD_MODEL_TYPES and hasattr(hf, "model")
+    return layout and hf.get_output_embeddings() is not None and not weights_sharded(model)
 
 
 def visual_model_kwargs(model: torch.nn.Module, visual: dict[str, Tensor]) -> dict[str, object]:

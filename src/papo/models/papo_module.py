@@ -42,6 +42,7 @@ from papo.rewards import get_reward_fn
 from papo.rollout.collect import Generator
 from papo.rollout.experience import Experience
 from papo.rollout.hf_generate import GenerationConfig
+from papo.rollout.micro_batches import plan_micro_batches, split_to_count
 from papo.utils.checkpointing import experience_from_state, experience_state, rng_state, set_rng_state
 from papo.utils.distributed import (
     all_reduce,
@@ -250,18 +251,32 @@ class PapoModule(L.LightningModule):
             for k, v in inputs.items()
         }
         return response_logps(
-            model, temperature=self.rollout_cfg["temperature"], suppress_ids=self.suppress_ids, **inputs
+            model,
+            temperature=self.rollout_cfg["temperature"],
+            suppress_ids=self.suppress_ids,
+            chunk_tokens=self.algo.get("logprob_chunk_tokens"),
+            **inputs,
         )  # (n, T)
+
+    def _micro_batches(self, exp: Experience) -> list[list[int]]:
+        """Row indices of each micro-batch of ``exp``: ``algo.micro_batch_size`` rows at a time, or packed by
+        the token budget ``algo.micro_batch_tokens`` (papo.rollout.micro_batches), then split to the largest
+        count of any rank (every rank runs the same number of forwards and backwards)."""
+        prompts, responses = exp.prompt_mask.sum(1).long().tolist(), exp.response_mask.sum(1).long().tolist()
+        budget = self.algo.get("micro_batch_tokens")
+        plan = plan_micro_batches(prompts, responses, self.algo["micro_batch_size"], budget)
+        if budget is not None and world_size() > 1:
+            count = int(all_reduce(len(plan), "max", self.device))
+            plan = split_to_count(plan, prompts, responses, count)
+        return plan
 
     @torch.no_grad()
     def _logps_nograd(self, model: torch.nn.Module, exp: Experience, masked: bool = False) -> Tensor:
-        mbs = self.algo["micro_batch_size"]
-        outs = [
-            self._logps(model, exp.select(list(range(s, min(s + mbs, len(exp))))), masked).cpu()
-            for s in range(0, len(exp), mbs)
-        ]
-        T = exp.response_ids.shape[1]
-        return torch.cat([torch.nn.functional.pad(o, (0, T - o.shape[1])) for o in outs])
+        out = torch.zeros(exp.response_ids.shape)  # (N, T), rows in exp's order whatever the plan's order
+        for idx in self._micro_batches(exp):
+            logps = self._logps(model, exp.select(idx), masked).cpu()
+            out[idx, : logps.shape[1]] = logps
+        return out
 
     @property
     def progress(self) -> float:
@@ -379,7 +394,6 @@ class PapoModule(L.LightningModule):
         sched = self.lr_schedulers()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         n_mb = self.algo["num_minibatches"]
-        mbs = self.algo["micro_batch_size"]
         agg = self.algo["agg_mode"]
         # seq-mean-token-sum-norm's constant length (Dr. GRPO): the maximum response length, not the
         # longest response of this batch (the padded width T, which changes from step to step)
@@ -397,8 +411,8 @@ class PapoModule(L.LightningModule):
                 pool.add({"train/num_tokens_global": num_tokens_global}, 1.0)
                 opt.zero_grad(set_to_none=True)
                 nonfinite: list[str] = []  # loss components that gave a non-finite value in this mini-batch
-                for s in range(0, len(mb), mbs):
-                    micro = mb.select(list(range(s, min(s + mbs, len(mb)))))
+                for idx in self._micro_batches(mb):
+                    micro = mb.select(idx)
                     with self.timer("forward"):
                         logps = self._logps(self.policy, micro)  # (n, T) with grad
                         T = logps.shape[1]

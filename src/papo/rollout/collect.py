@@ -3,6 +3,8 @@ responses per prompt, decode, score. Used for training rollouts and for validati
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,6 +14,27 @@ from papo.rollout.experience import Experience
 from papo.rollout.hf_generate import DECODERS, GenerationConfig, hf_generate
 from papo.rollout.inputs import chat_texts, encode_images, encode_prompts, per_prompt_visual
 from papo.rollout.lean_decode import lean_generate
+from papo.rollout.static_decode import static_generate
+
+log = logging.getLogger(__name__)
+_told: set[str] = set()
+
+
+def choose_decoder(decoder: str, device: torch.device, synced_gpus: bool) -> Callable[..., Any]:
+    """The decode function of ``rollout.decoder`` (:data:`papo.rollout.hf_generate.DECODERS`) on ``device``.
+
+    Sharded multi-rank weights (``synced_gpus``) always use HF ``generate``; ``auto`` is the static-cache loop
+    with CUDA graphs on a CUDA device and the lean loop elsewhere (on CPU the lean loop is the faster one:
+    docs/gpu_performance.md). Functions are looked up when called, so wrappers (scripts/bench.py) see them.
+    """
+    if decoder == "generate" or synced_gpus:
+        return hf_generate
+    if decoder == "auto":
+        decoder = "static" if device.type == "cuda" else "lean"
+        if decoder == "lean" and "auto" not in _told:
+            _told.add("auto")
+            log.info("rollout.decoder=auto on %s: the lean decode loop (CUDA graphs need a GPU)", device.type)
+    return static_generate if decoder == "static" else lean_generate
 
 
 class Generator:
@@ -23,7 +46,7 @@ class Generator:
         suppress_ids: list[int],
         max_prompt_length: int,
         batch_size: int,
-        decoder: str = "lean",
+        decoder: str = "auto",
     ) -> None:
         tok = processor.tokenizer
         self.processor = processor
@@ -36,7 +59,7 @@ class Generator:
         self.batch_size = batch_size
         if decoder not in DECODERS:
             raise ValueError(f"rollout.decoder={decoder!r} is unknown; valid: {list(DECODERS)}")
-        # "lean" (papo.rollout.lean_decode) or "generate" (HF generate); sharded models always use generate
+        # rollout.decoder (choose_decoder); sharded models always use generate
         self.decoder = decoder
         # optional generation engine (papo.rollout.vllm_backend.VLLMEngine); None = HF generate on the policy
         self.engine: Any = None
@@ -91,7 +114,8 @@ class Generator:
         # chunks of whole groups: pass each prompt once and let generate sample G rows from it (its images are
         # encoded once, not G times); otherwise (greedy, or chunks that split a group) one row per sequence
         per_prompt = G > 1 and cfg.temperature > 0 and self.batch_size % G == 0
-        decode = hf_generate if self.decoder == "generate" or cfg.synced_gpus else lean_generate
+        decode_device = device if device is not None else next(model.parameters()).device
+        decode = choose_decoder(self.decoder, torch.device(decode_device), cfg.synced_gpus)
         for s in range(0, len(rows) if self.engine is None else 0, self.batch_size):  # chunks (memory knob)
             sl = slice(s, s + self.batch_size)
             if per_prompt:

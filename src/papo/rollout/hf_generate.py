@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# rollout.decoder values: the lean loop (papo.rollout.lean_decode, default) or HF ``generate`` (this module)
-DECODERS = ("lean", "generate")
+# rollout.decoder values: ``auto`` (default: ``static`` on a CUDA device, ``lean`` elsewhere), the static-cache
+# loop with the step as a CUDA graph (papo.rollout.static_decode), the lean loop (papo.rollout.lean_decode) or
+# HF ``generate`` (this module); papo.rollout.collect.choose_decoder picks the function
+DECODERS = ("auto", "static", "lean", "generate")
 
 
 @dataclass

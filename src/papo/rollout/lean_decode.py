@@ -2,9 +2,10 @@
 
 What it replaces: ``model.generate`` (:mod:`papo.rollout.hf_generate`), whose per-token machinery (logits
 processors, stopping criteria, input preparation, a ``torch.sort`` and ``torch.multinomial`` per step, a causal
-mask rebuilt every step) was ~45% of the decode time of the tiny model on 2 CPU cores. Same model calls, same
-cache class, same sampling semantics (temperature, top-k, top-p, EOS blocked before ``min_new_tokens``, special
-tokens suppressed, rows padded after their EOS, stop as soon as every row ended), so the same distribution of
+mask rebuilt every step) is a large share of a small model's decode time on CPU (measured in
+docs/performance.md). Same model calls, same cache class, same sampling semantics (temperature, top-k, top-p,
+EOS blocked before ``min_new_tokens``, special tokens suppressed, rows padded after their EOS: one function,
+:func:`papo.rollout.token_sampling.next_tokens`), stop as soon as every row ended, so the same distribution of
 responses; greedy decoding gives HF's tokens exactly (tested on Qwen2.5-VL and Qwen3-VL).
 
 Differences from ``generate``:
@@ -18,8 +19,9 @@ Differences from ``generate``:
 * the causal mask of a decode step is passed ready-made (a boolean (N, 1, 1, L) key mask) when the model
   attends with ``sdpa`` and has no sliding-window layers; otherwise the model builds it from the 2D mask.
 
-Sharded strategies (FSDP / ZeRO-3, ``cfg.synced_gpus``) use ``generate``: every rank must keep calling
-``forward`` until all ranks finish, which ``generate(synced_gpus=True)`` implements.
+On a GPU each step is a few hundred small kernel launches: :mod:`papo.rollout.static_decode` replays the step
+as one CUDA graph instead. Sharded strategies (FSDP / ZeRO-3, ``cfg.synced_gpus``) use ``generate``: every rank
+must keep calling ``forward`` until all ranks finish, which ``generate(synced_gpus=True)`` implements.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from torch import Tensor
 
 from papo.models.loading import forward_accepts
 from papo.rollout.hf_generate import GenerationConfig, finish_responses
-from papo.rollout.token_sampling import filter_logits, sample_tokens
+from papo.rollout.token_sampling import StepRules, next_tokens
 
 
-def _prepared_masks(model: torch.nn.Module) -> bool:
+def prepared_masks(model: torch.nn.Module) -> bool:
     """Whether decode steps may pass a ready-made boolean key mask (sdpa attention, no sliding windows)."""
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     sliding = bool(getattr(cfg, "use_sliding_window", False)) or "sliding_attention" in (
@@ -43,9 +45,29 @@ def _prepared_masks(model: torch.nn.Module) -> bool:
     return getattr(model.config, "_attn_implementation", None) == "sdpa" and not sliding
 
 
-def _cache_of(out: Any) -> Any:
+def cache_of(out: Any) -> Any:
+    """The KV cache a forward returned (``cache`` in recent transformers 5.x, else ``past_key_values``)."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The name ``forward`` takes the KV cache under: ``cache`` (recent transformers 5.x) or
+    ``past_key_values``."""
+    return "cache" if forward_accepts(model, "cache") else "past_key_values"
+
+
+def prefill(model: torch.nn.Module, inputs: dict[str, Tensor]) -> tuple[Any, Tensor, Tensor]:
+    """One forward over the left-padded prompts (and their images) with a fresh dynamic KV cache.
+
+    Returns (the cache, the last position's logits (B, V) float, the prompt's position ids: (B, P), or
+    (4, B, P) for Qwen-VL's text + 3D rope positions, by the model's own rule as ``generate`` uses it).
+    """
+    input_ids = inputs["input_ids"]
+    model_kwargs = {k: v for k, v in inputs.items() if k != "input_ids"}
+    positions = model._prepare_position_ids_for_generation(input_ids, dict(model_kwargs))
+    out = model(input_ids=input_ids, position_ids=positions, use_cache=True, logits_to_keep=1, **model_kwargs)
+    return cache_of(out), out.logits[:, -1].float(), positions
 
 
 @torch.no_grad()
@@ -64,12 +86,8 @@ def lean_generate(
     per prompt (``num_return_sequences`` = G rows are sampled from each) or one row per sequence.
     Returns response_ids (B*G, T) (pad after EOS) and response_mask (B*G, T) float.
     """
-    input_ids, attn = inputs["input_ids"], inputs["attention_mask"]
-    model_kwargs = {k: v for k, v in inputs.items() if k != "input_ids"}
-    # (B, P), or (4, B, P) for Qwen-VL's text + 3D rope positions; the model's own rule (as generate uses it)
-    positions = model._prepare_position_ids_for_generation(input_ids, dict(model_kwargs))
-    out = model(input_ids=input_ids, position_ids=positions, use_cache=True, logits_to_keep=1, **model_kwargs)
-    cache, logits = _cache_of(out), out.logits[:, -1].float()
+    attn = inputs["attention_mask"]
+    cache, logits, positions = prefill(model, inputs)
     G = num_return_sequences
     if G > 1:  # one prefill per prompt, its cache repeated for the G samples
         cache.batch_repeat_interleave(G)
@@ -77,29 +95,18 @@ def lean_generate(
         positions = positions.repeat_interleave(G, dim=positions.ndim - 2)
     n, device = logits.shape[0], logits.device
     next_pos = positions[..., -1:]
-    suppress = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long, device=device)
-    # the name forward takes the KV cache under: ``cache`` (recent transformers 5.x) or ``past_key_values``
-    cache_kw = "cache" if forward_accepts(model, "cache") else "past_key_values"
-    prepared = _prepared_masks(model)
+    rules = StepRules.build(cfg, eos_id, pad_id, suppress_ids, device)
+    cache_kw = cache_kwarg(model)
+    prepared = prepared_masks(model)
     # the key mask of every step, allocated once: prompt mask + one column per new token (sliced per step)
     P = attn.shape[1]
     full = torch.cat([attn, attn.new_ones(n, cfg.max_new_tokens)], dim=1)
     keys = full.bool()[:, None, None, :] if prepared else full
     unfinished = torch.ones(n, dtype=torch.bool, device=device)
-    sample = cfg.temperature > 0
     tokens: list[Tensor] = []
     for t in range(cfg.max_new_tokens):
-        if suppress.numel():
-            logits[:, suppress] = float("-inf")
-        if t < cfg.min_new_tokens:
-            logits[:, eos_id] = float("-inf")
-        if sample:
-            nxt = sample_tokens(filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p))
-        else:
-            nxt = logits.argmax(-1)
-        nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad_id))
+        nxt = next_tokens(logits, t, unfinished, rules)
         tokens.append(nxt)
-        unfinished &= nxt != eos_id
         if t == cfg.max_new_tokens - 1 or not bool(unfinished.any()):
             break
         next_pos = next_pos + 1

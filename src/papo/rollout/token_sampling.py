@@ -1,22 +1,85 @@
-"""Next-token sampling on logits: temperature, top-k, top-p (nucleus) and an inverse-CDF draw.
+"""Next-token choice of one decode step: the rules every decode loop applies, and the sampler under them.
 
-Pure functions on tensors, used by the lean decode loop (:mod:`papo.rollout.lean_decode`). They keep Hugging
-Face ``generate``'s semantics exactly (checked against its ``TemperatureLogitsWarper``, ``TopKLogitsWarper``
-and ``TopPLogitsWarper`` in ``tests/test_rollout_lean_decode.py``), in the same order (temperature, top-k,
-top-p), with two cheaper steps:
+:func:`next_tokens` is the ONE place where a decode step turns the last position's logits into tokens:
+suppressed ids can never be emitted, end-of-sequence is blocked before ``min_new_tokens``, then the argmax
+(greedy) or a draw after temperature / top-k / top-p, pad for rows that already ended, and the rows that
+end now are marked. The lean loop (:mod:`papo.rollout.lean_decode`) and the static-cache loop
+(:mod:`papo.rollout.static_decode`) both call it, so a change to end-of-sequence handling is made here once.
+It syncs nothing with the host, so a loop on a GPU can queue steps ahead of the device.
+
+:func:`filter_logits` and :func:`sample_tokens` keep Hugging Face ``generate``'s semantics (checked against
+its ``TemperatureLogitsWarper``, ``TopKLogitsWarper`` and ``TopPLogitsWarper`` in
+``tests/test_rollout_lean_decode.py``), in the same order (temperature, top-k, top-p), with two cheaper steps
+(their per-token costs: docs/performance.md, "Speed-ups in this branch"):
 
 * top-p sorts the probabilities with NumPy on CPU tensors (``torch.sort`` along the last dimension of a small
-  (N, V) tensor costs ~0.7 ms on these 2-core machines, ``np.sort`` ~0.02 ms) and keeps every token whose
-  probability is at least that of the first token HF keeps (the two differ only on exact ties at the cut);
+  (N, V) tensor is the slower of the two there) and keeps every token whose probability is at least that of
+  the first token HF keeps (the two differ only on exact ties at the cut);
 * the draw inverts the cumulative distribution with ``searchsorted`` (one uniform per row) instead of
-  ``torch.multinomial`` (~0.4 ms for 32 x 512 here). Same distribution; a different random stream from HF's.
+  ``torch.multinomial``. Same distribution; a different random stream from HF's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from papo.rollout.hf_generate import GenerationConfig
+
+
+@dataclass(frozen=True)
+class StepRules:
+    """What a decode step may emit, fixed for one generate call (see :func:`next_tokens`)."""
+
+    eos_id: int  # the end-of-sequence id: ends a row; blocked before ``min_new_tokens``
+    pad_id: int  # emitted by rows that already ended
+    suppress: Tensor  # (S,) long, on the logits' device: ids that are never emitted
+    temperature: float = 1.0  # 0 = greedy (argmax)
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    min_new_tokens: int = 0  # EOS is blocked at steps < this
+
+    @classmethod
+    def build(
+        cls, cfg: GenerationConfig, eos_id: int, pad_id: int, suppress_ids: list[int], device: torch.device
+    ) -> StepRules:
+        """The rules of a :class:`papo.rollout.hf_generate.GenerationConfig` ``cfg``."""
+        suppress = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long, device=device)
+        return cls(
+            eos_id=int(eos_id),
+            pad_id=int(pad_id),
+            suppress=suppress,
+            temperature=float(cfg.temperature),
+            top_k=int(cfg.top_k),
+            top_p=float(cfg.top_p),
+            min_new_tokens=int(cfg.min_new_tokens),
+        )
+
+
+def next_tokens(logits: Tensor, step: int, unfinished: Tensor, rules: StepRules) -> Tensor:
+    """The tokens of decode step ``step`` (0-based) from the last position's ``logits`` (N, V) float.
+
+    Suppressed ids (and EOS while ``step < rules.min_new_tokens``) are set to ``-inf`` IN PLACE in
+    ``logits``; greedy (temperature 0) takes the argmax, otherwise one draw per row after
+    :func:`filter_logits`. Rows whose ``unfinished`` (N,) bool is False get ``pad_id``; ``unfinished`` is
+    updated IN PLACE (a row that emits EOS has ended). Returns (N,) long.
+    """
+    if rules.suppress.numel():
+        logits[:, rules.suppress] = float("-inf")
+    if step < rules.min_new_tokens:
+        logits[:, rules.eos_id] = float("-inf")
+    if rules.temperature > 0:
+        nxt = sample_tokens(filter_logits(logits, rules.temperature, rules.top_k, rules.top_p))
+    else:
+        nxt = logits.argmax(-1)
+    nxt = torch.where(unfinished, nxt, torch.full_like(nxt, rules.pad_id))
+    unfinished &= nxt != rules.eos_id
+    return nxt
 
 
 def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:

@@ -1,0 +1,339 @@
+"""Decoding over a static KV cache, the decode step replayed as a CUDA graph (``rollout.decoder=static``, and
+``auto`` on a GPU).
+
+Why: on a GPU the lean loop (:mod:`papo.rollout.lean_decode`) launches a few hundred small kernels per token
+from Python, so a 3B model decodes at the pace of the launches, not of the GPU (docs/gpu_performance.md).
+Here the single-token step (the Hugging Face model's own ``forward`` over ``transformers``' ``StaticCache``) is
+captured once as a ``torch.cuda.CUDAGraph`` and replayed for every token: one launch per token.
+
+How, per call:
+
+1. the prompts are prefilled as in the lean loop (one prefill per prompt, dynamic cache), and their keys and
+   values copied into a static cache of ``rows x length`` slots, each prompt's repeated for its G samples;
+2. the cache, the step's inputs (token, 3D rope positions, a boolean key mask over the static length) and its
+   output logits live in fixed buffers, so every replay reads and writes the same memory. The rows are
+   bucketed (:func:`row_bucket`: spare rows decode a pad token and are dropped) and the length is rounded up
+   (:func:`length_bucket`), so one graph per row bucket serves every rollout of a run; it is captured again
+   only when a rollout needs more length, the weights moved to other memory, or the autocast state changed;
+3. between replays, outside the graph: the shared step rule :func:`papo.rollout.token_sampling.next_tokens`
+   (the same suppression, EOS and sampling as the lean loop, so the same random draws), the next token, the
+   rope positions + 1 and the key mask's next column. Whether every row has ended is read every
+   :data:`CHECK_EVERY` tokens, not every token (each read waits for the GPU); the steps after the last row
+   ended only emit pad, and the result is cut to the lean loop's width.
+
+Same tokens as the lean loop (greedy parity and on-policy log-probs tested on Qwen2.5-VL and Qwen3-VL in
+``tests/test_rollout_static_decode.py``); the masked slots of the static length add exact zeros to attention,
+so the values differ from the lean loop's only by floating-point summation order.
+
+Where capture is not possible, the lean loop runs instead and the reason is logged once: no CUDA device (on
+CPU the static cache runs step by step, without capture, when ``rollout.decoder=static`` asks for it: this is
+what CI tests), sharded weights (FSDP / DeepSpeed ZeRO-3: their forwards gather parameters), attention other
+than ``sdpa`` or sliding windows (the step needs a ready-made boolean key mask), or a forward whose capture
+fails (a host synchronisation or data-dependent control flow inside it).
+
+Graphs hold their static caches and memory pools until :func:`release_graphs` or the model is freed. They
+record the forward as it ran at capture: a LoRA policy decodes with its adapters enabled, as rollouts do; under
+autocast every replay casts the weights it reads (autocast's cast cache is off during capture: a cached copy
+would go stale after the optimiser step), which with fp32 master weights costs a read of them per token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from papo.models.loading import hf_model
+from papo.models.logprobs import weights_sharded
+from papo.rollout.hf_generate import GenerationConfig, finish_responses
+from papo.rollout.lean_decode import cache_kwarg, lean_generate, prefill, prepared_masks
+from papo.rollout.token_sampling import StepRules, next_tokens
+
+log = logging.getLogger(__name__)
+
+#: tokens between two reads of "has every row ended?" (each read waits for the GPU to catch up)
+CHECK_EVERY = 8
+#: the static length is rounded up to a multiple of this (prompt + max_new_tokens), so rollouts of slightly
+#: different prompt lengths reuse one graph
+LENGTH_STEP = 128
+
+
+def row_bucket(n: int) -> int:
+    """Rows of the graph that serves ``n`` rows: the next power of two up to 64, then a multiple of 64."""
+    if n < 1:
+        raise ValueError(f"n={n} rows")
+    return 1 << (n - 1).bit_length() if n <= 64 else -(-n // 64) * 64
+
+
+def length_bucket(n: int) -> int:
+    """Static cache length for ``n`` = prompt + max_new_tokens positions: ``n`` rounded up to LENGTH_STEP."""
+    return -(-n // LENGTH_STEP) * LENGTH_STEP
+
+
+_logged: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        log.warning(message)
+
+
+def static_unsupported(model: torch.nn.Module) -> str | None:
+    """Why the static-cache step cannot run on ``model`` at all (None: it can)."""
+    if weights_sharded(model):
+        return "the weights are sharded (FSDP / ZeRO-3), and their forward gathers them"
+    if not prepared_masks(model):
+        return "it needs sdpa attention without sliding windows (a ready-made boolean key mask)"
+    return None
+
+
+@dataclass
+class _StepGraph:
+    """The fixed buffers of one row bucket's decode step, and its CUDA graph (None: eager steps)."""
+
+    model: Any  # weak reference to the model
+    rows: int
+    length: int
+    cache: Any  # transformers.StaticCache, every layer initialised
+    input_ids: Tensor  # (R, 1) long
+    positions: Tensor  # (*lead, R, 1) long: Qwen-VL's text + 3D rope positions
+    mask: Tensor  # (R, 1, 1, L) bool: the keys each row attends to
+    cache_kw: str
+    state: tuple  # what the capture depends on: dtype, positions' lead shape, autocast, weights' memory
+    graph: torch.cuda.CUDAGraph | None = None
+    logits: Tensor | None = None  # (R, V) float, written by each step
+    replays: int = field(default=0)
+
+    def _forward(self) -> Tensor:
+        model = self.model()
+        out = model(
+            input_ids=self.input_ids,
+            attention_mask=self.mask,
+            position_ids=self.positions,
+            use_cache=True,
+            **{self.cache_kw: self.cache},
+        )
+        return out.logits[:, -1].float()
+
+    def capture(self) -> None:
+        """Warm up on a side stream (cuBLAS handles, kernel choices), then record one step."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: only this thread's calls can break the capture (not, say, a logger's thread)
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            self.logits = self._forward()
+        self.graph = graph
+
+    def step(self) -> Tensor:
+        """One decode step over the buffers (a graph replay when captured); returns the logits (R, V)."""
+        self.replays += 1
+        if self.graph is None:
+            self.logits = self._forward()
+        else:
+            self.graph.replay()
+        return self.logits
+
+
+#: model -> {row bucket: _StepGraph}
+_GRAPHS: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, _StepGraph]] = weakref.WeakKeyDictionary()
+#: model -> why its step could not be captured (the lean loop runs for it from then on)
+_UNCAPTURABLE: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def release_graphs(model: torch.nn.Module) -> None:
+    """Drop the model's graphs and static caches (their GPU memory returns to the caching allocator)."""
+    _GRAPHS.pop(model, None)
+    _UNCAPTURABLE.pop(model, None)
+
+
+def step_graphs(model: torch.nn.Module) -> dict[int, _StepGraph]:
+    """The model's step graphs by row bucket (for tests and benchmarks)."""
+    return _GRAPHS.get(model, {})
+
+
+def _autocast_state(device: torch.device) -> tuple[bool, torch.dtype | None]:
+    if not torch.is_autocast_enabled(device.type):
+        return False, None
+    return True, torch.get_autocast_dtype(device.type)
+
+
+@contextlib.contextmanager
+def _step_autocast(device: torch.device, state: tuple[bool, torch.dtype | None]) -> Iterator[None]:
+    """The caller's autocast, without its cast cache: a captured step must cast the live weights each replay,
+    never read a cached copy that the next optimiser step leaves stale."""
+    enabled, dtype = state
+    if not enabled:
+        yield
+        return
+    with torch.autocast(device.type, dtype=dtype, cache_enabled=False):
+        yield
+
+
+class CaptureError(RuntimeError):
+    """The decode step could not be recorded as a CUDA graph (the lean loop takes over for that model)."""
+
+
+def _weights_memory(model: torch.nn.Module) -> tuple[int, ...]:
+    return tuple(p.data_ptr() for p in model.parameters())
+
+
+def _new_step_graph(
+    model: torch.nn.Module,
+    rows: int,
+    length: int,
+    like: tuple[Tensor, Tensor],
+    positions: Tensor,
+    state: tuple,
+    pad_id: int,
+) -> _StepGraph:
+    """Buffers + a static cache of ``rows x length`` slots, laid out like the prefill's keys and values
+    ``like`` (under autocast the two can differ in dtype: rope promotes the keys, not the values)."""
+    from transformers import StaticCache
+
+    cache = StaticCache(config=hf_model(model).config, max_cache_len=length)
+    keys, values = (x.new_zeros(rows, x.shape[1], 1, x.shape[-1]) for x in like)
+    for layer in cache.layers:
+        layer.lazy_initialization(keys, values)
+        if layer.values.dtype != values.dtype:  # transformers 5.17 gives both the keys' dtype
+            layer.values = torch.zeros_like(layer.values, dtype=values.dtype)
+    device = keys.device
+    lead = tuple(positions.shape[:-2])
+    return _StepGraph(
+        model=weakref.ref(model),
+        rows=rows,
+        length=length,
+        cache=cache,
+        input_ids=torch.full((rows, 1), pad_id, dtype=torch.long, device=device),
+        positions=torch.zeros((*lead, rows, 1), dtype=positions.dtype, device=device),
+        mask=torch.zeros((rows, 1, 1, length), dtype=torch.bool, device=device),
+        cache_kw=cache_kwarg(model),
+        state=state,
+    )
+
+
+def _step_graph(
+    model: torch.nn.Module,
+    n: int,
+    needed: int,
+    like: tuple[Tensor, Tensor],
+    positions: Tensor,
+    capture: bool,
+    autocast: tuple,
+    pad_id: int,
+) -> _StepGraph:
+    """The model's step graph for ``n`` rows and ``needed`` positions: reused, or built (and captured)."""
+    rows = row_bucket(n)
+    state = (
+        tuple(x.dtype for x in like),
+        tuple(positions.shape[:-2]),
+        autocast,
+        capture,
+        model.training,
+        _weights_memory(model),
+    )
+    graphs = _GRAPHS.setdefault(model, {})
+    old = graphs.get(rows)
+    if old is not None and old.length >= needed and old.state == state:
+        return old
+    length = max(length_bucket(needed), old.length if old is not None else 0)
+    del old
+    graphs.pop(rows, None)  # free the old static cache and graph pool before allocating the new ones
+    sg = _new_step_graph(model, rows, length, like, positions, state, pad_id)
+    if capture:
+        try:
+            with _step_autocast(like[0].device, autocast):
+                sg.capture()
+        except Exception as err:  # a host sync, data-dependent shapes, ... inside the model's forward
+            raise CaptureError(f"{type(err).__name__}: {err}") from err
+    graphs[rows] = sg
+    return sg
+
+
+@torch.no_grad()
+def static_generate(
+    model: torch.nn.Module,
+    inputs: dict[str, Tensor],
+    cfg: GenerationConfig,
+    eos_id: int,
+    pad_id: int,
+    suppress_ids: list[int],
+    num_return_sequences: int = 1,
+    *,
+    capture: bool | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Sample responses; the contract of :func:`papo.rollout.lean_decode.lean_generate`.
+
+    ``capture``: record the step as a CUDA graph (None: when the inputs are on a CUDA device). Falls back to
+    :func:`~papo.rollout.lean_decode.lean_generate` where the static step cannot run (logged once).
+    """
+    args = (model, inputs, cfg, eos_id, pad_id, suppress_ids, num_return_sequences)
+    reason = static_unsupported(model)
+    if reason is not None:
+        _log_once(f"rollout.decoder=static: {reason}; decoding with the lean loop instead")
+        return lean_generate(*args)
+    device = inputs["input_ids"].device
+    capture = device.type == "cuda" if capture is None else capture
+    if capture and model in _UNCAPTURABLE:
+        return lean_generate(*args)
+    attn = inputs["attention_mask"]
+    dynamic, logits, positions = prefill(model, inputs)
+    G = num_return_sequences
+    (B, P), T = attn.shape, cfg.max_new_tokens
+    n = B * G
+    autocast = _autocast_state(device)
+    like = dynamic.layers[0].keys, dynamic.layers[0].values  # (B, kv_heads, P, head_dim) each
+    try:
+        sg = _step_graph(model, n, P + T, like, positions, capture, autocast, pad_id)
+    except CaptureError as err:  # a forward that cannot be captured: the lean loop from now on
+        _UNCAPTURABLE[model] = str(err)
+        _log_once(
+            f"rollout.decoder=static: the decode step of {type(hf_model(model)).__name__} could not be "
+            f"captured as a CUDA graph ({_UNCAPTURABLE[model]}); decoding with the lean loop instead"
+        )
+        return lean_generate(*args)
+    # the prompts' keys and values, each prompt's repeated for its G rows, into the static slots [0, P)
+    rows = torch.arange(B, device=device).repeat_interleave(G)  # (n,) prompt of each row
+    for static_layer, dynamic_layer in zip(sg.cache.layers, dynamic.layers, strict=True):
+        static_layer.keys[:n, :, :P] = dynamic_layer.keys[rows]
+        static_layer.values[:n, :, :P] = dynamic_layer.values[rows]
+        static_layer.cumulative_length.fill_(P)  # the next token goes to slot P
+    del dynamic
+    sg.mask.zero_()
+    sg.mask[:n, 0, 0, :P] = attn[rows].bool()
+    sg.mask[n:, 0, 0, 0] = True  # spare rows attend to one slot (no empty softmax)
+    sg.positions.zero_()
+    sg.positions[..., :n, :] = positions[..., -1:].index_select(positions.ndim - 2, rows)
+    sg.input_ids.fill_(pad_id)
+
+    rules = StepRules.build(cfg, eos_id, pad_id, suppress_ids, device)
+    logits = logits[rows]  # (n, V)
+    tokens = torch.full((n, T), pad_id, dtype=torch.long, device=device)
+    unfinished = torch.ones(n, dtype=torch.bool, device=device)
+    width = T
+    with _step_autocast(device, autocast):
+        for t in range(T):
+            tokens[:, t] = next_tokens(logits, t, unfinished, rules)
+            if t == T - 1:
+                break
+            if (t + 1) % CHECK_EVERY == 0 and not bool(unfinished.any()):
+                width = t + 1
+                break
+            sg.input_ids[:n, 0] = tokens[:, t]
+            sg.positions += 1
+            sg.mask[:, 0, 0, P + t] = True  # this step's token goes to slot P + t
+            logits = sg.step()[:n]
+    ids, mask = finish_responses(tokens[:, :width], eos_id, pad_id)
+    keep = max(int(mask.sum(1).max()), 1)  # the lean loop stops at the step where the last row ended
+    return ids[:, :keep], mask[:, :keep]
