@@ -32,16 +32,18 @@ from papo.losses.base import LossComponent, LossInputs, MetricPool
 from papo.losses.policy_gradient import PolicyGradientLoss
 from papo.losses.reference_kl import ReferenceKLLoss
 from papo.models.loading import (
+    end_token_ids,
     generation_suppress_token_ids,
     is_lora,
     load_policy,
     output_vocab_size,
+    padded_vocab_ids,
 )
 from papo.models.logprobs import response_logps
 from papo.rewards import get_reward_fn
 from papo.rollout.collect import Generator
 from papo.rollout.experience import Experience
-from papo.rollout.hf_generate import GenerationConfig
+from papo.rollout.hf_generate import GenerationConfig, is_end_token
 from papo.utils.checkpointing import experience_from_state, experience_state, rng_state, set_rng_state
 from papo.utils.distributed import (
     all_reduce,
@@ -136,15 +138,18 @@ class PapoModule(L.LightningModule):
             timeout_s=reward["timeout_s"],
         )
         self.reward_on_error = reward.get("on_error", "raise")
+        vocab_size = output_vocab_size(self.policy)
         self.generator = Generator(
             self.processor,
-            # padded output rows beyond the tokenizer (real Qwen2.5-VL) are suppressed too
-            generation_suppress_token_ids(self.processor, vocab_size=output_vocab_size(self.policy)),
+            # never sampled: the image placeholder and the padded output rows beyond the tokenizer
+            generation_suppress_token_ids(self.processor, vocab_size=vocab_size),
             rollout["max_prompt_length"],
             rollout["generation_batch_size"],
             rollout.get("decoder", "lean"),
+            eos_ids=end_token_ids(self.policy.generation_config, self.processor),  # every end token
         )
-        self.suppress_ids = torch.tensor(self.generator.suppress_ids, dtype=torch.long)
+        # training log-probs: over every tokenizer id (as the released actor); only the padded rows are excluded
+        self.suppress_ids = torch.tensor(padded_vocab_ids(self.processor, vocab_size), dtype=torch.long)
         # rollout=vllm: a colocated engine, created on the first rollout (on the GPU) and re-synced with the
         # policy's weights before any rollout that follows an update (papo.rollout.vllm_backend)
         self._vllm_cfg = dict(rollout.get("vllm") or {}) if rollout.get("backend") == "vllm" else None
@@ -339,9 +344,10 @@ class PapoModule(L.LightningModule):
 
     def _rollout_metrics(self, exp: Experience, n_err: int) -> dict[str, float]:
         lengths = exp.response_mask.sum(1)  # (N,) EOS included
-        # truncated: cut at rollout.max_new_tokens without an EOS (not: as long as the longest response)
+        # truncated: cut at rollout.max_new_tokens without an end token (not: as long as the longest response)
         last = exp.response_ids.gather(1, (lengths.long() - 1).clamp(min=0)[:, None])[:, 0]  # (N,)
-        truncated = (lengths >= self.rollout_cfg["max_new_tokens"]) & (last != self.generator.eos_id)
+        ended = is_end_token(last, self.generator.eos_ids)  # (N,) any end token of the generation config
+        truncated = (lengths >= self.rollout_cfg["max_new_tokens"]) & ~ended
         return {
             "train/reward/mean": float(exp.rewards.mean()),
             "train/reward/accuracy": float(exp.accuracy.mean()),
