@@ -28,6 +28,7 @@ def test_response_mask_closes_at_the_first_of_several_end_tokens() -> None:
     assert response_mask_from_ids(ids, 2).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1] * 5]
     out, mask = finish_responses(ids, [2, 3], pad_id=0)
     assert out.tolist() == [[5, 7, 2, 0, 0], [5, 3, 0, 0, 0], [5] * 5]
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1] * 5]
     empty, m = finish_responses(ids[:, :0], [3, 2], pad_id=0)
     assert empty.tolist() == [[3]] * 3 and m.tolist() == [[1.0]] * 3
 
