@@ -270,7 +270,9 @@ def test_dynamic_sampling_refills_the_batch(make_cfg, tmp_path: Path, monkeypatc
     original = papo_module.PapoModule._update
 
     def spy_update(self, exp):
-        updates.append((len(exp), exp.accuracy.clone(), exp.group_ids.clone(), len(self._buffer)))
+        updates.append(
+            (len(exp), exp.accuracy.clone(), exp.group_ids.clone(), len(self.dynamic_sampler.buffer))
+        )
         return original(self, exp)
 
     monkeypatch.setattr(papo_module.PapoModule, "_update", spy_update)

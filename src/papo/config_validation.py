@@ -277,6 +277,12 @@ RANGES: list[tuple[str, float | None, float | None, dict]] = [
     ("algo.num_minibatches", 1, None, {"integer": True}),
     ("algo.micro_batch_size", 1, None, {"integer": True}),
     ("algo.dynamic_sampling.max_tries", 1, None, {"integer": True}),
+    (
+        "algo.dynamic_sampling.batch_prompts",
+        1,
+        None,
+        {"integer": True, "nullable": True, "allowed": "null = one data batch"},
+    ),
     ("algo.overlong.buffer_length", 1, None, {"integer": True}),
     ("algo.overlong.penalty_factor", 0, None, {}),
     ("rollout.max_new_tokens", 1, None, {"integer": True}),

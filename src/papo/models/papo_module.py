@@ -21,7 +21,6 @@ from torch import Tensor
 
 from papo.algos import (
     ADVANTAGE_ESTIMATORS,
-    dynamic_sampling_keep,
     kl_estimate,
     overlong_penalty,
     sampled_entropy,
@@ -42,9 +41,10 @@ from papo.models.loading import (
 from papo.models.logprobs import response_logps
 from papo.rewards import get_reward_fn
 from papo.rollout.collect import Generator
+from papo.rollout.dynamic_sampling import DynamicSampler
 from papo.rollout.experience import Experience
 from papo.rollout.hf_generate import GenerationConfig, is_end_token
-from papo.utils.checkpointing import experience_from_state, experience_state, rng_state, set_rng_state
+from papo.utils.checkpointing import rng_state, set_rng_state
 from papo.utils.distributed import (
     all_reduce,
     clip_grad_norm,
@@ -165,8 +165,19 @@ class PapoModule(L.LightningModule):
         self.last_val: dict[str, float] = {}
         # global step of the last validation run inside fit (None: none yet, or it ran in trainer.validate)
         self.last_val_fit_step: int | None = None
-        self._buffer: list[Experience] = []  # DAPO dynamic sampling: kept groups awaiting a full batch
-        self._tries = 0
+        ds = dict(algo.get("dynamic_sampling") or {})
+        # DAPO dynamic sampling (papo.rollout.dynamic_sampling): its buffer and round count are checkpointed
+        self.dynamic_sampler = (
+            DynamicSampler(
+                algo["group_size"],
+                ds["low"],
+                ds["high"],
+                ds["max_tries"],
+                keep_all_when_none_pass=ds.get("keep_all_when_none_pass", False),
+            )
+            if ds.get("enabled", False)
+            else None
+        )
         self._group_counter = 0
         self.skipped_steps = 0
         self.consecutive_skips = 0  # optimiser steps skipped in a row (stop at optim.max_consecutive_skips)
@@ -305,29 +316,16 @@ class PapoModule(L.LightningModule):
                 )
             exp.rewards = rewards
 
-        ds = self.algo.get("dynamic_sampling", {})
-        if ds.get("enabled", False):
-            keep = dynamic_sampling_keep(exp.accuracy, exp.group_ids, ds["low"], ds["high"])
-            rollout_metrics["train/dynamic_sampling/kept_fraction"] = float(keep.float().mean())
-            self._buffer.append(exp.select(keep))
-            have = sum(len(e) for e in self._buffer) // self.algo["group_size"]
-            have = int(all_reduce(have, "min", self.device))  # ranks update together (matching collectives)
-            need = len(batch["prompt"])
-            self._tries += 1
-            if have < need:
-                if self._tries >= ds["max_tries"]:
-                    raise RuntimeError(
-                        f"DAPO dynamic sampling: only {have}/{need} groups with "
-                        f"{ds['low']} < mean accuracy < {ds['high']} after {self._tries} rollout batches "
-                        "(algo.dynamic_sampling.max_tries). The task is too easy or too hard for the policy: "
-                        "check accuracy, or disable with algo.dynamic_sampling.enabled=false."
-                    )
+        if self.dynamic_sampler is not None:  # DAPO: sample more rounds until enough groups pass the filter
+            # groups per update: algo.dynamic_sampling.batch_prompts per rank, else one data batch
+            need = int(self.algo["dynamic_sampling"].get("batch_prompts") or len(batch["prompt"]))
+            exp, ds_metrics = self.dynamic_sampler.add(
+                exp, need, lambda value, op: all_reduce(value, op, self.device)
+            )
+            rollout_metrics.update({f"train/dynamic_sampling/{k}": v for k, v in ds_metrics.items()})
+            if exp is None:
                 self.log_dict(rollout_metrics, on_step=True)
                 return
-            rollout_metrics["train/dynamic_sampling/tries"] = float(self._tries)
-            exp = Experience.cat(self._buffer)
-            exp = exp.select(list(range(need * self.algo["group_size"])))  # exactly a full batch
-            self._buffer, self._tries = [], 0
 
         with self.timer("old_logps"):
             self._prepare(exp)
@@ -599,8 +597,8 @@ class PapoModule(L.LightningModule):
         live = self._in_train_step or self._train_rng is None
         checkpoint["papo"] = {  # tensors, lists, numbers and strings only: loads with weights_only=True
             "rng": rng_state() if live else self._train_rng,
-            "buffer": [experience_state(e) for e in self._buffer],
-            "tries": self._tries,
+            # DAPO's refill state: "buffer" (kept groups awaiting a full batch) and "tries"
+            **(self.dynamic_sampler.state_dict() if self.dynamic_sampler else {"buffer": [], "tries": 0}),
             "group_counter": self._group_counter,
             "skipped_steps": self.skipped_steps,
             "consecutive_skips": self.consecutive_skips,
@@ -617,8 +615,9 @@ class PapoModule(L.LightningModule):
             log.warning("checkpoint has no PAPO resume state: RNG and dynamic-sampling state start afresh")
             return
         self._train_rng = state["rng"]  # applied at the start of the next training step
-        self._buffer = [experience_from_state(e) for e in state["buffer"]]
-        self._tries, self._group_counter = int(state["tries"]), int(state["group_counter"])
+        if self.dynamic_sampler is not None:
+            self.dynamic_sampler.load_state_dict(state)
+        self._group_counter = int(state["group_counter"])
         self.skipped_steps = int(state["skipped_steps"])
         self.consecutive_skips = int(state["consecutive_skips"])
         self.skipped_rows = int(state["skipped_rows"])
