@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from papo.algos import ADVANTAGE_ESTIMATORS, AGG_MODES, KL_ESTIMATORS, POLICY_LOSSES
+from papo.algos import ADVANTAGE_ESTIMATORS, AGG_MODES, KL_ESTIMATORS, LOSS_NORMALIZERS, POLICY_LOSSES
 from papo.rollout.hf_generate import DECODERS
 
 log = logging.getLogger(__name__)
@@ -350,6 +350,7 @@ def _validate_ranges(p: _Problems, cfg: DictConfig) -> None:
         p.run(check_range, cfg, f"optim.betas.{beta}", 0, 1, hi_open=True)
     p.run(check_range, cfg, "algo.dual_clip", 1, None, lo_open=True, nullable=True, allowed="null disables")
     p.run(check_choice, cfg, "loss.schedule", ["fixed", "linear"])
+    p.run(check_choice, cfg, "algo.loss_normalizer", LOSS_NORMALIZERS)
     _validate_common(p, cfg)
     # loss components: importable LossComponent classes with in-range coefficients and valid names
     for name, comp in (cfg.loss.get("components") or {}).items():

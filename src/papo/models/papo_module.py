@@ -22,6 +22,7 @@ from torch import Tensor
 from papo.algos import (
     ADVANTAGE_ESTIMATORS,
     kl_estimate,
+    micro_batch_normalization,
     overlong_penalty,
     sampled_entropy,
 )
@@ -385,22 +386,27 @@ class PapoModule(L.LightningModule):
         n_mb = self.algo["num_minibatches"]
         mbs = self.algo["micro_batch_size"]
         agg = self.algo["agg_mode"]
+        # micro_batch_mean (released actor) | global_token_mean (papo.algos.micro_batch_normalization)
+        normalizer = self.algo.get("loss_normalizer", "global_token_mean")
         # seq-mean-token-sum-norm's constant length (Dr. GRPO): the maximum response length, not the
         # longest response of this batch (the padded width T, which changes from step to step)
         norm_len = int(self.algo.get("norm_len") or self.rollout_cfg["max_new_tokens"])
         pool = MetricPool()  # micro-batch metrics -> one value per step (max of maxima, pooled variances)
         N = len(exp)
         for _epoch in range(self.algo["ppo_epochs"]):
-            order = torch.randperm(N) if n_mb > 1 else torch.arange(N)
+            # mini-batches: a fresh random split per epoch, or contiguous rows (the released actor's split)
+            shuffle = n_mb > 1 and self.algo.get("shuffle_minibatches", True)
+            order = torch.randperm(N) if shuffle else torch.arange(N)
             for mb_idx in torch.tensor_split(order, n_mb):
                 mb = exp.select(mb_idx)
-                # token-mean over ALL ranks' mini-batches: DDP averages gradients over W ranks, so each
-                # rank normalises by (global token count / W); with one process this is mb.num_tokens
+                # global_token_mean: token-mean over ALL ranks' mini-batches: DDP averages gradients over W
+                # ranks, so each rank normalises by (global token count / W); one process: mb.num_tokens
                 num_tokens_global = float(all_reduce(mb.num_tokens, "sum", self.device))
                 num_tokens = num_tokens_global / world_size()
                 pool.add({"train/num_tokens_global": num_tokens_global}, 1.0)
                 opt.zero_grad(set_to_none=True)
                 nonfinite: list[str] = []  # loss components that gave a non-finite value in this mini-batch
+                n_micro = math.ceil(len(mb) / mbs)  # gradient-accumulation micro-batches of this mini-batch
                 for s in range(0, len(mb), mbs):
                     micro = mb.select(list(range(s, min(s + mbs, len(mb)))))
                     with self.timer("forward"):
@@ -418,13 +424,21 @@ class PapoModule(L.LightningModule):
                             if micro.old_logps is not None
                             else logps.detach()
                         )
+                        norm_tokens, scale = micro_batch_normalization(
+                            normalizer,
+                            agg,
+                            micro_rows=len(micro),
+                            mini_rows=len(mb),
+                            num_micro=n_micro,
+                            tokens_per_rank=num_tokens,
+                        )
                         inputs = LossInputs(
                             logps=logps,
                             old_logps=old,
                             advantages=micro.advantages.to(self.device)[:, None].expand_as(logps),
                             response_mask=mask,
                             agg_mode=agg,
-                            num_tokens=num_tokens if agg == "token-mean" else None,
+                            num_tokens=norm_tokens,
                             ref_logps=micro.ref_logps[:, :T].to(self.device)
                             if micro.ref_logps is not None
                             else None,
@@ -432,7 +446,6 @@ class PapoModule(L.LightningModule):
                             progress=self.progress,
                             norm_len=norm_len,
                         )
-                        scale = 1.0 if agg == "token-mean" else len(micro) / len(mb)
                         total = logps.new_zeros(())
                         w = float(mask.sum())
                         terms: list[tuple[str, Tensor]] = []
