@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from papo.algos import ADVANTAGE_ESTIMATORS, AGG_MODES, KL_ESTIMATORS, LOSS_NORMALIZERS, POLICY_LOSSES
+from papo.algos.perception import TOP_FRACTION_SCOPES
 from papo.rollout.hf_generate import DECODERS
 
 log = logging.getLogger(__name__)
@@ -299,6 +300,8 @@ RANGES: list[tuple[str, float | None, float | None, dict]] = [
     ("loss.eta_real", 0, None, {}),
     ("loss.eta_masked", 0, None, {}),
     ("loss.anneal_fraction", 0, 1, {"lo_open": True}),
+    ("loss.gamma_start", 0, None, {"nullable": True, "allowed": "null = loss.gamma"}),
+    ("loss.gamma_end", 0, None, {}),
     ("masking.mask_prob", 0, 1, {}),
     ("masking.ratio", 0, 1, {}),
     ("masking.patch_size", 1, None, {"integer": True}),
@@ -330,6 +333,8 @@ COMPONENT_RANGES: list[tuple[str, float | None, float | None, dict]] = [
     ("anneal_fraction", 0, 1, {"lo_open": True}),
     ("token_clip", 0, None, {"lo_open": True, "nullable": True}),
     ("top_fraction", 0, 1, {"lo_open": True, "nullable": True}),
+    ("gamma_start", 0, None, {"nullable": True}),
+    ("gamma_end", 0, None, {}),
 ]
 
 
@@ -364,6 +369,7 @@ def _validate_ranges(p: _Problems, cfg: DictConfig) -> None:
                 p.run(check_range, cfg, f"{prefix}.{key}", lo, hi, **opts)
         p.run(check_choice, cfg, f"{prefix}.kind", KL_ESTIMATORS.names())
         p.run(check_choice, cfg, f"{prefix}.direction", ["masked_as_ref", "real_as_ref"])
+        p.run(check_choice, cfg, f"{prefix}.top_fraction_scope", TOP_FRACTION_SCOPES)
         if "schedule" not in copied:
             p.run(check_choice, cfg, f"{prefix}.schedule", ["fixed", "linear"])
     ovl = OmegaConf.select(cfg, "algo.overlong", default=None)

@@ -392,6 +392,9 @@ class PapoModule(L.LightningModule):
         # longest response of this batch (the padded width T, which changes from step to step)
         norm_len = int(self.algo.get("norm_len") or self.rollout_cfg["max_new_tokens"])
         pool = MetricPool()  # micro-batch metrics -> one value per step (max of maxima, pooled variances)
+        # the coefficient schedules see one progress per rollout batch, the fraction of training done before it
+        # (the released controller steps once per rollout step)
+        progress = self.progress
         N = len(exp)
         for _epoch in range(self.algo["ppo_epochs"]):
             # mini-batches: a fresh random split per epoch, or contiguous rows (the released actor's split)
@@ -443,7 +446,7 @@ class PapoModule(L.LightningModule):
                             if micro.ref_logps is not None
                             else None,
                             logps_masked=logps_masked,
-                            progress=self.progress,
+                            progress=progress,
                             norm_len=norm_len,
                         )
                         total = logps.new_zeros(())
