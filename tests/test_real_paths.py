@@ -150,14 +150,101 @@ def test_embedded_experiment_header_and_composition(name: str) -> None:
     assert cfg.trainer.accelerator == "cpu" and "embedded" in cfg.tags
 
 
-@pytest.mark.parametrize(
-    "group", ["data=geometry3k", "data=mmk12", "data=clevr_count", "data=mathverse", "data=digits"]
+#: each data option's splits: (loader, source, hub split, hub config name, column mapping, row filter)
+_HUB = "papo.data.hub.load_split"
+_MATHVERSE = (
+    _HUB,
+    "AI4Math/MathVerse",
+    "testmini",
+    "testmini",
+    {"image": "images", "query_wo": "problem", "answer": "answer", "problem_version": "task_type"},
+    {"question_type": ["multi-choice"]},
 )
-def test_data_configs_compose(group: str) -> None:
+DATA_SPLITS = {
+    "virl39k": {
+        "train": (_HUB, "PAPOGalaxy/PAPO_ViRL39K_train", "train", None, None, None),
+        "val": (_HUB, "PAPOGalaxy/PAPO_MMK12_test", "train", None, None, None),
+        "test": None,
+    },
+    "geometry3k": {
+        "train": (_HUB, "hiyouga/geometry3k", "train", None, None, None),
+        "val": (_HUB, "hiyouga/geometry3k", "validation", None, None, None),
+        "test": (_HUB, "hiyouga/geometry3k", "test", None, None, None),
+    },
+    "mmk12": {
+        "train": (_HUB, "PAPOGalaxy/PAPO_ViRL39K_train", "train", None, None, None),
+        "val": (_HUB, "PAPOGalaxy/PAPO_MMK12_test", "train", None, None, None),
+        "test": (_HUB, "PAPOGalaxy/PAPO_MMK12_test", "train", None, None, None),
+    },
+    "clevr_count": {
+        "train": (_HUB, "BUAADreamer/clevr_count_70k", "train", None, None, None),
+        "val": (_HUB, "BUAADreamer/clevr_count_70k", "test", None, None, None),
+        "test": (_HUB, "BUAADreamer/clevr_count_70k", "test", None, None, None),
+    },
+    "mathverse": {
+        "train": (_HUB, "PAPOGalaxy/PAPO_ViRL39K_train", "train", None, None, None),
+        "val": _MATHVERSE,
+        "test": _MATHVERSE,
+    },
+    "digits": {
+        "train": ("papo.data.digits.build_digits_split", None, "train", None, None, None),
+        "val": ("papo.data.digits.build_digits_split", None, "val", None, None, None),
+        "test": ("papo.data.digits.build_digits_split", None, "test", None, None, None),
+    },
+}
+
+
+@pytest.mark.parametrize("option", sorted(DATA_SPLITS))
+def test_data_configs_load_the_right_source_split_and_columns(option: str) -> None:
     from conftest import compose_cfg
 
-    cfg = compose_cfg([group])
-    assert cfg.data._target_ == "papo.data.datamodule.PapoDataModule" and cfg.data.val_dataset is not None
+    cfg = compose_cfg([f"data={option}"])
+    assert cfg.data._target_ == "papo.data.datamodule.PapoDataModule" and cfg.data.dataset_name == option
+    for split, expected in DATA_SPLITS[option].items():
+        node = cfg.data.get(f"{split}_dataset")
+        if expected is None:
+            assert node is None, f"{option}: no {split} split expected"
+            continue
+        target, source, hub_split, name, columns, keep = expected
+        got = OmegaConf.to_container(node, resolve=True)
+        assert (got["_target_"], got.get("source"), got["split"]) == (target, source, hub_split), (
+            option,
+            split,
+        )
+        assert (got.get("name"), got.get("columns"), got.get("keep_rows")) == (name, columns, keep), (
+            option,
+            split,
+        )
+
+
+def test_mathverse_keeps_only_the_multi_choice_items(tmp_path: Path) -> None:
+    """data=mathverse loads testmini as the PAPO evaluation does: the free-form questions are dropped."""
+    from datasets import Dataset
+    from hydra.utils import instantiate
+
+    from conftest import compose_cfg
+
+    img = build_digits_split("val", 1, seed=0)[0]["images"][0]
+    rows = {
+        "image": [img] * 4,
+        "query_wo": ["A? Choices: A:1 B:2", "How long?", "B? Choices: A:1 B:2", "How wide?"],
+        "answer": ["A", "3", "B", "4"],
+        "problem_version": ["Text Dominant", "Vision Only", "Vision Only", "Text Lite"],
+        "question_type": ["multi-choice", "free-form", "multi-choice", "free-form"],
+    }
+    path = tmp_path / "mathverse_like.parquet"
+    Dataset.from_dict(rows).to_parquet(str(path))
+    cfg = compose_cfg(
+        [
+            "data=mathverse",
+            f"data.test_dataset.source={path}",
+            "data.test_dataset.name=null",
+            "data.test_dataset.split=train",
+        ]
+    )
+    ds = instantiate(cfg.data.test_dataset)()
+    assert ds["problem"] == ["A? Choices: A:1 B:2", "B? Choices: A:1 B:2"]
+    assert ds["task_type"] == ["Text Dominant", "Vision Only"] and ds["answer"] == ["A", "B"]
 
 
 # ------------------------------------------------------------------------------------------ one RL step
