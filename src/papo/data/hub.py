@@ -265,7 +265,11 @@ def load_split(
                 f"data source {source!r}: keep_rows column {column!r} not found; present: {ds.column_names}"
             )
         allowed, before = {str(v) for v in values}, len(ds)
-        ds = ds.filter(lambda col: [str(v) in allowed for v in col], batched=True, input_columns=[column])
+        ds = ds.filter(
+            lambda col, allowed=allowed: [str(v) in allowed for v in col],
+            batched=True,
+            input_columns=[column],
+        )
         log.info(
             "data source %s (%s): kept %d of %d rows with %s in %s",
             source,
