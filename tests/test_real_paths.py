@@ -117,23 +117,16 @@ def test_experiment_composes_with_the_published_hyperparameters(name: str) -> No
     assert any("Hardware:" in line and "H100" in line for line in header[:5]), "hardware comment"
     cfg = compose_cfg([f"experiment={name}"])
     validate_config(cfg)
-    assert cfg.algo.group_size == 5 and cfg.algo.num_minibatches == 3 and cfg.algo.ppo_epochs == 1
-    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip) == (1e-6, 1e-2, 1.0)
-    r = cfg.rollout
-    assert (r.temperature, r.top_p, r.max_new_tokens, r.max_prompt_length) == (1.0, 0.99, 2048, 4096)
+    # every hyperparameter against the released scripts: tests/test_released_scripts.py; here what all share
     assert cfg.warm_start.enabled is False and cfg.data.dataset_name == "virl39k"
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_steps == 606
-    devices = int(cfg.trainer.devices)
-    assert cfg.data.batch_size * devices == 384
+    assert (
+        cfg.algo.group_size == 5
+        and cfg.algo.num_minibatches == 3
+        and cfg.algo.loss_normalizer == "micro_batch_mean"
+    )
     if "qwen3" not in name:
-        assert (cfg.model.min_pixels, cfg.model.max_pixels) == (256 * 28 * 28, 1280 * 28 * 28)
-        assert devices == (4 if name.endswith("7b") else 2)
-    assert (cfg.algo.kl_coef == 0) == ("nokl" in name or name.startswith(("dapo", "papo_d")))
-    gamma = {"papo_g": 0.02, "papo_d": 0.01}.get(cfg.loss.name.removesuffix("_7b"))
-    if gamma is not None:
-        assert cfg.loss.gamma == gamma
-    if name == "papo_g_7b" or name == "papo_g_nokl_7b":
-        assert (cfg.loss.eta_real, cfg.loss.eta_masked) == (0.05, 0.05)
+        assert int(cfg.trainer.devices) == (4 if name.endswith("7b") else 2)
 
 
 @pytest.mark.parametrize("name", EMBEDDED)
