@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -52,9 +53,12 @@ def compose_run_cfg(make_cfg, name: str, data_file: str, out: Path, extra: list[
             "rollout.max_prompt_length=512",
             "validate_before=false",
             "validate_after=false",
-            # random-init stand-in: rewards are ~0, so most steps move the weights by weight decay only;
-            # a larger lr makes that visible in float32 (1e-6 * 1e-2 is below float32 resolution)
+            # the weights may move only through the loss: no weight decay, and a coin-flip reward so that the
+            # random-init stand-in's groups have non-zero advantages (its real reward would be 0 everywhere);
+            # lr 1e-3 makes one step visible in float32
             "optim.lr=1e-3",
+            "optim.weight_decay=0",
+            "reward.name=coin",
             "logger=none",
             "callbacks=[rank_sync]",
             f"callbacks.rank_sync.output_dir={out / 'sync'}",
@@ -85,6 +89,8 @@ def compose_embedded_cfg(make_cfg, name: str, out: Path):
             "warm_start.batch_size=8",
             "validate_before=false",
             "validate_after=false",
+            "optim.weight_decay=0",  # the weights may move only through the loss
+            "reward.name=coin",
             "logger=none",
             "callbacks=[rank_sync]",
             f"callbacks.rank_sync.output_dir={out / 'sync'}",
@@ -92,6 +98,21 @@ def compose_embedded_cfg(make_cfg, name: str, out: Path):
         ],
         tiny=False,
     )
+
+
+def _coin_reward(response: str, truth: str, format_weight: float = 0.1, timeout_s: float = 2.0) -> dict:
+    """A fair coin per response: every group gets mixed outcomes, so the policy gradient is not zero."""
+    acc = float(random.random() < 0.5)
+    return {"overall": acc, "accuracy": acc, "format": 1.0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def coin_reward():
+    from papo.rewards import REWARD_FUNCTIONS
+
+    REWARD_FUNCTIONS.register("coin")(_coin_reward)
+    yield
+    REWARD_FUNCTIONS.unregister("coin")
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +293,8 @@ def test_experiment_runs_one_rl_step_on_stand_ins(name: str, make_cfg, tmp_path:
     train(cfg)
     rec = json.loads((tmp_path / "sync" / "rank0.json").read_text())
     assert rec["global_step"] == steps  # one rollout batch = num_minibatches optimiser steps
-    assert rec["start_digest"] != rec["end_digest"], "the optimiser must have stepped the policy"
+    # weight decay is off: only a non-zero gradient of the loss can have moved the weights
+    assert rec["start_digest"] != rec["end_digest"], "the loss's gradient must have moved the policy"
 
 
 # ------------------------------------------------------------------------------------------ stand-ins
