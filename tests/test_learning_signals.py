@@ -122,12 +122,14 @@ def test_policy_gradient_step_raises_positive_and_lowers_negative_responses(make
 def test_perception_kl_step_raises_kl_prcp(make_cfg, monkeypatch) -> None:
     fixed = FixedBatch(monkeypatch, _no_reward)
     loss = ["loss=papo", "loss.gamma=1.0", "loss.eta_real=0", "loss.eta_masked=0"]
-    train(make_cfg(["algo=grpo", "algo.kl_coef=0", *loss, "trainer.max_steps=1", *FAST]))
+    # KL_prcp starts near its minimum (0, both views alike): a large step raises it whatever its sign, so the
+    # step is small (lr 1e-4) and the first-order effect decides (measured: x3.9 here; the flipped sign x0.1)
+    train(make_cfg(["algo=grpo", "algo.kl_coef=0", "trainer.max_steps=1", *FAST, *loss, "optim.lr=1e-4"]))
     before, after = fixed.before, fixed.after()
     # KL_prcp as the loss defines it: the current policy against the masked-branch log-probs of the rollout
     kl_before = masked_mean(kl_estimate(before["logps"], before["logps_masked"], "k3"), before["mask"])
     kl_after = masked_mean(kl_estimate(after["logps"], before["logps_masked"], "k3"), after["mask"])
-    assert kl_after > kl_before * 1.05, (float(kl_before), float(kl_after))
+    assert kl_after > kl_before * 1.5, (float(kl_before), float(kl_after))
 
 
 def test_double_entropy_step_lowers_both_entropies(make_cfg, monkeypatch) -> None:
