@@ -99,3 +99,20 @@ def test_gamma_is_constant_within_a_rollout_batch(make_cfg, tmp_path: Path) -> N
             if r.get("train/perception_kl/gamma")
         ]
     assert gammas == pytest.approx([0.02, 0.01])
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("loss.gamma_start=-0.01", r"loss\.gamma_start=-0\.01 must be"),
+        ("loss.gamma_end=-1", r"loss\.gamma_end=-1 must be"),
+        ("loss.components.perception_kl.top_fraction_scope=row", r"top_fraction_scope='row' is unknown"),
+        ("algo.dynamic_sampling.batch_prompts=0", r"algo\.dynamic_sampling\.batch_prompts=0 must be"),
+    ],
+)
+def test_new_keys_are_validated_with_their_name(override: str, needle: str) -> None:
+    from conftest import compose_cfg
+    from papo.config_validation import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match=needle):
+        validate_config(compose_cfg(["loss=papo_d", override]))
