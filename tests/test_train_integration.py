@@ -77,8 +77,8 @@ def test_papo_trains_and_logs_every_term(make_cfg, tmp_path: Path, monkeypatch: 
 def test_grpo_baseline_runs_without_masked_forward(
     make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """loss=none with GRPO: no term needs the masked image, so no masked forward runs (counted by a spy on the
-    module's log-prob pass) and nothing masked is logged; the reference KL (GRPO) is."""
+    """loss=none with GRPO: the batches carry masked images but no term needs them, so no masked forward runs
+    (counted by a spy on the module's log-prob pass) and nothing masked is logged; the reference KL (GRPO) is."""
     from papo.models import papo_module
 
     calls: list[bool] = []  # masked view?
@@ -89,8 +89,9 @@ def test_grpo_baseline_runs_without_masked_forward(
         return original(self, model, exp, masked)
 
     monkeypatch.setattr(papo_module.PapoModule, "_logps", spy)
-    cfg = make_cfg(["loss=none", "algo=grpo", "masking=none", "logger=csv", "validate_before=false"])
-    assert cfg.algo.kl_coef > 0
+    # masked views are in every batch (masking=random_patch), but no active term needs them
+    cfg = make_cfg(["loss=none", "algo=grpo", "logger=csv", "validate_before=false", "validate_after=false"])
+    assert cfg.algo.kl_coef > 0 and cfg.masking._target_.endswith("RandomPatchMask")
     train(cfg)
     assert calls and not any(calls), f"{sum(calls)} masked forwards of {len(calls)} log-prob passes"
     keys = _logged_keys(_metrics_rows(tmp_path))
