@@ -183,7 +183,7 @@ def matmul_bf16() -> float | None:
 
 
 def main() -> None:
-    from papo.models.loading import generation_suppress_token_ids
+    from papo.models.loading import generation_suppress_token_ids, padded_vocab_ids
 
     batches = bench.build_batches(args)
     extra = [
@@ -203,9 +203,9 @@ def main() -> None:
             policy = build_policy(module.processor.tokenizer)
         module.policy = policy  # replaces the stand-in's weights; processor and tokenizer stay
         policy.train()
-        ids = generation_suppress_token_ids(module.processor, policy.config.text_config.vocab_size)
-        module.generator.suppress_ids = ids
-        module.suppress_ids = torch.tensor(ids, dtype=torch.long)
+        vocab = policy.config.text_config.vocab_size  # never sampled: placeholder + padded rows; scored: all but padded
+        module.generator.suppress_ids = generation_suppress_token_ids(module.processor, vocab)
+        module.suppress_ids = torch.tensor(padded_vocab_ids(module.processor, vocab), dtype=torch.long)
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
