@@ -51,7 +51,7 @@ def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
         inputs = {k: v.cuda() for k, v in inputs.items()}
     G, T = args.group_size, args.max_new_tokens
     cfg = GenerationConfig(T, 1.0, 0.99, 0, G, min_new_tokens=T)
-    special = (gen.eos_id, gen.pad_id, gen.suppress_ids, G)
+    special = (gen.eos_ids, gen.pad_id, gen.suppress_ids, G)
 
     greedy = GenerationConfig(T, 0.0, 1.0, 0, 1)
     same_greedy = torch.equal(

@@ -247,13 +247,15 @@ def attach(module: Any, policy: Any) -> None:
     """Give ``module`` the shared policy (its processor and tokenizer stay), suppressing padded vocabulary."""
     import torch
 
-    from papo.models.loading import generation_suppress_token_ids
+    from papo.models.loading import generation_suppress_token_ids, padded_vocab_ids
 
     module.policy = policy
     policy.train()
-    ids = generation_suppress_token_ids(module.processor, policy.config.text_config.vocab_size)
-    module.generator.suppress_ids = ids
-    module.suppress_ids = torch.tensor(ids, dtype=torch.long)
+    vocab = (
+        policy.config.text_config.vocab_size
+    )  # never sampled: placeholder + padded rows; scored: all but padded
+    module.generator.suppress_ids = generation_suppress_token_ids(module.processor, vocab)
+    module.suppress_ids = torch.tensor(padded_vocab_ids(module.processor, vocab), dtype=torch.long)
 
 
 def first_prompts(batch: dict[str, Any], n: int) -> dict[str, Any]:
@@ -297,7 +299,7 @@ def decode_parity(model: Any, inputs: dict, gen: Any, device: Any, tokens: int, 
     from papo.rollout.lean_decode import lean_generate
     from papo.rollout.static_decode import static_generate
 
-    special = (gen.eos_id, gen.pad_id, gen.suppress_ids)
+    special = (gen.eos_ids, gen.pad_id, gen.suppress_ids)
     greedy = GenerationConfig(max_new_tokens=tokens, temperature=0.0)
     cuda = device.type == "cuda"
     lean = lean_generate(model, inputs, greedy, *special, 1)[0]
@@ -332,7 +334,12 @@ def sampling_cost(vocab: int, device: Any, rows: tuple[int, ...] = (32, 256)) ->
 
     from papo.rollout.token_sampling import StepRules, next_tokens
 
-    rules = StepRules(eos_id=1, pad_id=0, suppress=torch.arange(vocab // 2, vocab, device=device), top_p=0.99)
+    rules = StepRules(
+        eos_ids=torch.tensor([1], device=device),
+        pad_id=0,
+        suppress=torch.arange(vocab // 2, vocab, device=device),
+        top_p=0.99,
+    )
     out = {}
     for n in rows:
         logits = torch.randn(n, vocab, device=device)

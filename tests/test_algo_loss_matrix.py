@@ -1,14 +1,18 @@
-"""Every algo and every loss config composes and trains 2 RL steps (issue 3 acceptance), and the
-masked branch carries gradient only when ``mask_branch_grad=true`` (also with the double entropy alone)."""
+"""Every algo and every loss config trains 2 RL steps with finite losses, a non-zero gradient reaching the
+parameters and the metric keys its terms must log; the masked branch carries gradient only when
+``mask_branch_grad=true`` (also with the double entropy alone)."""
 
 from __future__ import annotations
 
+import csv
+import math
 import random
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import compose_cfg
 from papo.pipeline import train
 from papo.rewards import REWARD_FUNCTIONS
 
@@ -30,20 +34,73 @@ def coin_reward():
     REWARD_FUNCTIONS.unregister("coin")  # other modules' tests list the registered names
 
 
+def _step_rows(out: Path) -> list[dict[str, float]]:
+    """The CSV rows of the RL updates (those with a total loss), as floats. A dynamic-sampling round without an
+    update logs its rollout metrics in a row of its own, where Lightning repeats the last update's values:
+    such repeats (same loss, grad norm and step time) are dropped."""
+    with (out / "csv" / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss/total") not in ("", None)]
+    rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in rows]
+    same = ("train/loss/total", "train/grad_norm", "time/step_s")
+    return [r for i, r in enumerate(rows) if i == 0 or any(r[k] != rows[i - 1][k] for k in same)]
+
+
+def _expected_keys(overrides: list[str]) -> tuple[set[str], set[str]]:
+    """(keys every step must log, keys it must not log) for the composed config's active terms."""
+    cfg = compose_cfg(overrides)
+    present = {
+        "train/pg/loss",
+        "train/pg/clipfrac",
+        "train/pg/approx_kl",
+        "train/grad_norm",
+        "train/loss/total",
+    }
+    absent = set()
+    (present if cfg.algo.kl_coef > 0 else absent).add("train/ref_kl/kl")
+    if cfg.algo.dynamic_sampling.enabled:
+        present |= {"train/dynamic_sampling/kept_fraction", "train/dynamic_sampling/tries"}
+    comps = cfg.loss.get("components") or {}
+    gamma, etas = (
+        float(cfg.loss.get("gamma", 0)),
+        float(cfg.loss.get("eta_real", 0)) + float(cfg.loss.get("eta_masked", 0)),
+    )
+    pkl = {"train/perception_kl/kl", "train/perception_kl/gamma", "train/perception_kl/kl_token_max"}
+    ent = {"train/double_entropy/entropy_real", "train/double_entropy/entropy_masked"}
+    (present if "perception_kl" in comps and gamma > 0 else absent).update(pkl)
+    (present if "double_entropy" in comps and etas > 0 else absent).update(ent)
+    masked = ("perception_kl" in comps and gamma > 0) or ("double_entropy" in comps and etas > 0)
+    (present if masked else absent).add("train/response/entropy_masked")
+    return present, absent
+
+
+def _check_steps(out: Path, overrides: list[str]) -> None:
+    rows = _step_rows(out)
+    assert len(rows) == 2, "two RL steps"
+    present, absent = _expected_keys(overrides)
+    for row in rows:
+        assert present <= set(row), f"not logged: {sorted(present - set(row))}"
+        assert not absent & set(row), f"logged for an inactive term: {sorted(absent & set(row))}"
+        assert all(math.isfinite(v) for k, v in row.items() if k.startswith("train/")), row
+        assert row["train/grad_norm"] > 0, "no gradient reached the parameters"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ALGOS)
-def test_every_algo_trains_two_steps(make_cfg, algo: str) -> None:
+def test_every_algo_trains_two_steps(make_cfg, tmp_path: Path, algo: str) -> None:
     # a barely warm-started tiny model almost never solves a group, which DAPO's dynamic sampling would
     # (rightly) reject batch after batch: the coin reward gives every group mixed outcomes
-    cfg = make_cfg([f"algo={algo}", "loss=papo", "reward.name=coin", *FAST])
-    train(cfg)
+    overrides = [f"algo={algo}", "loss=papo", "reward.name=coin"]
+    train(make_cfg([*overrides, *FAST]))
+    _check_steps(tmp_path, overrides)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", LOSSES)
-def test_every_loss_trains_two_steps(make_cfg, loss: str) -> None:
+def test_every_loss_trains_two_steps(make_cfg, tmp_path: Path, loss: str) -> None:
     extra = ["masking=none"] if loss == "none" else []
-    train(make_cfg(["algo=grpo", f"loss={loss}", *FAST, *extra]))
+    overrides = ["algo=grpo", f"loss={loss}", "reward.name=coin", *extra]
+    train(make_cfg([*overrides, *FAST]))
+    _check_steps(tmp_path, overrides)
 
 
 @pytest.mark.slow

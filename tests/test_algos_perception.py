@@ -1,11 +1,12 @@
-"""PAPO perception KL (direction, token_clip, top_fraction, padding, one SGD step) and entropy."""
+"""PAPO perception KL (direction, token_clip, top_fraction per sequence as the released code and per micro-batch,
+padding, one SGD step) and entropy."""
 
 import math
 
 import pytest
 import torch
 
-from papo.algos import perception_kl, sampled_entropy
+from papo.algos import kl_estimate, perception_kl, sampled_entropy
 
 # token 0: l = -1, l_mask = -2;  token 1: l = l_mask = -2;  token 2: padding
 LOGPS = torch.tensor([[-1.0, -2.0, -0.5]])
@@ -50,11 +51,14 @@ ABS_LM = -torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 ABS_MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
 
 
-@pytest.mark.parametrize(("fraction", "expected"), [(0.4, 4.5), (0.5, 4.0), (1.0, 3.0), (0.01, 5.0)])
-def test_top_fraction(fraction, expected):
-    # 5 response tokens; keep ceil(fraction * 5): 2 -> {5, 4}, 3 -> {5, 4, 3}, 5 -> all, 1 -> {5}
+@pytest.mark.parametrize(("fraction", "expected"), [(0.4, 1.8), (0.5, 2.4), (1.0, 3.0), (0.01, 1.0)])
+def test_top_fraction_across_the_micro_batch(fraction, expected):
+    # 5 response tokens; keep ceil(fraction * 5): 2 -> {5, 4}, 3 -> {5, 4, 3}, 5 -> all, 1 -> {5};
+    # dropped tokens count as 0 over all 5 tokens: 9 / 5, 12 / 5, 15 / 5, 5 / 5
     logps = ABS_L.clone().requires_grad_(True)
-    kl, m = perception_kl(logps, ABS_LM, ABS_MASK, kind="abs", top_fraction=fraction)
+    kl, m = perception_kl(
+        logps, ABS_LM, ABS_MASK, kind="abs", top_fraction=fraction, top_fraction_scope="micro_batch"
+    )
     assert kl.item() == pytest.approx(expected)
     assert m["kl_token_max"].item() == 5.0  # metrics use all tokens (padding 6 excluded)
     assert m["kl_token_mean"].item() == pytest.approx(3.0)
@@ -63,6 +67,47 @@ def test_top_fraction(fraction, expected):
     kl.backward()
     assert int((logps.grad != 0).sum()) == kept
     assert logps.grad[1, 2].item() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("fraction", "expected", "kept"),
+    [
+        # row 0 [1, 2, 3]: its (1 - f) quantile (linear interpolation) is 2.2 -> {3}; row 1 [4, 5]: 4.6 -> {5}
+        (0.4, (3 + 5) / 5, 2),
+        # 0.5: thresholds 2 and 4.5 -> {2, 3} and {5}
+        (0.5, (2 + 3 + 5) / 5, 3),
+        (1.0, 3.0, 5),  # thresholds at each row's minimum: every token
+        (0.2, (3 + 5) / 5, 2),  # the released default top_p 0.2: thresholds 2.6 and 4.8
+    ],
+)
+def test_top_fraction_per_sequence_is_the_released_form(fraction, expected, kept):
+    logps = ABS_L.clone().requires_grad_(True)
+    kl, m = perception_kl(logps, ABS_LM, ABS_MASK, kind="abs", top_fraction=fraction)  # scope: sequence
+    assert kl.item() == pytest.approx(expected)
+    assert m["kept_frac"].item() == pytest.approx(kept / 5)
+    kl.backward()
+    assert int((logps.grad != 0).sum()) == kept
+
+
+def _released_token_level_mask(kld, response_mask, top_p):
+    """The released dp_actor's use_kl_prcp_token_level_mask, then average_loss(mode="token")."""
+    valid_mask = response_mask.bool()
+    masked_kld = kld.masked_fill(~valid_mask, float("nan"))
+    thresh = torch.nanquantile(masked_kld, 1.0 - top_p, dim=1, keepdim=True)
+    kld = kld * (kld >= thresh).to(kld.dtype)
+    return (kld * response_mask).sum() / (response_mask.sum() + 1e-8)
+
+
+def test_top_fraction_per_sequence_matches_the_released_code_on_random_rows():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([1, 7, 13, 20, 4, 9])
+    mask = (torch.arange(20)[None, :] < lengths[:, None]).float()
+    logps, logps_masked = -torch.rand(6, 20, generator=g) * 3, -torch.rand(6, 20, generator=g) * 3
+    for top_p in (0.2, 0.35, 0.9):
+        ours, _ = perception_kl(logps, logps_masked, mask, top_fraction=top_p)
+        k3 = perception_kl(logps, logps_masked, mask)[0]  # sanity: selection lowers the value
+        released = _released_token_level_mask(kl_estimate(logps, logps_masked, "k3"), mask, top_p)
+        assert ours.item() == pytest.approx(released.item(), rel=1e-6) and ours < k3
 
 
 def test_top_fraction_validation():
@@ -80,8 +125,9 @@ def test_token_clip():
     kl.backward()
     assert (logps.grad[0, 2:] == 0).all() and (logps.grad[1] == 0).all()  # clipped / padding
     assert (logps.grad[0, :2] != 0).all()
+    # the released order: select on the raw values ({3} and {5} per sequence), then clip them to 2.5
     both, _ = perception_kl(ABS_L, ABS_LM, ABS_MASK, kind="abs", token_clip=2.5, top_fraction=0.4)
-    assert both.item() == pytest.approx(2.5)
+    assert both.item() == pytest.approx((2.5 + 2.5) / 5)
 
 
 @pytest.mark.parametrize("direction", ["masked_as_ref", "real_as_ref"])

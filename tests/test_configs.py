@@ -98,13 +98,14 @@ def test_bad_values_fail_with_the_key_named(override: str, needle: str) -> None:
 
 def test_the_paper_protocol_is_one_definition() -> None:
     """avg@8 at T = 1.0 with plain sampling (docs/algorithm.md "Evaluation"): in-run ``rollout.val_sampled_k=8``
-    (val/sampled/*, top_p 1.0 in the module) and ``src/eval.py``'s default use the same temperature, top_p and k;
-    the experiments' greedy ``val/acc`` is separate (its sampled variant would use the training top_p)."""
+    (val/sampled/*, top_p 1.0 in the module) and ``src/eval.py``'s default use the same temperature, top_p and k.
+    The experiments' in-run ``val/acc`` is the released runs' validation: 8 samples at T = 1.0 with the training
+    top_p (0.99), a separate protocol."""
     train = compose_cfg(["experiment=papo_g_3b", "rollout.val_sampled_k=8"])
     ev = compose_cfg(config_name="eval").eval
     assert train.rollout.val_sampled_temperature == ev.temperature == 1.0
     assert (ev.samples, ev.top_p, ev.top_k) == (8, 1.0, 0)
-    assert (train.rollout.val_temperature, train.rollout.val_samples) == (0.0, 1)  # greedy val/acc
+    assert (train.rollout.val_temperature, train.rollout.val_samples, train.rollout.top_p) == (1.0, 8, 0.99)
 
 
 @pytest.mark.parametrize("preset", ["default", "fdr"])

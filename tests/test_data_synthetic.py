@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from papo.data.prompts import PUBLISHED_INSTRUCTION
+from papo.data.prompts import EASYR1_MATH_INSTRUCTION
 from papo.data.synthetic import (
     DEFAULT_COLORS,
     QUESTIONS,
@@ -225,7 +225,7 @@ def test_reference_response_format_and_length(default_split):
 def test_synthetic_corpus_covers_vocabulary():
     corpus = synthetic_corpus(n=200, seed=0)
     text = "\n".join(corpus)
-    assert PUBLISHED_INSTRUCTION in text
+    assert EASYR1_MATH_INSTRUCTION in text  # the frozen tokenizer corpus (papo.data.prompts)
     for word in [*DEFAULT_COLORS, *SHAPES, "circles", "<think>", "\\boxed{", "yes", "no", "left", "right"]:
         assert word in text, word
     assert corpus == synthetic_corpus(n=200, seed=0)

@@ -13,8 +13,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from papo.models.loading import (
+    end_token_ids,
     generation_suppress_token_ids,
     load_policy,
+    padded_vocab_ids,
     resolve_dtype,
     resolve_policy_path,
     vision_tower,
@@ -149,9 +151,13 @@ def test_generate_left_padded_batch_never_samples_suppressed(policy):
     assert enc["attention_mask"][short, 0] == 0 and enc["input_ids"][short, 0] == tok.pad_token_id  # left pad
     assert (enc["attention_mask"][:, -1] == 1).all()
 
-    suppress = generation_suppress_token_ids(processor, model.config.text_config.vocab_size)
-    assert tok.eos_token_id not in suppress and tok.pad_token_id in suppress
-    assert model.config.image_token_id in suppress
+    ours = generation_suppress_token_ids(processor, model.config.text_config.vocab_size)
+    assert ours == [model.config.image_token_id]  # no padded rows in the tiny model: the placeholder only
+    # the mechanism under test (HF suppress_tokens / bad_words_ids on a left-padded batch), with a set large
+    # enough that a random-init model at T=1 does sample it: every added token except the two end tokens
+    ends = {tok.eos_token_id, tok.pad_token_id}  # <|im_end|>, <|endoftext|>: the generation config's eos
+    suppress = sorted(set(tok.convert_tokens_to_ids(list(ALL_ADDED_TOKENS))) - ends)
+    assert set(ours) <= set(suppress)
 
     def sample(**kw):
         torch.manual_seed(0)
@@ -256,15 +262,20 @@ def test_load_policy_options(tiny_dir):
     assert enc["image_grid_thw"].tolist() == [[1, 4, 4]]  # 224x224 capped at 56*56 pixels -> 4 tokens
 
 
-def test_suppress_ids_and_validation(policy):
-    _, processor = policy
+def test_suppress_ids_end_tokens_and_validation(policy):
+    model, processor = policy
     tok = processor.tokenizer
     ids = generation_suppress_token_ids(processor)
-    assert ids == generation_suppress_token_ids(tok)
-    assert set(ids) == set(tok.convert_tokens_to_ids([t for t in ALL_ADDED_TOKENS if t != IM_END]))
+    assert ids == generation_suppress_token_ids(tok) == tok.convert_tokens_to_ids(["<|image_pad|>"])
+    # padded output rows beyond the tokenizer: never sampled, never scored
     assert generation_suppress_token_ids(tok, vocab_size=len(tok) + 3)[-3:] == [
         len(tok) + i for i in range(3)
     ]
+    assert padded_vocab_ids(tok, len(tok) + 3) == [len(tok) + i for i in range(3)]
+    assert padded_vocab_ids(tok, len(tok)) == [] and padded_vocab_ids(tok, None) == []
+    # both end tokens of the generation config, <|im_end|> first (as Qwen2.5-VL's generation_config.json)
+    assert end_token_ids(model.generation_config, tok) == tok.convert_tokens_to_ids([IM_END, "<|endoftext|>"])
+    assert end_token_ids(None, tok) == [tok.convert_tokens_to_ids(IM_END)]
     with pytest.raises(ValueError, match="valid sizes"):
         resolve_spec("huge")
     with pytest.raises(ValueError, match="mrope_section"):

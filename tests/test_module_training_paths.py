@@ -1,7 +1,7 @@
 """PapoModule training paths that the loss-matrix and integration tests do not pin down: the ``linear``
 coefficient schedule, ``algo.kl_in=reward``, DAPO's overlong reward shaping and dynamic-sampling refill
 (and its error after ``max_tries``), Dr. GRPO's constant normaliser, the truncation ``clip_ratio``, the
-suppressed padded vocabulary, and how micro-batch metrics are pooled into one value per step.
+suppressed ids (padded vocabulary, image placeholder), and how micro-batch metrics are pooled into one value per step.
 
 Training runs are tiny (a few seconds each): 4 prompts x 4 responses of at most 8 tokens, no validation.
 """
@@ -127,7 +127,11 @@ def _build(make_cfg, overrides: list[str] | None = None):
 
 def test_clip_ratio_is_the_fraction_truncated_at_max_new_tokens(make_cfg):
     module = _build(make_cfg, ["loss=none", "masking=none", "algo.kl_coef=0"])
-    eos, max_new = module.generator.eos_id, module.rollout_cfg["max_new_tokens"]
+    tok = module.processor.tokenizer
+    # every end token of the model's generation config: <|im_end|> and <|endoftext|>, as Qwen2.5-VL
+    assert module.generator.eos_ids == tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    eos, eos2 = module.generator.eos_ids
+    max_new = module.rollout_cfg["max_new_tokens"]
     other = (eos + 1) % 100
 
     def metrics(rows: list[list[int]]) -> dict[str, float]:
@@ -143,16 +147,19 @@ def test_clip_ratio_is_the_fraction_truncated_at_max_new_tokens(make_cfg):
 
     # three responses of the same length that all ended with EOS: none was cut
     assert metrics([[other, other, eos]] * 3)["train/response/clip_ratio"] == 0.0
-    # full length with EOS as the last token: finished, not cut
+    # full length with an end token as the last token (either of them): finished, not cut
     assert metrics([[other] * (max_new - 1) + [eos], [other, eos]])["train/response/clip_ratio"] == 0.0
+    assert metrics([[other] * (max_new - 1) + [eos2], [other, eos]])["train/response/clip_ratio"] == 0.0
     # full length without EOS: cut (1 of 2), a shorter unfinished-looking row cannot be cut
     cut = metrics([[other] * max_new, [other, eos]])
     assert cut["train/response/clip_ratio"] == 0.5
 
 
-def test_padded_output_vocabulary_is_suppressed(make_cfg, monkeypatch: pytest.MonkeyPatch):
-    """A stand-in for real Qwen2.5-VL, whose output layer has more rows than the tokenizer has ids: the
-    padded ids must never be sampled, in training rollouts and in the evaluator."""
+def test_suppressed_ids_padded_vocabulary_and_image_placeholder(make_cfg, monkeypatch: pytest.MonkeyPatch):
+    """A stand-in for real Qwen2.5-VL, whose output layer has more rows than the tokenizer has ids: the padded
+    ids are never sampled (training rollouts and the evaluator) nor scored (training log-probs); the image
+    placeholder is never sampled (as the released rollout's logit bias) but is scored; every other id, special
+    tokens included, is both sampled and scored (the released runs use the full vocabulary)."""
     from papo.evaluation.evaluator import Evaluator
     from papo.models import papo_module
     from papo.models.loading import load_policy
@@ -164,13 +171,17 @@ def test_padded_output_vocabulary_is_suppressed(make_cfg, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(papo_module, "load_policy", padded_load_policy)
     module = _build(make_cfg, ["loss=none", "masking=none", "algo.kl_coef=0"])
-    n_tok = len(module.processor.tokenizer)
-    padded = set(range(n_tok, n_tok + 24))
+    tok = module.processor.tokenizer
+    n_tok = len(tok)
+    padded = list(range(n_tok, n_tok + 24))
+    image_pad = tok.convert_tokens_to_ids("<|image_pad|>")
     assert module.policy.get_output_embeddings().weight.shape[0] == n_tok + 24
-    assert padded <= set(module.generator.suppress_ids)
-    assert padded <= set(module.suppress_ids.tolist())
+    assert module.generator.suppress_ids == sorted([image_pad, *padded])
+    assert module.suppress_ids.tolist() == padded  # training log-probs
     evaluator = Evaluator(module.policy, module.processor, module.reward_fn)
-    assert padded <= set(evaluator.generator.suppress_ids)
+    assert evaluator.generator.suppress_ids == sorted([image_pad, *padded])
+    assert evaluator.suppress_ids.tolist() == padded
+    assert evaluator.generator.eos_ids == module.generator.eos_ids
 
 
 # ---------------------------------------------------------------- training runs
@@ -259,7 +270,9 @@ def test_dynamic_sampling_refills_the_batch(make_cfg, tmp_path: Path, monkeypatc
     original = papo_module.PapoModule._update
 
     def spy_update(self, exp):
-        updates.append((len(exp), exp.accuracy.clone(), exp.group_ids.clone(), len(self._buffer)))
+        updates.append(
+            (len(exp), exp.accuracy.clone(), exp.group_ids.clone(), len(self.dynamic_sampler.buffer))
+        )
         return original(self, exp)
 
     monkeypatch.setattr(papo_module.PapoModule, "_update", spy_update)

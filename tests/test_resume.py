@@ -269,9 +269,9 @@ def test_module_resume_state_round_trip(make_cfg, tmp_path: Path) -> None:
         )
 
     a = module()
-    a._group_counter, a._tries, a.skipped_steps, a.consecutive_skips, a.skipped_rows = 17, 3, 2, 1, 5
+    a._group_counter, a.skipped_steps, a.consecutive_skips, a.skipped_rows = 17, 2, 1, 5
     test_exp = _tiny_experience()
-    a._buffer = [test_exp]
+    a.dynamic_sampler.tries, a.dynamic_sampler.buffer = 3, [test_exp]
     checkpoint: dict = {"state_dict": {}}
     a.on_save_checkpoint(checkpoint)
     after_save = torch.rand(3)  # what the next step would draw
@@ -279,14 +279,21 @@ def test_module_resume_state_round_trip(make_cfg, tmp_path: Path) -> None:
     b = module()
     torch.manual_seed(1234)  # anything in between is overridden at the next step start
     b.on_load_checkpoint(torch.load(tmp_path / "c.ckpt", weights_only=True))
-    assert (b._group_counter, b._tries, b.skipped_steps, b.consecutive_skips, b.skipped_rows) == (
+    assert (
+        b._group_counter,
+        b.dynamic_sampler.tries,
+        b.skipped_steps,
+        b.consecutive_skips,
+        b.skipped_rows,
+    ) == (
         17,
         3,
         2,
         1,
         5,
     )
-    assert len(b._buffer) == 1 and torch.equal(b._buffer[0].response_ids, test_exp.response_ids)
+    buffer = b.dynamic_sampler.buffer
+    assert len(buffer) == 1 and torch.equal(buffer[0].response_ids, test_exp.response_ids)
     b.on_train_batch_start({"skipped_rows": ["row 9: bad"]}, 0)
     assert torch.equal(torch.rand(3), after_save)
     assert b.skipped_rows == 6

@@ -67,7 +67,9 @@ def test_next_tokens_applies_every_rule_of_a_decode_step() -> None:
     """Greedy by hand: suppressed ids never win, EOS is blocked before min_new_tokens, ended rows get pad,
     and a row that emits EOS is marked ended (in place)."""
     eos, pad = 3, 0
-    rules = StepRules(eos_id=eos, pad_id=pad, suppress=torch.tensor([1]), temperature=0.0, min_new_tokens=2)
+    rules = StepRules(
+        eos_ids=torch.tensor([eos]), pad_id=pad, suppress=torch.tensor([1]), temperature=0.0, min_new_tokens=2
+    )
     logits = torch.tensor(
         [
             [
@@ -85,7 +87,9 @@ def test_next_tokens_applies_every_rule_of_a_decode_step() -> None:
     assert step1.tolist() == [2, 2, pad] and unfinished.tolist() == [True, True, False]
     step2 = next_tokens(logits.clone(), 2, unfinished, rules)  # EOS allowed from step 2 on
     assert step2.tolist() == [eos, eos, pad] and unfinished.tolist() == [False, False, False]
-    sampled = StepRules(eos_id=eos, pad_id=pad, suppress=torch.tensor([1, 3]), temperature=1.0)
+    sampled = StepRules(
+        eos_ids=torch.tensor([eos]), pad_id=pad, suppress=torch.tensor([1, 3]), temperature=1.0
+    )
     draws = next_tokens(torch.zeros(2000, 4), 0, torch.ones(2000, dtype=torch.bool), sampled)
     assert set(draws.tolist()) == {0, 2}  # suppressed ids (EOS included) are never drawn
 
@@ -151,13 +155,13 @@ def test_one_prefill_per_prompt_repeats_the_cache_for_its_samples(policy) -> Non
     inputs["pixel_values"] = torch.cat([v["pixel_values"] for v in per_visual])
     inputs["image_grid_thw"] = torch.cat([v["image_grid_thw"] for v in per_visual])
     cfg = GenerationConfig(max_new_tokens=10, temperature=0.0)
-    per_row, _ = lean_generate(model, inputs, cfg, gen.eos_id, gen.pad_id, gen.suppress_ids)
+    per_row, _ = lean_generate(model, inputs, cfg, gen.eos_ids, gen.pad_id, gen.suppress_ids)
     prefill_rows = []
     hook = model.register_forward_hook(
         lambda m, a, k, out: prefill_rows.append(k["input_ids"].shape), with_kwargs=True
     )
     try:
-        grouped, mask = lean_generate(model, inputs, cfg, gen.eos_id, gen.pad_id, gen.suppress_ids, 3)
+        grouped, mask = lean_generate(model, inputs, cfg, gen.eos_ids, gen.pad_id, gen.suppress_ids, 3)
     finally:
         hook.remove()
     assert prefill_rows[0] == inputs["input_ids"].shape  # the prefill ran on the 3 prompts, not 9 rows

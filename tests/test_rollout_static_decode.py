@@ -80,7 +80,7 @@ def test_sampled_tokens_equal_the_lean_loops_with_the_same_seed(policy) -> None:
     model, processor = policy
     inputs, gen = _inputs(processor)
     cfg = GenerationConfig(max_new_tokens=9, temperature=1.0, top_p=0.9, min_new_tokens=4)
-    args = (model, inputs, cfg, gen.eos_id, gen.pad_id, gen.suppress_ids, 4)
+    args = (model, inputs, cfg, gen.eos_ids, gen.pad_id, gen.suppress_ids, 4)
     torch.manual_seed(3)
     lean = lean_generate(*args)
     torch.manual_seed(3)
@@ -97,7 +97,7 @@ def test_one_step_graph_per_row_bucket_reused_and_rebuilt(policy, monkeypatch) -
     inputs, gen = _inputs(processor)
     P = inputs["input_ids"].shape[1]
     short = GenerationConfig(max_new_tokens=4, temperature=0.0)
-    special = (gen.eos_id, gen.pad_id, gen.suppress_ids)
+    special = (gen.eos_ids, gen.pad_id, gen.suppress_ids)
     built: list[int] = []
     original = static_decode._new_step_graph
     monkeypatch.setattr(
@@ -130,7 +130,7 @@ def test_autocast_steps_cast_the_live_weights_in_a_graph_of_their_own(policy) ->
     release_graphs(model)
     inputs, gen = _inputs(processor)
     cfg = GenerationConfig(max_new_tokens=6, temperature=0.0)
-    args = (model, inputs, cfg, gen.eos_id, gen.pad_id, gen.suppress_ids, 2)
+    args = (model, inputs, cfg, gen.eos_ids, gen.pad_id, gen.suppress_ids, 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         lean = lean_generate(*args)
         static = static_generate(*args)
@@ -190,7 +190,7 @@ def _built_step_graph(model, processor):
     inputs, gen = _inputs(processor)
     release_graphs(model)
     static_generate(model, inputs, GenerationConfig(max_new_tokens=3, temperature=0.0), *(
-        gen.eos_id, gen.pad_id, gen.suppress_ids), 2)  # fmt: skip
+        gen.eos_ids, gen.pad_id, gen.suppress_ids), 2)  # fmt: skip
     (sg,) = step_graphs(model).values()
     return sg, gen
 
@@ -202,7 +202,7 @@ def test_decode_step_and_step_rule_never_wait_for_the_host(policy) -> None:
 
     model, processor = policy
     sg, gen = _built_step_graph(model, processor)
-    rules = StepRules(gen.eos_id, gen.pad_id, torch.tensor(gen.suppress_ids), temperature=1.0, top_k=5)
+    rules = StepRules(gen.eos_ids, gen.pad_id, torch.tensor(gen.suppress_ids), temperature=1.0, top_k=5)
     unfinished = torch.ones(sg.rows, dtype=torch.bool)
     with torch.no_grad(), _HostSyncs() as syncs:
         logits = sg.step()
@@ -233,7 +233,7 @@ def test_fallbacks_to_the_lean_loop_are_logged_once(policy, monkeypatch, caplog)
     model, processor = policy
     inputs, gen = _inputs(processor)
     cfg = GenerationConfig(max_new_tokens=5, temperature=0.0)
-    args = (model, inputs, cfg, gen.eos_id, gen.pad_id, gen.suppress_ids, 2)
+    args = (model, inputs, cfg, gen.eos_ids, gen.pad_id, gen.suppress_ids, 2)
     lean = lean_generate(*args)
     static_decode._logged.clear()
     release_graphs(model)

@@ -13,7 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from papo.algos import ADVANTAGE_ESTIMATORS, AGG_MODES, KL_ESTIMATORS, POLICY_LOSSES
+from papo.algos import ADVANTAGE_ESTIMATORS, AGG_MODES, KL_ESTIMATORS, LOSS_NORMALIZERS, POLICY_LOSSES
+from papo.algos.perception import TOP_FRACTION_SCOPES
 from papo.rollout.hf_generate import DECODERS
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ def check_range(
 #: micro-batches (the absent key is the global token count over the mini-batch, which does not). Token-budget
 #: micro-batches (``algo.micro_batch_tokens``) are allowed only with these: under a per-micro-batch mean the
 #: budget's split would change the update.
-SPLIT_INDEPENDENT_NORMALIZERS: tuple[str, ...] = ()
+SPLIT_INDEPENDENT_NORMALIZERS: tuple[str, ...] = ("global_token_mean",)
 
 
 def check_token_budget_normalizer(algo: DictConfig) -> None:
@@ -311,6 +312,12 @@ RANGES: list[tuple[str, float | None, float | None, dict]] = [
         {"integer": True, "nullable": True, "allowed": "null = the model's full-logits forward"},
     ),
     ("algo.dynamic_sampling.max_tries", 1, None, {"integer": True}),
+    (
+        "algo.dynamic_sampling.batch_prompts",
+        1,
+        None,
+        {"integer": True, "nullable": True, "allowed": "null = one data batch"},
+    ),
     ("algo.overlong.buffer_length", 1, None, {"integer": True}),
     ("algo.overlong.penalty_factor", 0, None, {}),
     ("rollout.max_new_tokens", 1, None, {"integer": True}),
@@ -327,6 +334,8 @@ RANGES: list[tuple[str, float | None, float | None, dict]] = [
     ("loss.eta_real", 0, None, {}),
     ("loss.eta_masked", 0, None, {}),
     ("loss.anneal_fraction", 0, 1, {"lo_open": True}),
+    ("loss.gamma_start", 0, None, {"nullable": True, "allowed": "null = loss.gamma"}),
+    ("loss.gamma_end", 0, None, {}),
     ("masking.mask_prob", 0, 1, {}),
     ("masking.ratio", 0, 1, {}),
     ("masking.patch_size", 1, None, {"integer": True}),
@@ -358,6 +367,8 @@ COMPONENT_RANGES: list[tuple[str, float | None, float | None, dict]] = [
     ("anneal_fraction", 0, 1, {"lo_open": True}),
     ("token_clip", 0, None, {"lo_open": True, "nullable": True}),
     ("top_fraction", 0, 1, {"lo_open": True, "nullable": True}),
+    ("gamma_start", 0, None, {"nullable": True}),
+    ("gamma_end", 0, None, {}),
 ]
 
 
@@ -378,6 +389,7 @@ def _validate_ranges(p: _Problems, cfg: DictConfig) -> None:
         p.run(check_range, cfg, f"optim.betas.{beta}", 0, 1, hi_open=True)
     p.run(check_range, cfg, "algo.dual_clip", 1, None, lo_open=True, nullable=True, allowed="null disables")
     p.run(check_choice, cfg, "loss.schedule", ["fixed", "linear"])
+    p.run(check_choice, cfg, "algo.loss_normalizer", LOSS_NORMALIZERS)
     _validate_common(p, cfg)
     # loss components: importable LossComponent classes with in-range coefficients and valid names
     for name, comp in (cfg.loss.get("components") or {}).items():
@@ -391,6 +403,7 @@ def _validate_ranges(p: _Problems, cfg: DictConfig) -> None:
                 p.run(check_range, cfg, f"{prefix}.{key}", lo, hi, **opts)
         p.run(check_choice, cfg, f"{prefix}.kind", KL_ESTIMATORS.names())
         p.run(check_choice, cfg, f"{prefix}.direction", ["masked_as_ref", "real_as_ref"])
+        p.run(check_choice, cfg, f"{prefix}.top_fraction_scope", TOP_FRACTION_SCOPES)
         if "schedule" not in copied:
             p.run(check_choice, cfg, f"{prefix}.schedule", ["fixed", "linear"])
     ovl = OmegaConf.select(cfg, "algo.overlong", default=None)

@@ -10,11 +10,13 @@ Shapes: B sequences, T response tokens; masks are (B, T), 1 on response tokens o
 
 from papo.algos.advantages import group_advantages, group_stats, rloo_advantages
 from papo.algos.aggregation import (
+    LOSS_NORMALIZERS,
     aggregate_loss,
     masked_max,
     masked_mean,
     masked_min,
     masked_var,
+    micro_batch_normalization,
     zero_padding,
 )
 from papo.algos.kl import kl_estimate
@@ -62,6 +64,7 @@ __all__ = [
     "AGG_MODES",
     "KL_DIRECTIONS",
     "KL_ESTIMATORS",
+    "LOSS_NORMALIZERS",
     "POLICY_LOSSES",
     "Registry",
     "aggregate_loss",
@@ -75,6 +78,7 @@ __all__ = [
     "masked_mean",
     "masked_min",
     "masked_var",
+    "micro_batch_normalization",
     "overlong_penalty",
     "perception_kl",
     "rloo_advantages",

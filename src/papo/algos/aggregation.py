@@ -18,6 +18,11 @@ Differences from verl/EasyR1:
   ``mask.shape[-1]``, which in training is the LONGEST response of the batch and so changes step to step.
 * ``num_tokens`` / ``num_seqs`` overrides let a caller use the global token / sequence count of a
   mini-batch split into micro-batches (gradient accumulation gives the same gradient as one big batch).
+
+How a mini-batch split into micro-batches is normalised (``algo.loss_normalizer``) is
+:func:`micro_batch_normalization`: the released actor's per-micro-batch mean divided by the number of
+gradient-accumulation micro-batches (``micro_batch_mean``), or one token mean over the whole mini-batch on all
+ranks (``global_token_mean``).
 """
 
 from __future__ import annotations
@@ -29,13 +34,18 @@ from papo.algos.registry import AGG_MODES, AGGREGATIONS, accepts_kwarg
 
 __all__ = [
     "AGG_MODES",
+    "LOSS_NORMALIZERS",
     "aggregate_loss",
     "masked_max",
     "masked_mean",
     "masked_min",
     "masked_var",
+    "micro_batch_normalization",
     "zero_padding",
 ]
+
+#: ``algo.loss_normalizer`` values (see :func:`micro_batch_normalization`)
+LOSS_NORMALIZERS: tuple[str, ...] = ("micro_batch_mean", "global_token_mean")
 
 
 def _select(x: Tensor, mask: Tensor) -> Tensor:
@@ -208,3 +218,47 @@ def aggregate_loss(
     if norm_len is not None and accepts_kwarg(fn, "norm_len"):
         return fn(loss_mat, mask, num_tokens=num_tokens, num_seqs=num_seqs, norm_len=norm_len)
     return fn(loss_mat, mask, num_tokens=num_tokens, num_seqs=num_seqs)
+
+
+def micro_batch_normalization(
+    normalizer: str,
+    agg_mode: str,
+    *,
+    micro_rows: int,
+    mini_rows: int,
+    num_micro: int,
+    tokens_per_rank: float | None = None,
+) -> tuple[float | None, float]:
+    """How one micro-batch's loss terms are normalised when a mini-batch is split into micro-batches whose
+    losses are summed into one gradient (gradient accumulation).
+
+    Returns ``(num_tokens, scale)``: every term of the micro-batch is ``aggregate_loss(..., num_tokens=num_tokens)``
+    and the micro-batch's total loss is multiplied by ``scale`` before the backward pass.
+
+    * ``"micro_batch_mean"`` (the released actor, ``dp_actor.update_policy``): each term is aggregated over the
+      micro-batch alone (``token-mean``: its own masked mean) and the micro-batch loss is divided by the number
+      of micro-batches: ``(None, 1 / num_micro)``. A token's weight then depends on how many tokens share its
+      micro-batch, so the update depends on how the mini-batch is split (micro-batch size and composition).
+    * ``"global_token_mean"``: ``token-mean`` terms divide by the token count of the whole mini-batch, all
+      micro-batches and all ranks (``tokens_per_rank`` = that count / world size, since data parallelism averages
+      the ranks' gradients): ``(tokens_per_rank, 1)``; every token weighs alike whatever micro-batch it is in.
+      Other aggregations (sequence means) weight each micro-batch by its share of the mini-batch's sequences:
+      ``(None, micro_rows / mini_rows)``.
+
+    Both coincide when every micro-batch holds the same number of response tokens.
+
+    Raises:
+        ValueError: unknown ``normalizer`` (the message lists the valid ones), or ``global_token_mean`` with
+            ``token-mean`` and no ``tokens_per_rank``.
+    """
+    if normalizer == "micro_batch_mean":
+        return None, 1.0 / max(int(num_micro), 1)
+    if normalizer == "global_token_mean":
+        if agg_mode != "token-mean":
+            return None, micro_rows / max(int(mini_rows), 1)
+        if tokens_per_rank is None:
+            raise ValueError(
+                "global_token_mean with token-mean needs tokens_per_rank (the mini-batch's tokens)"
+            )
+        return float(tokens_per_rank), 1.0
+    raise ValueError(f"algo.loss_normalizer={normalizer!r} is unknown; valid: {list(LOSS_NORMALIZERS)}")

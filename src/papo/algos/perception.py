@@ -14,8 +14,14 @@ writes the ratio the other way, r - log r - 1 with r = pi(I) / pi(I_mask): ``dir
 KL is maximised). Whether ``logps_masked`` carries gradient is the caller's choice (the released code
 computes it once under ``no_grad``); this function differentiates through whatever it is given.
 
-Additions not in the paper (off by default): ``token_clip`` caps each token's value (limits the payoff of
-"KL hacking" with junk tokens), ``top_fraction`` keeps only the highest-KL fraction of tokens.
+Options of the released code, not in the paper (off by default, as in the released configs), in the released
+order: ``top_fraction`` keeps only the highest-KL tokens (released ``use_kl_prcp_token_level_mask``, top 20%:
+per sequence, the tokens at or above the sequence's (1 - top_fraction) quantile of k_t over its valid tokens,
+``torch.nanquantile`` with linear interpolation; ``top_fraction_scope="micro_batch"`` instead keeps the
+ceil(top_fraction * n) largest of the micro-batch's n tokens), then ``token_clip`` caps each token's value
+(released ``use_kl_prcp_clipping``, 0.2; limits the payoff of "KL hacking" with junk tokens). Dropped tokens
+count as 0 and the aggregation still runs over every response token, as the released ``average_loss`` over
+the response mask does.
 
 Double entropy loss. The paper's entropies are the sampled-token surrogate H = token-mean(-l_t)
 (:func:`sampled_entropy`), not the full-vocabulary entropy.
@@ -31,12 +37,34 @@ from torch import Tensor
 from papo.algos.aggregation import aggregate_loss, masked_max, masked_mean, masked_var, zero_padding
 from papo.algos.kl import kl_estimate
 
-__all__ = ["KL_DIRECTIONS", "perception_kl", "sampled_entropy"]
+__all__ = ["KL_DIRECTIONS", "TOP_FRACTION_SCOPES", "perception_kl", "sampled_entropy", "top_fraction_mask"]
 
 KL_DIRECTIONS: tuple[str, ...] = ("masked_as_ref", "real_as_ref")
+#: where ``top_fraction`` ranks the tokens: within each sequence (released code) or across the micro-batch
+TOP_FRACTION_SCOPES: tuple[str, ...] = ("sequence", "micro_batch")
 
 
-def _top_fraction_mask(values: Tensor, mask: Tensor, fraction: float) -> Tensor:
+def top_fraction_mask(values: Tensor, mask: Tensor, fraction: float, scope: str = "sequence") -> Tensor:
+    """Bool (B, T): the response tokens whose ``values`` are among the highest ``fraction``.
+
+    ``scope="sequence"`` (the released ``use_kl_prcp_token_level_mask``): per row, the valid tokens with
+    value >= that row's (1 - fraction) quantile of its valid values (``torch.nanquantile``, linear
+    interpolation; ties kept; a row without valid tokens keeps none). ``scope="micro_batch"``: the
+    ceil(fraction * n) largest of all n valid tokens of the batch.
+    """
+    if scope == "sequence":
+        valid = mask > 0  # (B, T)
+        vals = values.detach().float()
+        thresh = torch.nanquantile(
+            vals.masked_fill(~valid, float("nan")), 1.0 - fraction, dim=1, keepdim=True
+        )
+        return valid & (vals >= thresh)  # (B, T); NaN thresholds (empty rows) keep nothing
+    if scope != "micro_batch":
+        raise ValueError(f"top_fraction_scope={scope!r} is unknown; valid: {list(TOP_FRACTION_SCOPES)}")
+    return _top_k_mask(values, mask, fraction)
+
+
+def _top_k_mask(values: Tensor, mask: Tensor, fraction: float) -> Tensor:
     """Bool (B, T): the ceil(fraction * n) masked tokens with the largest ``values`` (n = #masked)."""
     valid = mask > 0  # (B, T)
     n = int(valid.sum().item())
@@ -59,15 +87,15 @@ def perception_kl(
     top_fraction: float | None = None,
     num_tokens: int | float | Tensor | None = None,
     norm_len: int | float | None = None,
+    top_fraction_scope: str = "sequence",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PAPO's implicit perception KL between the real-image and masked-image policies (positive).
 
     k_t = kl_estimate(l, l_mask, kind)  (``direction="masked_as_ref"``, released code, default)
     k_t = kl_estimate(l_mask, l, kind)  (``direction="real_as_ref"``, the paper's figure)
+    k_t = k_t * keep_t                  (if ``top_fraction``: keep_t = :func:`top_fraction_mask` of the raw k)
     k_t = min(k_t, token_clip)          (if ``token_clip`` is given)
-    kl  = aggregate_loss(k, mask', agg_mode, num_tokens), mask' = mask restricted to the top
-          ceil(top_fraction * n) tokens by k_t if ``top_fraction`` is given (others are excluded from
-          the denominator too; with ``num_tokens`` the caller's normaliser is used as is).
+    kl  = aggregate_loss(k, mask, agg_mode, num_tokens): dropped tokens count as 0 over ALL response tokens.
 
     Args:
         logps: (B, T) log-probs of the sampled tokens given the real image (with gradient).
@@ -77,10 +105,10 @@ def perception_kl(
         agg_mode: see :func:`aggregate_loss`.
         direction: ``"masked_as_ref"`` or ``"real_as_ref"``.
         token_clip: optional upper bound on each token's value.
-        top_fraction: optional fraction in (0, 1] of response tokens to keep (micro-batch wide; one
-            host sync to count the tokens).
+        top_fraction: optional fraction in (0, 1] of response tokens to keep (see ``top_fraction_scope``).
         num_tokens: global token count for ``token-mean``.
         norm_len: constant length of ``seq-mean-token-sum-norm`` (see :func:`aggregate_loss`).
+        top_fraction_scope: ``"sequence"`` (released, default) or ``"micro_batch"`` (:func:`top_fraction_mask`).
 
     Returns:
         ``(kl, metrics)``: ``kl`` is a scalar >= 0 for k3 (to be MAXIMISED; subtract it in the loss).
@@ -90,7 +118,8 @@ def perception_kl(
         and ``token_clip_frac`` (fraction of response tokens above ``token_clip``, 0 without).
 
     Raises:
-        ValueError: unknown ``direction`` / ``kind`` / ``agg_mode``, or ``top_fraction`` outside (0, 1].
+        ValueError: unknown ``direction`` / ``kind`` / ``agg_mode`` / ``top_fraction_scope``, or
+            ``top_fraction`` outside (0, 1].
     """
     logps = zero_padding(logps, mask)  # (B, T) inf/NaN at padding cannot reach the gradient
     logps_masked = zero_padding(logps_masked, mask)  # (B, T)
@@ -104,12 +133,13 @@ def perception_kl(
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
 
     raw = per_token.detach()  # (B, T) for metrics
+    keep = mask > 0  # (B, T)
+    if top_fraction is not None:  # the released order: select on the raw values, then clip
+        keep = top_fraction_mask(raw, mask, top_fraction, top_fraction_scope)  # (B, T)
+        per_token = per_token * keep.to(per_token.dtype)  # (B, T) dropped tokens count as 0
     if token_clip is not None:
         per_token = torch.clamp(per_token, max=token_clip)  # (B, T)
-    keep = mask  # (B, T)
-    if top_fraction is not None:
-        keep = _top_fraction_mask(per_token, mask, top_fraction).to(mask.dtype)  # (B, T)
-    kl = aggregate_loss(per_token, keep, agg_mode, num_tokens=num_tokens, norm_len=norm_len)  # ()
+    kl = aggregate_loss(per_token, mask, agg_mode, num_tokens=num_tokens, norm_len=norm_len)  # ()
 
     with torch.no_grad():
         clipped = (raw > token_clip).float() if token_clip is not None else torch.zeros_like(raw)
@@ -118,7 +148,7 @@ def perception_kl(
             "kl_token_mean": masked_mean(raw, mask),
             "kl_token_max": masked_max(raw, mask),
             "kl_token_var": masked_var(raw, mask),
-            "kept_frac": masked_mean((keep > 0).to(raw.dtype), mask),
+            "kept_frac": masked_mean(keep.to(raw.dtype), mask),
             "token_clip_frac": masked_mean(clipped, mask),
         }
     return kl, metrics

@@ -38,7 +38,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from papo.data.images import ImageLoadError, load_images
+from papo.data.images import ImageLoadError, load_images, pixel_range_size, resize_into_pixel_range
 from papo.data.masking import ImageView
 from papo.data.prompts import build_prompt
 
@@ -266,11 +266,14 @@ class PromptCollator:
         prompt_template: str,
         seed: int,
         dataset: PromptDataset | None = None,
+        resize_pixels: tuple[int | None, int | None] | None = None,
     ) -> None:
         self.masking = masking
         self.prompt_template = prompt_template
         self.seed = int(seed)
         self.dataset = dataset  # rows to pad short batches with, for views with min_batch_size > 1
+        # (min_pixels, max_pixels): PIL resize of the real and the masked images after masking (released loader)
+        self.resize_pixels = resize_pixels
         build_prompt("", prompt_template)  # fail early on an unknown template name
 
     def rng_for(self, row: int, epoch: int | None) -> np.random.Generator:
@@ -289,6 +292,12 @@ class PromptCollator:
         batch: dict[str, Any] = {k: [it[k] for it in items] for k in BATCH_KEYS if k in items[0]}
         batch["prompt"] = [build_prompt(p, self.prompt_template) for p in batch["problem"]]
         batch["images_masked"] = self._masked(items) if self.masking is not None else None
+        if self.resize_pixels is not None:  # masks are drawn on the raw images, then both views are resized
+            for key in ("images", "images_masked"):
+                if batch.get(key) is not None:
+                    batch[key] = [
+                        [resize_into_pixel_range(im, *self.resize_pixels) for im in row] for row in batch[key]
+                    ]
         out = {k: batch[k] for k in BATCH_KEYS}
         if skipped:  # counted by the RL module (train/data/skipped_rows)
             out["skipped_rows"] = skipped
@@ -477,6 +486,15 @@ def _resolve(dataset: DatasetLike, which: str) -> Any:
     return dataset
 
 
+def _resized_sizes(length_fn: Callable, bounds: tuple[int | None, int | None]) -> Callable:
+    """``length_fn(prompts, image_sizes)`` applied to the sizes the collator's PIL resize produces."""
+
+    def fn(prompts: list[str], image_sizes: list[list[tuple[int, int]]]) -> list[int]:
+        return length_fn(prompts, [[pixel_range_size(w, h, *bounds) for w, h in row] for row in image_sizes])
+
+    return fn
+
+
 class PapoDataModule(L.LightningDataModule):
     """Datasets -> batches of prompts with decoded images and seeded masked views (see module docstring).
 
@@ -502,6 +520,9 @@ class PapoDataModule(L.LightningDataModule):
         allow_text_only: False (default): a row without an image is a bad row (reported like any other);
             True: such rows train as text-only prompts, counted per split in :attr:`text_only_rows`
             (logged once as ``data/text_only_rows``).
+        resize_min_pixels / resize_max_pixels: resize every image (real and masked, after masking) with PIL into
+            this pixel range before the processor sees it, as the released loader does
+            (:func:`~papo.data.images.resize_into_pixel_range`); both ``None``: no resize here.
     """
 
     def __init__(
@@ -522,6 +543,8 @@ class PapoDataModule(L.LightningDataModule):
         prompt_length_fn: Callable | None = None,
         max_aspect_ratio: float | None = 200.0,
         allow_text_only: bool = False,
+        resize_min_pixels: int | None = None,
+        resize_max_pixels: int | None = None,
     ) -> None:
         super().__init__()
         masking = _as_view(masking)
@@ -547,6 +570,8 @@ class PapoDataModule(L.LightningDataModule):
         self.prompt_length_fn = prompt_length_fn
         self.max_aspect_ratio = max_aspect_ratio  # rows with a more extreme image are bad (Qwen-VL: 200)
         self.allow_text_only = bool(allow_text_only)
+        bounds = (resize_min_pixels, resize_max_pixels)
+        self.resize_pixels = None if bounds == (None, None) else bounds  # PIL resize in the collator
         self.datasets: dict[str, PromptDataset] = {}
         # rows without an image per split, kept when allow_text_only (logged as data/text_only_rows)
         self.text_only_rows: dict[str, int] = {}
@@ -579,6 +604,8 @@ class PapoDataModule(L.LightningDataModule):
     def _scan(self, hf: Any, split: str) -> Any:
         """Drop bad rows (``on_bad_row="skip"``) and over-long prompts, with a logged count (papo.data.scan)."""
         length_fn = self.prompt_length_fn if self.max_prompt_length is not None else None
+        if length_fn is not None and self.resize_pixels is not None:  # count the tokens of the resized images
+            length_fn = _resized_sizes(length_fn, self.resize_pixels)
         if (length_fn is None and self.on_bad_row == "error") or not _has_columns(hf) or len(hf) == 0:
             # nothing to filter (a bad image still raises, naming its row, when drawn); or PromptDataset
             # reports the missing columns
@@ -650,7 +677,7 @@ class PapoDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def _collator(self, dataset: PromptDataset) -> PromptCollator:
-        return PromptCollator(self.masking, self.prompt_template, self.seed, dataset)
+        return PromptCollator(self.masking, self.prompt_template, self.seed, dataset, self.resize_pixels)
 
     def _loader_kwargs(self) -> dict[str, Any]:
         return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}

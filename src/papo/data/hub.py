@@ -222,6 +222,7 @@ def load_split(
     defaults: Mapping[str, str] | None = None,
     cache_dir: str | None = None,
     num_proc: int | None = None,
+    keep_rows: Mapping[str, Sequence[str]] | None = None,
 ) -> Any:
     """Load ``split`` of ``source`` as a ``datasets.Dataset`` with the standard columns (module docstring).
 
@@ -237,6 +238,8 @@ def load_split(
         defaults: constant values for optional columns absent from the source, e.g. ``{task_type: geometry}``.
         cache_dir: ``datasets`` cache directory (default: ``HF_DATASETS_CACHE``).
         num_proc: worker processes for the column conversion (None: in-process).
+        keep_rows: ``{source_column: [values]}``: keep only the rows whose column holds one of the values (every
+            column must match), applied before ``limit``; e.g. MathVerse's ``{question_type: [multi-choice]}``.
 
     Returns:
         ``datasets.Dataset`` with ``images`` (list per row, undecoded), ``problem``, ``answer`` (strings) and
@@ -258,6 +261,26 @@ def load_split(
     if absent:
         raise ValueError(
             f"data source {source!r}: mapped column(s) {absent} not found; present columns: {ds.column_names}"
+        )
+    for column, values in (keep_rows or {}).items():
+        if column not in ds.column_names:
+            raise ValueError(
+                f"data source {source!r}: keep_rows column {column!r} not found; present: {ds.column_names}"
+            )
+        allowed, before = {str(v) for v in values}, len(ds)
+        ds = ds.filter(
+            lambda col, allowed=allowed: [str(v) in allowed for v in col],
+            batched=True,
+            input_columns=[column],
+        )
+        log.info(
+            "data source %s (%s): kept %d of %d rows with %s in %s",
+            source,
+            split,
+            len(ds),
+            before,
+            column,
+            sorted(allowed),
         )
     if limit is not None:
         if int(limit) < len(ds):  # never a silent cut (e.g. a held-out val file under data=local_files)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageLoadError", "load_image", "load_images"]
+__all__ = ["ImageLoadError", "load_image", "load_images", "pixel_range_size", "resize_into_pixel_range"]
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _ORIENTATION_TAG = int(ExifTags.Base.Orientation)
@@ -194,3 +195,26 @@ def load_images(value: Any, context: str = "", *, max_pixels: int = 64_000_000) 
         load_image(item, max_pixels=max_pixels, context=f"{context}{sep}image={j}")
         for j, item in enumerate(items)
     ]
+
+
+def pixel_range_size(
+    width: int, height: int, min_pixels: int | None, max_pixels: int | None
+) -> tuple[int, int]:
+    """The size the released data loader (``verl/utils/dataset.py`` ``process_image``) resizes a
+    ``width`` x ``height`` image to before the processor sees it: scaled down into ``max_pixels``, then up to
+    ``min_pixels``, by sqrt(bound / pixels) on both sides, each side truncated to an int (so the result can
+    fall a little short of ``min_pixels``; the processor's own resize then rounds to its patch grid)."""
+    if max_pixels is not None and width * height > max_pixels:
+        factor = math.sqrt(max_pixels / (width * height))
+        width, height = int(width * factor), int(height * factor)
+    if min_pixels is not None and width * height < min_pixels:
+        factor = math.sqrt(min_pixels / (width * height))
+        width, height = int(width * factor), int(height * factor)
+    return width, height
+
+
+def resize_into_pixel_range(img: Image.Image, min_pixels: int | None, max_pixels: int | None) -> Image.Image:
+    """``img`` resized with PIL (its default resampling, as the released loader) to :func:`pixel_range_size`;
+    the same object when the size does not change."""
+    size = pixel_range_size(img.width, img.height, min_pixels, max_pixels)
+    return img if size == img.size else img.resize(size)

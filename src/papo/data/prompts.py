@@ -1,23 +1,53 @@
 """Prompt templates: the question followed by the answer-format instruction.
 
-The published PAPO / EasyR1 prompt is the question, a blank line, then an instruction to reason inside
-``<think> </think>`` and to put the final answer in ``\\boxed{}``. The format reward (``papo.rewards``) checks
-exactly that shape, so every template here asks for it.
+Every template asks for the shape the format reward (``papo.rewards``) checks: reasoning inside
+``<think> </think>``, then the final answer in ``\\boxed{}``. The instruction sentences are data, kept
+verbatim with their source:
+
+* ``published`` -- PAPO's ``math_perception`` template (``examples/format_prompt/math_perception.jinja`` of the
+  released code, used by every released training script): the trimmed question, a blank line, then
+  :data:`PAPO_INSTRUCTION`.
+* ``easyr1_math`` -- EasyR1's ``math`` template (``examples/format_prompt/math.jinja`` of EasyR1, which PAPO
+  forks): the trimmed question, ONE space, then :data:`EASYR1_MATH_INSTRUCTION` ("You FIRST think ... MUST
+  BE ..."). Not used by the published runs.
+* ``short`` -- a short instruction with the same required format, for the embedded tiny model (fewer prompt
+  tokens for its 512-id vocabulary).
 
 Templates are picked by name (``data.prompt_template=published``). A custom template may be given instead of a
 name: any string containing the literal placeholder ``{problem}`` (substituted by plain string replacement, so
 other braces such as ``\\boxed{}`` need no escaping). An unknown name is an error listing the valid names.
 
-Differences from the released code: EasyR1's jinja template joins question and instruction with a single
-space; the PAPO paper and its released prompt use a blank line, which is what ``published`` does.
+The released code renders its jinja file (stripped) with ``content`` = the question; ``| trim`` is Python's
+``str.strip``, which :func:`build_prompt` applies to the question too, so the texts are identical.
+
+:data:`TOKENIZER_CORPUS_TEMPLATES` are the texts the embedded tiny tokenizer was trained on
+(:func:`papo.data.synthetic.synthetic_corpus`). They are frozen: changing them would change the tiny
+tokenizer, hence the embedded model and every number measured with it.
 """
 
 from __future__ import annotations
 
-__all__ = ["PROMPT_TEMPLATES", "PUBLISHED_INSTRUCTION", "SHORT_INSTRUCTION", "build_prompt"]
+__all__ = [
+    "EASYR1_MATH_INSTRUCTION",
+    "PAPO_INSTRUCTION",
+    "PROMPT_TEMPLATES",
+    "PUBLISHED_INSTRUCTION",
+    "SHORT_INSTRUCTION",
+    "TOKENIZER_CORPUS_TEMPLATES",
+    "build_prompt",
+]
 
-#: The instruction of the published runs (EasyR1 / PAPO ``math`` format prompt), verbatim.
-PUBLISHED_INSTRUCTION = (
+#: PAPO's ``math_perception`` instruction (released code, examples/format_prompt/math_perception.jinja), verbatim.
+PAPO_INSTRUCTION = (
+    "You first think through the reasoning process as an internal monologue, enclosed within <think> </think> "
+    "tags. Then, provide your final answer enclosed within \\boxed{}."
+)
+
+#: The instruction of the published runs: PAPO's.
+PUBLISHED_INSTRUCTION = PAPO_INSTRUCTION
+
+#: EasyR1's ``math`` instruction (EasyR1, examples/format_prompt/math.jinja), verbatim.
+EASYR1_MATH_INSTRUCTION = (
     "You FIRST think about the reasoning process as an internal monologue and then provide the final answer. "
     "The reasoning process MUST BE enclosed within <think> </think> tags. "
     "The final answer MUST BE put in \\boxed{}."
@@ -28,9 +58,16 @@ SHORT_INSTRUCTION = "Think in <think></think>, answer in \\boxed{}."
 
 #: name -> template; ``{problem}`` is replaced by the stripped question.
 PROMPT_TEMPLATES: dict[str, str] = {
-    "published": "{problem}\n\n" + PUBLISHED_INSTRUCTION,
+    "published": "{problem}\n\n" + PAPO_INSTRUCTION,
+    "easyr1_math": "{problem} " + EASYR1_MATH_INSTRUCTION,
     "short": "{problem}\n\n" + SHORT_INSTRUCTION,
 }
+
+#: The templates whose prompts trained the embedded tiny tokenizer (frozen; see the module docstring).
+TOKENIZER_CORPUS_TEMPLATES: tuple[str, ...] = (
+    "{problem}\n\n" + EASYR1_MATH_INSTRUCTION,
+    "{problem}\n\n" + SHORT_INSTRUCTION,
+)
 
 _PLACEHOLDER = "{problem}"
 
@@ -39,7 +76,7 @@ def build_prompt(problem: str, template: str = "published") -> str:
     """Return the user prompt for ``problem`` under ``template``.
 
     Args:
-        problem: the question text (leading/trailing whitespace is stripped, as EasyR1's ``| trim`` does).
+        problem: the question text (leading/trailing whitespace is stripped, as jinja's ``| trim`` does).
         template: a name in :data:`PROMPT_TEMPLATES` or a custom string containing ``{problem}``.
 
     Raises:

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from papo.data.prompts import PROMPT_TEMPLATES, build_prompt
+from papo.data.prompts import TOKENIZER_CORPUS_TEMPLATES, build_prompt
 
 __all__ = [
     "DEFAULT_COLORS",
@@ -387,14 +387,15 @@ def reference_response(example: Mapping[str, Any]) -> str:
 def synthetic_corpus(n: int = 2000, seed: int = 0, **task_kwargs: Any) -> list[str]:
     """Texts for training a tokenizer on the synthetic task (no images are drawn).
 
-    Contains the prompt of ``n`` items under every named template, their answers and reference responses, and
-    every colour / shape word, so that all task vocabulary is covered.
+    Contains the prompt of ``n`` items under each of :data:`papo.data.prompts.TOKENIZER_CORPUS_TEMPLATES` (frozen,
+    so the tiny tokenizer never changes), their answers and reference responses, and every colour / shape word,
+    so that all task vocabulary is covered.
     """
     cfg = SyntheticTaskConfig(**task_kwargs)
     texts: list[str] = []
     for i in range(int(n)):
         ex = generate_example(np.random.default_rng([int(seed), _split_key("corpus"), i]), cfg, draw=False)
-        texts.extend(build_prompt(ex["problem"], name) for name in PROMPT_TEMPLATES)
+        texts.extend(build_prompt(ex["problem"], t) for t in TOKENIZER_CORPUS_TEMPLATES)
         texts.append(ex["answer"])
         texts.append(reference_response(ex))
     texts.extend(list(cfg.colors) + list(cfg.shapes) + [PLURALS[s] for s in cfg.shapes])

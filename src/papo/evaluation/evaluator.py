@@ -35,7 +35,13 @@ from omegaconf import DictConfig, OmegaConf
 from papo.evaluation.metrics import ValidationMetrics
 from papo.evaluation.perception import attach_masked_view, heldout_perception_kl
 from papo.evaluation.samples import collect_samples, write_samples
-from papo.models.loading import generation_suppress_token_ids, load_policy, output_vocab_size
+from papo.models.loading import (
+    end_token_ids,
+    generation_suppress_token_ids,
+    load_policy,
+    output_vocab_size,
+    padded_vocab_ids,
+)
 from papo.rewards import get_reward_fn
 from papo.rollout.collect import Generator
 from papo.rollout.hf_generate import GenerationConfig
@@ -103,8 +109,11 @@ class Evaluator:
             max_prompt_length,
             generation_batch_size,
             decoder,
+            eos_ids=end_token_ids(policy.generation_config, processor),
         )
-        self.suppress_ids = torch.tensor(self.generator.suppress_ids, dtype=torch.long)
+        # log-probs are scored over every tokenizer id; only the untrained padded rows are excluded
+        padded = padded_vocab_ids(processor, output_vocab_size(policy))
+        self.suppress_ids = torch.tensor(padded, dtype=torch.long)
         self.on_error, self.device = on_error, torch.device(device)
         self.kl_prcp, self.kl_temperature = kl_prcp, kl_temperature
         self.micro_batch_size, self.num_samples_shown = micro_batch_size, num_samples_shown

@@ -8,6 +8,6 @@
 A new loss = one file here + one entry under ``components:`` of a ``configs/loss/*.yaml``.
 """
 
-from papo.losses.base import LossComponent, LossInputs, schedule_factor
+from papo.losses.base import GammaSchedule, LossComponent, LossInputs
 
-__all__ = ["LossComponent", "LossInputs", "schedule_factor"]
+__all__ = ["GammaSchedule", "LossComponent", "LossInputs"]

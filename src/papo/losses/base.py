@@ -56,15 +56,47 @@ class LossComponent:
         return True
 
 
-def schedule_factor(schedule: str, anneal_fraction: float, progress: float) -> float:
-    """Coefficient multiplier: ``fixed`` -> 1; ``linear`` -> 1 - progress / anneal_fraction, floored at 0."""
-    if schedule == "fixed":
-        return 1.0
-    if schedule == "linear":
-        if anneal_fraction <= 0:
-            return 0.0
-        return max(0.0, 1.0 - progress / anneal_fraction)
-    raise ValueError(f"unknown coefficient schedule {schedule!r}; valid: ['fixed', 'linear']")
+SCHEDULES: tuple[str, ...] = ("fixed", "linear")
+
+
+@dataclass(frozen=True)
+class GammaSchedule:
+    """PAPO's gamma schedule (the released ``kl_prcp_schedule``; ``loss.schedule``, ``loss.gamma_start``,
+    ``loss.gamma_end``, ``loss.anneal_fraction``), shared by the perception KL and the double entropy.
+
+    ``fixed``: gamma throughout. ``linear`` (the released ``annealing`` / ``AnnealingKLController``): from
+    ``start`` (None: ``gamma``) to ``end`` linearly over the first ``anneal_fraction`` of training, then ``end``:
+    gamma(p) = start + (end - start) * min(p / anneal_fraction, 1).
+
+    The entropy coefficients are scaled by the released actor's ratio gamma(p) / gamma, where ``gamma`` is the
+    configured coefficient (``kl_prcp_coef``); the released code applies it only when the perception KL is on,
+    so with ``gamma`` = 0 the ratio is 1.
+    """
+
+    gamma: float
+    schedule: str = "fixed"
+    start: float | None = None
+    end: float = 0.0
+    anneal_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown coefficient schedule {self.schedule!r}; valid: {list(SCHEDULES)}")
+        if self.schedule == "linear" and not 0 < self.anneal_fraction <= 1:
+            raise ValueError(f"loss.anneal_fraction={self.anneal_fraction} must be in (0, 1]")
+
+    def gamma_at(self, progress: float) -> float:
+        """gamma after the schedule at ``progress`` (fraction of training done, in [0, 1])."""
+        if self.schedule == "fixed":
+            return self.gamma
+        start = self.gamma if self.start is None else self.start
+        return start + (self.end - start) * min(max(progress, 0.0) / self.anneal_fraction, 1.0)
+
+    def entropy_factor(self, progress: float) -> float:
+        """gamma(p) / gamma: the factor of both entropy coefficients (1 when gamma is 0 or fixed)."""
+        if self.schedule == "fixed" or self.gamma <= 0:
+            return 1.0
+        return self.gamma_at(progress) / self.gamma
 
 
 def scalar(x: Tensor | float) -> float:

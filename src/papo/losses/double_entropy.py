@@ -6,7 +6,8 @@ H_masked term carries NO gradient: it changes the logged loss value only (the au
 ``mask_branch_grad=true`` (config: the loss-level ``loss.mask_branch_grad``, shared with the perception
 KL) asks the module to recompute the masked branch with gradient in every micro-batch, so H_masked is
 trained too, also when this is the only active masked component (``loss=double_entropy``).
-Both coefficients follow the perception-KL schedule when ``schedule="linear"``.
+Both coefficients follow the perception-KL schedule when ``schedule="linear"``: they are multiplied by the
+released actor's ratio gamma(p) / gamma (:class:`papo.losses.base.GammaSchedule`; 1 when gamma is 0).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from papo.algos import sampled_entropy
-from papo.losses.base import LossComponent, LossInputs, scalar, schedule_factor
+from papo.losses.base import GammaSchedule, LossComponent, LossInputs, scalar
 
 
 class DoubleEntropyLoss(LossComponent):
@@ -30,14 +31,16 @@ class DoubleEntropyLoss(LossComponent):
         schedule: str = "fixed",
         anneal_fraction: float = 0.5,
         mask_branch_grad: bool = False,
+        gamma: float = 0.0,
+        gamma_start: float | None = None,
+        gamma_end: float = 0.0,
     ) -> None:
         if eta_real < 0 or eta_masked < 0:
             raise ValueError(f"loss.eta_real/eta_masked must be >= 0, got {eta_real}, {eta_masked}")
-        schedule_factor(schedule, anneal_fraction, 0.0)
+        # the perception KL's schedule: the entropy coefficients follow gamma(p) / gamma
+        self.schedule = GammaSchedule(gamma, schedule, gamma_start, gamma_end, anneal_fraction)
         self.eta_real = eta_real
         self.eta_masked = eta_masked
-        self.schedule = schedule
-        self.anneal_fraction = anneal_fraction
         self.masked_grad = bool(mask_branch_grad)
 
     @property
@@ -51,7 +54,7 @@ class DoubleEntropyLoss(LossComponent):
         # the module recomputes the masked branch with grad when ANY component asks; not asked: detached
         masked = inputs.logps_masked if self.masked_grad else inputs.logps_masked.detach()
         h_masked = sampled_entropy(masked, mask, agg_mode=mode, num_tokens=n, norm_len=L)
-        f = schedule_factor(self.schedule, self.anneal_fraction, inputs.progress)
+        f = self.schedule.entropy_factor(inputs.progress)
         loss = f * (self.eta_real * h_real + self.eta_masked * h_masked)
         if not loss.requires_grad:  # both coefficients zero or branch detached: keep autograd-friendly
             loss = loss + 0.0 * inputs.logps.sum()

@@ -6,11 +6,15 @@ as the embedded tiny model (:mod:`papo.models.tiny_vlm`); a local directory is o
 
 Differences from what EasyR1/verl (the PAPO release) do:
 - The processor is set to ``padding_side="left"`` (batched generation needs prompts right-aligned).
-- ``generation_suppress_token_ids`` lists every added/special token except the eos ``<|im_end|>``; pass it
-  to ``generate(suppress_tokens=...)``. The release relies on the trained model not sampling them,
-  which a random-init or collapsing policy does at T=1. (After a row finishes, ``generate`` still pads
-  it with ``pad_token_id`` = ``<|endoftext|>``, a suppressed id: find the response end by the first
-  eos, not by looking for suppressed ids.)
+- End of a response: every end token of the model's generation config ends it (:func:`end_token_ids`; Qwen2.5-VL
+  lists ``<|im_end|>`` and ``<|endoftext|>``), as vLLM's stop tokens and EasyR1's response mask do.
+- Suppressed ids, kept to what is needed. Sampling (:func:`generation_suppress_token_ids`): the output rows
+  beyond the tokenizer (:func:`padded_vocab_ids`: the real Qwen2.5-VL pads 151,665 ids to 151,936 rows, never
+  trained) and the image placeholder ``<|image_pad|>`` (the released vLLM rollout gives it a -100 logit bias; a
+  sampled placeholder would make the next forward expect an image that does not exist). Training log-probs: the
+  padded rows only, so the policy is scored over the same vocabulary as the released FSDP actor (every
+  tokenizer id, special tokens included). Every other special token (``<|im_start|>``, vision markers, ...) can
+  be sampled, as in the release.
 - The model's ``generation_config`` is left as shipped. The real Qwen2.5-VL release sets near-greedy
   defaults there (top_k=1, top_p=0.001, a low temperature, a repetition penalty), so rollouts must pass
   every sampling setting explicitly (do_sample, temperature, top_p, top_k=0, repetition_penalty=1.0).
@@ -31,12 +35,9 @@ from typing import Any
 
 import torch
 
-from papo.models.special_tokens import IM_END
+from papo.models.special_tokens import IM_END, IMAGE_PAD
 
 log = logging.getLogger(__name__)
-
-#: added tokens that generation must be able to sample although they are "added" (Qwen3's think tags)
-FORMAT_TOKENS = ("<think>", "</think>")
 
 _DTYPES = {
     "float32": torch.float32,
@@ -87,34 +88,52 @@ def _tokenizer_of(processor_or_tokenizer):
     return getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
 
 
-def generation_suppress_token_ids(processor_or_tokenizer, vocab_size: int | None = None) -> list[int]:
-    """Token ids generation must never sample: every added/special token except the eos ``<|im_end|>``.
+def padded_vocab_ids(processor_or_tokenizer, vocab_size: int | None) -> list[int]:
+    """Output rows the tokenizer has no token for: ``len(tokenizer) .. vocab_size - 1`` (empty without
+    ``vocab_size``). The real Qwen2.5-VL pads 151,665 tokenizer ids to 151,936 rows; these rows were never
+    trained, so they are suppressed in sampling AND in training log-probs."""
+    if vocab_size is None:
+        return []
+    return list(range(len(_tokenizer_of(processor_or_tokenizer)), int(vocab_size)))
 
-    That is the vision tokens (``<|vision_start|>``, ``<|image_pad|>``, ...), ``<|endoftext|>`` (= pad),
-    ``<|im_start|>``, the box/quad/object-ref markers and Qwen2.5's non-special added tokens
-    (``<tool_call>``, ``<|fim_*|>``, ...). ``<think>`` / ``</think>`` (added tokens in Qwen3 / Qwen3-VL,
-    :data:`FORMAT_TOKENS`) are kept: the format reward asks for them. With ``vocab_size`` (the model's output size), ids the tokenizer
-    does not know (the real Qwen2.5-VL pads 151,665 ids to 151,936 rows) are added too.
-    Use as ``model.generate(..., suppress_tokens=ids)``.
-    """
+
+def image_placeholder_ids(processor_or_tokenizer) -> list[int]:
+    """The id of the image placeholder the processor expands (``<|image_pad|>``), if the tokenizer has one."""
     tok = _tokenizer_of(processor_or_tokenizer)
-    ids = set(tok.added_tokens_decoder) | set(tok.all_special_ids)
-    keep = {tok.eos_token_id, tok.convert_tokens_to_ids(IM_END)}
-    # answer-format tags are single added tokens in Qwen3(-VL) (plain text in Qwen2.5): never suppress them
-    added = getattr(tok, "added_tokens_encoder", {}) or {}
-    keep |= {added[t] for t in FORMAT_TOKENS if t in added}
-    if tok.unk_token_id is not None:
-        keep.add(tok.unk_token_id)  # pragma: no cover - Qwen has no unk; an unknown IM_END maps to it
-    ids -= {i for i in keep if i is not None}
-    if vocab_size is not None:
-        ids |= set(range(len(tok), vocab_size))
+    token = getattr(processor_or_tokenizer, "image_token", None) or IMAGE_PAD
+    return [tok.convert_tokens_to_ids(token)] if token in tok.get_vocab() else []
+
+
+def generation_suppress_token_ids(processor_or_tokenizer, vocab_size: int | None = None) -> list[int]:
+    """Token ids sampling never emits: :func:`padded_vocab_ids` and :func:`image_placeholder_ids`.
+
+    The released rollout (vLLM) samples over the full vocabulary except the image placeholder (logit bias -100);
+    a sampled placeholder would break the next forward (one more image token than image features). Use as
+    ``model.generate(..., suppress_tokens=ids)`` or the lean loop's ``suppress_ids``.
+    """
+    ids = set(image_placeholder_ids(processor_or_tokenizer)) | set(
+        padded_vocab_ids(processor_or_tokenizer, vocab_size)
+    )
     return sorted(i for i in ids if vocab_size is None or i < vocab_size)
+
+
+def end_token_ids(generation_config: Any, processor_or_tokenizer) -> list[int]:
+    """Every token that ends a response: the model's ``generation_config.eos_token_id`` (an int or a list; Qwen2.5-VL
+    lists ``<|im_end|>`` then ``<|endoftext|>``), in its order, else the tokenizer's eos. The first is the one
+    a finished row is reported with; all of them stop generation and close the response mask."""
+    tok = _tokenizer_of(processor_or_tokenizer)
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if not ids:
+        ids = [tok.convert_tokens_to_ids(IM_END) if IM_END in tok.get_vocab() else tok.eos_token_id]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def output_vocab_size(model: torch.nn.Module) -> int | None:
     """Rows of the model's output layer (logits width), which can exceed ``len(tokenizer)``: the real
-    Qwen2.5-VL pads 151,665 tokenizer ids to 151,936 rows. Pass it to :func:`generation_suppress_token_ids`
-    so the padded ids are never sampled. From the output embeddings, else the (text) config; None if neither."""
+    Qwen2.5-VL pads 151,665 tokenizer ids to 151,936 rows. Pass it to :func:`padded_vocab_ids` and
+    :func:`generation_suppress_token_ids` so the padded ids are never sampled nor scored. From the output
+    embeddings, else the (text) config; None if neither."""
     base = hf_model(model)
     emb = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     weight = getattr(emb, "weight", None)
@@ -343,11 +362,14 @@ def apply_lora(
 
 __all__ = [
     "DEFAULT_LORA_TARGETS",
-    "FORMAT_TOKENS",
     "apply_lora",
+    "end_token_ids",
     "generation_suppress_token_ids",
+    "image_placeholder_ids",
     "is_lora",
     "load_policy",
+    "output_vocab_size",
+    "padded_vocab_ids",
     "resolve_dtype",
     "resolve_policy_path",
     "set_pixel_bounds",

@@ -21,8 +21,8 @@ from torch import Tensor
 
 from papo.algos import (
     ADVANTAGE_ESTIMATORS,
-    dynamic_sampling_keep,
     kl_estimate,
+    micro_batch_normalization,
     overlong_penalty,
     sampled_entropy,
 )
@@ -32,18 +32,21 @@ from papo.losses.base import LossComponent, LossInputs, MetricPool
 from papo.losses.policy_gradient import PolicyGradientLoss
 from papo.losses.reference_kl import ReferenceKLLoss
 from papo.models.loading import (
+    end_token_ids,
     generation_suppress_token_ids,
     is_lora,
     load_policy,
     output_vocab_size,
+    padded_vocab_ids,
 )
 from papo.models.logprobs import response_logps
 from papo.rewards import get_reward_fn
 from papo.rollout.collect import Generator
+from papo.rollout.dynamic_sampling import DynamicSampler
 from papo.rollout.experience import Experience
-from papo.rollout.hf_generate import GenerationConfig
+from papo.rollout.hf_generate import GenerationConfig, is_end_token
 from papo.rollout.micro_batches import plan_micro_batches, split_to_count
-from papo.utils.checkpointing import experience_from_state, experience_state, rng_state, set_rng_state
+from papo.utils.checkpointing import rng_state, set_rng_state
 from papo.utils.distributed import (
     all_reduce,
     clip_grad_norm,
@@ -137,15 +140,18 @@ class PapoModule(L.LightningModule):
             timeout_s=reward["timeout_s"],
         )
         self.reward_on_error = reward.get("on_error", "raise")
+        vocab_size = output_vocab_size(self.policy)
         self.generator = Generator(
             self.processor,
-            # padded output rows beyond the tokenizer (real Qwen2.5-VL) are suppressed too
-            generation_suppress_token_ids(self.processor, vocab_size=output_vocab_size(self.policy)),
+            # never sampled: the image placeholder and the padded output rows beyond the tokenizer
+            generation_suppress_token_ids(self.processor, vocab_size=vocab_size),
             rollout["max_prompt_length"],
             rollout["generation_batch_size"],
             rollout.get("decoder", "lean"),
+            eos_ids=end_token_ids(self.policy.generation_config, self.processor),  # every end token
         )
-        self.suppress_ids = torch.tensor(self.generator.suppress_ids, dtype=torch.long)
+        # training log-probs: over every tokenizer id (as the released actor); only the padded rows are excluded
+        self.suppress_ids = torch.tensor(padded_vocab_ids(self.processor, vocab_size), dtype=torch.long)
         # rollout=vllm: a colocated engine, created on the first rollout (on the GPU) and re-synced with the
         # policy's weights before any rollout that follows an update (papo.rollout.vllm_backend)
         self._vllm_cfg = dict(rollout.get("vllm") or {}) if rollout.get("backend") == "vllm" else None
@@ -161,8 +167,19 @@ class PapoModule(L.LightningModule):
         self.last_val: dict[str, float] = {}
         # global step of the last validation run inside fit (None: none yet, or it ran in trainer.validate)
         self.last_val_fit_step: int | None = None
-        self._buffer: list[Experience] = []  # DAPO dynamic sampling: kept groups awaiting a full batch
-        self._tries = 0
+        ds = dict(algo.get("dynamic_sampling") or {})
+        # DAPO dynamic sampling (papo.rollout.dynamic_sampling): its buffer and round count are checkpointed
+        self.dynamic_sampler = (
+            DynamicSampler(
+                algo["group_size"],
+                ds["low"],
+                ds["high"],
+                ds["max_tries"],
+                keep_all_when_none_pass=ds.get("keep_all_when_none_pass", False),
+            )
+            if ds.get("enabled", False)
+            else None
+        )
         self._group_counter = 0
         self.skipped_steps = 0
         self.consecutive_skips = 0  # optimiser steps skipped in a row (stop at optim.max_consecutive_skips)
@@ -315,29 +332,16 @@ class PapoModule(L.LightningModule):
                 )
             exp.rewards = rewards
 
-        ds = self.algo.get("dynamic_sampling", {})
-        if ds.get("enabled", False):
-            keep = dynamic_sampling_keep(exp.accuracy, exp.group_ids, ds["low"], ds["high"])
-            rollout_metrics["train/dynamic_sampling/kept_fraction"] = float(keep.float().mean())
-            self._buffer.append(exp.select(keep))
-            have = sum(len(e) for e in self._buffer) // self.algo["group_size"]
-            have = int(all_reduce(have, "min", self.device))  # ranks update together (matching collectives)
-            need = len(batch["prompt"])
-            self._tries += 1
-            if have < need:
-                if self._tries >= ds["max_tries"]:
-                    raise RuntimeError(
-                        f"DAPO dynamic sampling: only {have}/{need} groups with "
-                        f"{ds['low']} < mean accuracy < {ds['high']} after {self._tries} rollout batches "
-                        "(algo.dynamic_sampling.max_tries). The task is too easy or too hard for the policy: "
-                        "check accuracy, or disable with algo.dynamic_sampling.enabled=false."
-                    )
+        if self.dynamic_sampler is not None:  # DAPO: sample more rounds until enough groups pass the filter
+            # groups per update: algo.dynamic_sampling.batch_prompts per rank, else one data batch
+            need = int(self.algo["dynamic_sampling"].get("batch_prompts") or len(batch["prompt"]))
+            exp, ds_metrics = self.dynamic_sampler.add(
+                exp, need, lambda value, op: all_reduce(value, op, self.device)
+            )
+            rollout_metrics.update({f"train/dynamic_sampling/{k}": v for k, v in ds_metrics.items()})
+            if exp is None:
                 self.log_dict(rollout_metrics, on_step=True)
                 return
-            rollout_metrics["train/dynamic_sampling/tries"] = float(self._tries)
-            exp = Experience.cat(self._buffer)
-            exp = exp.select(list(range(need * self.algo["group_size"])))  # exactly a full batch
-            self._buffer, self._tries = [], 0
 
         with self.timer("old_logps"):
             self._prepare(exp)
@@ -354,9 +358,10 @@ class PapoModule(L.LightningModule):
 
     def _rollout_metrics(self, exp: Experience, n_err: int) -> dict[str, float]:
         lengths = exp.response_mask.sum(1)  # (N,) EOS included
-        # truncated: cut at rollout.max_new_tokens without an EOS (not: as long as the longest response)
+        # truncated: cut at rollout.max_new_tokens without an end token (not: as long as the longest response)
         last = exp.response_ids.gather(1, (lengths.long() - 1).clamp(min=0)[:, None])[:, 0]  # (N,)
-        truncated = (lengths >= self.rollout_cfg["max_new_tokens"]) & (last != self.generator.eos_id)
+        ended = is_end_token(last, self.generator.eos_ids)  # (N,) any end token of the generation config
+        truncated = (lengths >= self.rollout_cfg["max_new_tokens"]) & ~ended
         return {
             "train/reward/mean": float(exp.rewards.mean()),
             "train/reward/accuracy": float(exp.accuracy.mean()),
@@ -395,23 +400,32 @@ class PapoModule(L.LightningModule):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         n_mb = self.algo["num_minibatches"]
         agg = self.algo["agg_mode"]
+        # micro_batch_mean (released actor) | global_token_mean (papo.algos.micro_batch_normalization)
+        normalizer = self.algo.get("loss_normalizer", "global_token_mean")
         # seq-mean-token-sum-norm's constant length (Dr. GRPO): the maximum response length, not the
         # longest response of this batch (the padded width T, which changes from step to step)
         norm_len = int(self.algo.get("norm_len") or self.rollout_cfg["max_new_tokens"])
         pool = MetricPool()  # micro-batch metrics -> one value per step (max of maxima, pooled variances)
+        # the coefficient schedules see one progress per rollout batch, the fraction of training done before it
+        # (the released controller steps once per rollout step)
+        progress = self.progress
         N = len(exp)
         for _epoch in range(self.algo["ppo_epochs"]):
-            order = torch.randperm(N) if n_mb > 1 else torch.arange(N)
+            # mini-batches: a fresh random split per epoch, or contiguous rows (the released actor's split)
+            shuffle = n_mb > 1 and self.algo.get("shuffle_minibatches", True)
+            order = torch.randperm(N) if shuffle else torch.arange(N)
             for mb_idx in torch.tensor_split(order, n_mb):
                 mb = exp.select(mb_idx)
-                # token-mean over ALL ranks' mini-batches: DDP averages gradients over W ranks, so each
-                # rank normalises by (global token count / W); with one process this is mb.num_tokens
+                # global_token_mean: token-mean over ALL ranks' mini-batches: DDP averages gradients over W
+                # ranks, so each rank normalises by (global token count / W); one process: mb.num_tokens
                 num_tokens_global = float(all_reduce(mb.num_tokens, "sum", self.device))
                 num_tokens = num_tokens_global / world_size()
                 pool.add({"train/num_tokens_global": num_tokens_global}, 1.0)
                 opt.zero_grad(set_to_none=True)
                 nonfinite: list[str] = []  # loss components that gave a non-finite value in this mini-batch
-                for idx in self._micro_batches(mb):
+                plan = self._micro_batches(mb)
+                n_micro = len(plan)  # gradient-accumulation micro-batches of this mini-batch
+                for idx in plan:
                     micro = mb.select(idx)
                     with self.timer("forward"):
                         logps = self._logps(self.policy, micro)  # (n, T) with grad
@@ -428,21 +442,28 @@ class PapoModule(L.LightningModule):
                             if micro.old_logps is not None
                             else logps.detach()
                         )
+                        norm_tokens, scale = micro_batch_normalization(
+                            normalizer,
+                            agg,
+                            micro_rows=len(micro),
+                            mini_rows=len(mb),
+                            num_micro=n_micro,
+                            tokens_per_rank=num_tokens,
+                        )
                         inputs = LossInputs(
                             logps=logps,
                             old_logps=old,
                             advantages=micro.advantages.to(self.device)[:, None].expand_as(logps),
                             response_mask=mask,
                             agg_mode=agg,
-                            num_tokens=num_tokens if agg == "token-mean" else None,
+                            num_tokens=norm_tokens,
                             ref_logps=micro.ref_logps[:, :T].to(self.device)
                             if micro.ref_logps is not None
                             else None,
                             logps_masked=logps_masked,
-                            progress=self.progress,
+                            progress=progress,
                             norm_len=norm_len,
                         )
-                        scale = 1.0 if agg == "token-mean" else len(micro) / len(mb)
                         total = logps.new_zeros(())
                         w = float(mask.sum())
                         terms: list[tuple[str, Tensor]] = []
@@ -607,8 +628,8 @@ class PapoModule(L.LightningModule):
         live = self._in_train_step or self._train_rng is None
         checkpoint["papo"] = {  # tensors, lists, numbers and strings only: loads with weights_only=True
             "rng": rng_state() if live else self._train_rng,
-            "buffer": [experience_state(e) for e in self._buffer],
-            "tries": self._tries,
+            # DAPO's refill state: "buffer" (kept groups awaiting a full batch) and "tries"
+            **(self.dynamic_sampler.state_dict() if self.dynamic_sampler else {"buffer": [], "tries": 0}),
             "group_counter": self._group_counter,
             "skipped_steps": self.skipped_steps,
             "consecutive_skips": self.consecutive_skips,
@@ -625,8 +646,9 @@ class PapoModule(L.LightningModule):
             log.warning("checkpoint has no PAPO resume state: RNG and dynamic-sampling state start afresh")
             return
         self._train_rng = state["rng"]  # applied at the start of the next training step
-        self._buffer = [experience_from_state(e) for e in state["buffer"]]
-        self._tries, self._group_counter = int(state["tries"]), int(state["group_counter"])
+        if self.dynamic_sampler is not None:
+            self.dynamic_sampler.load_state_dict(state)
+        self._group_counter = int(state["group_counter"])
         self.skipped_steps = int(state["skipped_steps"])
         self.consecutive_skips = int(state["consecutive_skips"])
         self.skipped_rows = int(state["skipped_rows"])

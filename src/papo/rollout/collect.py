@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from papo.models.loading import end_token_ids
 from papo.rewards import score_batch
 from papo.rollout.experience import Experience
 from papo.rollout.hf_generate import DECODERS, GenerationConfig, hf_generate
@@ -47,12 +48,14 @@ class Generator:
         max_prompt_length: int,
         batch_size: int,
         decoder: str = "auto",
+        eos_ids: list[int] | None = None,
     ) -> None:
         tok = processor.tokenizer
         self.processor = processor
-        self.eos_id = (
-            tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
-        )
+        # every token that ends a response (the model's generation config: papo.models.loading.end_token_ids);
+        # None: the tokenizer's <|im_end|> (or its eos) alone
+        self.eos_ids = list(eos_ids) if eos_ids else end_token_ids(None, tok)
+        self.eos_id = self.eos_ids[0]  # the end token an empty generation is reported with
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
         self.suppress_ids = suppress_ids
         self.max_prompt_length = max_prompt_length
@@ -109,7 +112,7 @@ class Generator:
         if self.engine is not None:  # rollout=vllm: the colocated engine samples (papo.rollout.vllm_backend)
             images = batch["images_masked"] if use_masked_images else batch["images"]
             texts_in = chat_texts(self.processor, batch["prompt"], [len(x) for x in images])
-            ids, m = self.engine.generate(texts_in, images, cfg, self.eos_id, self.pad_id, self.suppress_ids)
+            ids, m = self.engine.generate(texts_in, images, cfg, self.eos_ids, self.pad_id, self.suppress_ids)
             responses, masks = [ids], [m]
         # chunks of whole groups: pass each prompt once and let generate sample G rows from it (its images are
         # encoded once, not G times); otherwise (greedy, or chunks that split a group) one row per sequence
@@ -131,7 +134,7 @@ class Generator:
             if device is not None:
                 chunk = {k: v.to(device) for k, v in chunk.items()}
             ids, m = decode(
-                model, chunk, cfg, self.eos_id, self.pad_id, self.suppress_ids, G if per_prompt else 1
+                model, chunk, cfg, self.eos_ids, self.pad_id, self.suppress_ids, G if per_prompt else 1
             )
             responses.append(ids.cpu())
             masks.append(m.cpu())

@@ -1,16 +1,19 @@
-"""Rollouts with Hugging Face ``generate``: G sampled responses per prompt, never a special token.
+"""Rollouts with Hugging Face ``generate``: G sampled responses per prompt.
 
 ``rollout.decoder=generate`` selects this path; the default ``lean`` is :mod:`papo.rollout.lean_decode` (same
 sampling semantics, less per-token overhead); sharded strategies always use ``generate``.
 
 Differences from EasyR1/verl (which use vLLM): same sampling semantics (temperature, top_p, top_k,
-max_new_tokens), run on the policy module itself; generation stops as soon as every sequence has
-emitted EOS (HF's stopping criteria). Special tokens other than EOS (vision placeholders, pad,
-<|im_start|>...) are suppressed so the policy can never sample them.
+max_new_tokens), run on the policy module itself; generation stops as soon as every sequence has emitted one
+of its end tokens (HF's stopping criteria). As there, every end token of the model's generation config ends a
+response (``eos_ids``: ``<|im_end|>`` and ``<|endoftext|>`` for Qwen2.5-VL), and the suppressed ids
+(``suppress_ids``, :func:`papo.models.loading.generation_suppress_token_ids`) are only the image placeholder
+and the padded output rows beyond the tokenizer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,21 +39,41 @@ class GenerationConfig:
     min_new_tokens: int = 0
 
 
-def response_mask_from_ids(response_ids: Tensor, eos_id: int) -> Tensor:
-    """1 on response tokens up to and including the first EOS, 0 after it. (N, T) -> (N, T) float."""
-    is_eos = (response_ids == eos_id).long()  # (N, T)
-    after_eos = (torch.cumsum(is_eos, dim=1) - is_eos) > 0  # strictly after the first EOS
+def as_id_list(ids: int | Sequence[int]) -> list[int]:
+    """One token id or several -> a list of ints (end tokens may be given either way)."""
+    return (
+        [int(ids)]
+        if isinstance(ids, int) or (isinstance(ids, Tensor) and ids.ndim == 0)
+        else [int(i) for i in ids]
+    )
+
+
+def is_end_token(ids: Tensor, eos_ids: int | Sequence[int]) -> Tensor:
+    """Bool, same shape as ``ids``: True where the id is one of the end tokens."""
+    return torch.isin(ids, torch.tensor(as_id_list(eos_ids), dtype=ids.dtype, device=ids.device))
+
+
+def response_mask_from_ids(response_ids: Tensor, eos_ids: int | Sequence[int]) -> Tensor:
+    """1 on response tokens up to and including the first end token (any of ``eos_ids``), 0 after it.
+    (N, T) -> (N, T) float. EasyR1's ``get_response_mask`` with a list of end tokens."""
+    is_eos = is_end_token(response_ids, eos_ids).long()  # (N, T)
+    after_eos = (torch.cumsum(is_eos, dim=1) - is_eos) > 0  # strictly after the first end token
     return (~after_eos).float()
 
 
-def finish_responses(response_ids: Tensor, eos_id: int, pad_id: int) -> tuple[Tensor, Tensor]:
-    """(response ids with pad after the first EOS, response mask) of sampled ids (N, T); an empty
-    generation becomes one EOS per row."""
+def finish_responses(
+    response_ids: Tensor, eos_ids: int | Sequence[int], pad_id: int
+) -> tuple[Tensor, Tensor]:
+    """(response ids with pad after the first end token, response mask) of sampled ids (N, T); an empty
+    generation becomes one end token (the first of ``eos_ids``) per row."""
     if response_ids.shape[1] == 0:  # degenerate: nothing generated
         response_ids = torch.full(
-            (response_ids.shape[0], 1), eos_id, dtype=response_ids.dtype, device=response_ids.device
+            (response_ids.shape[0], 1),
+            as_id_list(eos_ids)[0],
+            dtype=response_ids.dtype,
+            device=response_ids.device,
         )
-    mask = response_mask_from_ids(response_ids, eos_id)
+    mask = response_mask_from_ids(response_ids, eos_ids)
     response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, pad_id))
     return response_ids, mask
 
@@ -60,12 +83,12 @@ def hf_generate(
     model: torch.nn.Module,
     inputs: dict[str, Tensor],
     cfg: GenerationConfig,
-    eos_id: int,
+    eos_ids: int | Sequence[int],
     pad_id: int,
     suppress_ids: list[int],
     num_return_sequences: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """Sample responses. ``inputs`` holds one row per sequence (prompts repeated G times), or one row per
+    """Sample responses; any of ``eos_ids`` ends a row. ``inputs`` holds one row per sequence (prompts repeated G times), or one row per
     prompt with ``num_return_sequences=G`` (sampling only): ``generate`` then encodes each prompt's images
     once and repeats the encoding for its G rows (rows come out grouped by prompt, as ``repeat_interleave``).
 
@@ -76,7 +99,7 @@ def hf_generate(
     gen_kwargs = dict(
         max_new_tokens=cfg.max_new_tokens,
         do_sample=sample,
-        eos_token_id=eos_id,
+        eos_token_id=as_id_list(eos_ids),
         pad_token_id=pad_id,
         suppress_tokens=suppress_ids or None,
         use_cache=True,
@@ -93,4 +116,4 @@ def hf_generate(
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     out = model.generate(**inputs, **gen_kwargs)
-    return finish_responses(out[:, prompt_len:], eos_id, pad_id)
+    return finish_responses(out[:, prompt_len:], eos_ids, pad_id)

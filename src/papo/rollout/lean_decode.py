@@ -4,8 +4,9 @@ What it replaces: ``model.generate`` (:mod:`papo.rollout.hf_generate`), whose pe
 processors, stopping criteria, input preparation, a ``torch.sort`` and ``torch.multinomial`` per step, a causal
 mask rebuilt every step) is a large share of a small model's decode time on CPU (measured in
 docs/performance.md). Same model calls, same cache class, same sampling semantics (temperature, top-k, top-p,
-EOS blocked before ``min_new_tokens``, special tokens suppressed, rows padded after their EOS: one function,
-:func:`papo.rollout.token_sampling.next_tokens`), stop as soon as every row ended, so the same distribution of
+every end token blocked before ``min_new_tokens``, the suppressed ids never sampled, rows padded after their
+end token: one function, :func:`papo.rollout.token_sampling.next_tokens`), stop as soon as every row ended, so
+the same distribution of
 responses; greedy decoding gives HF's tokens exactly (tested on Qwen2.5-VL and Qwen3-VL).
 
 Differences from ``generate``:
@@ -26,6 +27,7 @@ must keep calling ``forward`` until all ranks finish, which ``generate(synced_gp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -75,12 +77,13 @@ def lean_generate(
     model: torch.nn.Module,
     inputs: dict[str, Tensor],
     cfg: GenerationConfig,
-    eos_id: int,
+    eos_ids: int | Sequence[int],
     pad_id: int,
     suppress_ids: list[int],
     num_return_sequences: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """Sample responses; the contract of :func:`papo.rollout.hf_generate.hf_generate`.
+    """Sample responses; the contract of :func:`papo.rollout.hf_generate.hf_generate` (any of ``eos_ids``
+    ends a row; ``suppress_ids`` are never sampled).
 
     ``inputs``: left-padded ``input_ids`` / ``attention_mask`` (B, P) plus the model's visual inputs, one row
     per prompt (``num_return_sequences`` = G rows are sampled from each) or one row per sequence.
@@ -95,7 +98,7 @@ def lean_generate(
         positions = positions.repeat_interleave(G, dim=positions.ndim - 2)
     n, device = logits.shape[0], logits.device
     next_pos = positions[..., -1:]
-    rules = StepRules.build(cfg, eos_id, pad_id, suppress_ids, device)
+    rules = StepRules.build(cfg, eos_ids, pad_id, suppress_ids, device)
     cache_kw = cache_kwarg(model)
     prepared = prepared_masks(model)
     # the key mask of every step, allocated once: prompt mask + one column per new token (sliced per step)
@@ -114,4 +117,4 @@ def lean_generate(
         step = {"input_ids": nxt[:, None], "attention_mask": mask, "position_ids": next_pos, cache_kw: cache}
         out = model(**step, use_cache=True)
         logits = out.logits[:, -1].float()
-    return finish_responses(torch.stack(tokens, dim=1), eos_id, pad_id)
+    return finish_responses(torch.stack(tokens, dim=1), eos_ids, pad_id)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,7 +266,7 @@ def static_generate(
     model: torch.nn.Module,
     inputs: dict[str, Tensor],
     cfg: GenerationConfig,
-    eos_id: int,
+    eos_ids: int | Sequence[int],
     pad_id: int,
     suppress_ids: list[int],
     num_return_sequences: int = 1,
@@ -278,7 +278,7 @@ def static_generate(
     ``capture``: record the step as a CUDA graph (None: when the inputs are on a CUDA device). Falls back to
     :func:`~papo.rollout.lean_decode.lean_generate` where the static step cannot run (logged once).
     """
-    args = (model, inputs, cfg, eos_id, pad_id, suppress_ids, num_return_sequences)
+    args = (model, inputs, cfg, eos_ids, pad_id, suppress_ids, num_return_sequences)
     reason = static_unsupported(model)
     if reason is not None:
         _log_once(f"rollout.decoder=static: {reason}; decoding with the lean loop instead")
@@ -317,7 +317,7 @@ def static_generate(
     sg.positions[..., :n, :] = positions[..., -1:].index_select(positions.ndim - 2, rows)
     sg.input_ids.fill_(pad_id)
 
-    rules = StepRules.build(cfg, eos_id, pad_id, suppress_ids, device)
+    rules = StepRules.build(cfg, eos_ids, pad_id, suppress_ids, device)
     logits = logits[rows]  # (n, V)
     tokens = torch.full((n, T), pad_id, dtype=torch.long, device=device)
     unfinished = torch.ones(n, dtype=torch.bool, device=device)
@@ -334,6 +334,6 @@ def static_generate(
             sg.positions += 1
             sg.mask[:, 0, 0, P + t] = True  # this step's token goes to slot P + t
             logits = sg.step()[:n]
-    ids, mask = finish_responses(tokens[:, :width], eos_id, pad_id)
+    ids, mask = finish_responses(tokens[:, :width], eos_ids, pad_id)
     keep = max(int(mask.sum(1).max()), 1)  # the lean loop stops at the step where the last row ended
     return ids[:, :keep], mask[:, :keep]

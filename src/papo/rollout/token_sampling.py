@@ -21,6 +21,7 @@ its ``TemperatureLogitsWarper``, ``TopKLogitsWarper`` and ``TopPLogitsWarper`` i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
 class StepRules:
     """What a decode step may emit, fixed for one generate call (see :func:`next_tokens`)."""
 
-    eos_id: int  # the end-of-sequence id: ends a row; blocked before ``min_new_tokens``
+    eos_ids: Tensor  # (E,) long, on the logits' device: every end token; each ends a row, all blocked
+    # before ``min_new_tokens``
     pad_id: int  # emitted by rows that already ended
     suppress: Tensor  # (S,) long, on the logits' device: ids that are never emitted
     temperature: float = 1.0  # 0 = greedy (argmax)
@@ -46,12 +48,19 @@ class StepRules:
 
     @classmethod
     def build(
-        cls, cfg: GenerationConfig, eos_id: int, pad_id: int, suppress_ids: list[int], device: torch.device
+        cls,
+        cfg: GenerationConfig,
+        eos_ids: int | Sequence[int],
+        pad_id: int,
+        suppress_ids: list[int],
+        device: torch.device,
     ) -> StepRules:
-        """The rules of a :class:`papo.rollout.hf_generate.GenerationConfig` ``cfg``."""
+        """The rules of a :class:`papo.rollout.hf_generate.GenerationConfig` ``cfg``; ``eos_ids``: one end
+        token or several (e.g. Qwen's ``<|im_end|>`` and ``<|endoftext|>``)."""
         suppress = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long, device=device)
+        ends = [int(eos_ids)] if isinstance(eos_ids, int) else [int(i) for i in eos_ids]
         return cls(
-            eos_id=int(eos_id),
+            eos_ids=torch.tensor(ends, dtype=torch.long, device=device),
             pad_id=int(pad_id),
             suppress=suppress,
             temperature=float(cfg.temperature),
@@ -64,21 +73,21 @@ class StepRules:
 def next_tokens(logits: Tensor, step: int, unfinished: Tensor, rules: StepRules) -> Tensor:
     """The tokens of decode step ``step`` (0-based) from the last position's ``logits`` (N, V) float.
 
-    Suppressed ids (and EOS while ``step < rules.min_new_tokens``) are set to ``-inf`` IN PLACE in
-    ``logits``; greedy (temperature 0) takes the argmax, otherwise one draw per row after
+    Suppressed ids (and every end token while ``step < rules.min_new_tokens``) are set to ``-inf`` IN PLACE
+    in ``logits``; greedy (temperature 0) takes the argmax, otherwise one draw per row after
     :func:`filter_logits`. Rows whose ``unfinished`` (N,) bool is False get ``pad_id``; ``unfinished`` is
-    updated IN PLACE (a row that emits EOS has ended). Returns (N,) long.
+    updated IN PLACE (a row that emits any end token has ended). Returns (N,) long.
     """
     if rules.suppress.numel():
         logits[:, rules.suppress] = float("-inf")
     if step < rules.min_new_tokens:
-        logits[:, rules.eos_id] = float("-inf")
+        logits[:, rules.eos_ids] = float("-inf")
     if rules.temperature > 0:
         nxt = sample_tokens(filter_logits(logits, rules.temperature, rules.top_k, rules.top_p))
     else:
         nxt = logits.argmax(-1)
     nxt = torch.where(unfinished, nxt, torch.full_like(nxt, rules.pad_id))
-    unfinished &= nxt != rules.eos_id
+    unfinished &= ~torch.isin(nxt, rules.eos_ids)
     return nxt
 
 

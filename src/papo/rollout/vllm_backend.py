@@ -8,8 +8,8 @@ rollouts). After every optimiser update the module marks the engine stale and, b
 tensor), so
 rollouts always come from the parameters being trained. Prompts go in as the chat-template text plus PIL
 images, so vLLM applies the same HF processor (same pixel bounds) as the training forward; only response token
-ids come back. Tokens the HF path suppresses (vision placeholders, pad, ...) are excluded with
-``allowed_token_ids``, so the sampling distribution matches the log-probs the loss computes.
+ids come back. The ids the HF path never samples (the image placeholder and the padded output rows) are
+excluded with ``allowed_token_ids``, and every end token of the model's generation config stops a response.
 
 Differences from EasyR1/verl (which also use vLLM): one engine per data-parallel rank (no tensor-parallel
 rollout workers, no Ray), weights copied through ``load_weights`` (verl uses the same call); sampling
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from papo.models.loading import hf_model
-from papo.rollout.hf_generate import GenerationConfig, response_mask_from_ids
+from papo.rollout.hf_generate import GenerationConfig, as_id_list, response_mask_from_ids
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class VLLMEngine:
         texts: list[str],
         images: list[list[Any]],
         cfg: GenerationConfig,
-        eos_id: int,
+        eos_ids: int | list[int],
         pad_id: int,
         suppress_ids: list[int] | None = None,
         vocab_size: int | None = None,
@@ -199,7 +199,7 @@ class VLLMEngine:
 
         ``texts`` are chat-template prompts (one per prompt), ``images`` the PIL images of each. Returns
         response_ids (B*G, T) right-padded with ``pad_id`` and response_mask (B*G, T) (1 up to and including the
-        first EOS), as :func:`papo.rollout.hf_generate.hf_generate` does.
+        first of the end tokens ``eos_ids``), as :func:`papo.rollout.hf_generate.hf_generate` does.
         """
         from vllm import SamplingParams
 
@@ -207,7 +207,7 @@ class VLLMEngine:
             n=int(cfg.num_samples),
             max_tokens=int(cfg.max_new_tokens),
             min_tokens=min(int(cfg.min_new_tokens), int(cfg.max_new_tokens)),
-            stop_token_ids=[int(eos_id)],
+            stop_token_ids=as_id_list(eos_ids),
             skip_special_tokens=False,
             detokenize=False,
         )
@@ -232,12 +232,12 @@ class VLLMEngine:
             outputs = self.llm.generate(prompts, SamplingParams(**params), use_tqdm=False)
         finally:
             self._sleep()
-        rows = [list(o.token_ids) or [int(eos_id)] for out in outputs for o in out.outputs]
+        rows = [list(o.token_ids) or as_id_list(eos_ids)[:1] for out in outputs for o in out.outputs]
         T = max(len(r) for r in rows)
         ids = torch.full((len(rows), T), int(pad_id), dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask = response_mask_from_ids(ids, int(eos_id))
+        mask = response_mask_from_ids(ids, eos_ids)
         lengths = torch.tensor([len(r) for r in rows])
         mask = mask * (torch.arange(T)[None, :] < lengths[:, None]).float()  # padding is not a response token
         return ids, mask
