@@ -395,7 +395,9 @@ def on_policy_gap(module: Any, batch: dict[str, Any], decoder: str, device: Any,
     inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in exp.model_inputs().items()}
     inputs["visual"] = {k: v.to(device) for k, v in inputs["visual"].items()}
     inputs["extra"] = {k: v.to(device) for k, v in inputs["extra"].items()}
-    suppress = module.suppress_ids.to(device)
+    # scored over the sampler's own vocabulary (the placeholder is never sampled, the training scores exclude
+    # only the padded rows): this compares the decode path's numbers with the training forward's
+    suppress = torch.tensor(module.generator.suppress_ids, dtype=torch.long, device=device)
     with torch.no_grad():
         train = response_logps(policy, **inputs, suppress_ids=suppress, chunk_tokens=4096).float().cpu()
     live = exp.response_mask[:, :T].bool()
