@@ -323,12 +323,26 @@ def _missing_keys(cfg: DictConfig) -> list[str]:
 
 
 def _hydra_command() -> str | None:
-    """This job's command as Hydra saw it: ``src/train.py`` and its overrides (None outside Hydra)."""
+    """This job's command as Hydra saw it: ``src/train.py`` and its overrides (None outside Hydra), unresolved
+    (``${oc.env:...}`` stays as written) and with credentials redacted (papo.utils.secrets)."""
     from hydra.core.hydra_config import HydraConfig
+
+    from papo.utils.secrets import REDACTED, is_secret_key, secret_env_values
 
     if not HydraConfig.initialized():
         return None
-    return " ".join(["src/train.py", *HydraConfig.get().overrides.task])
+    secrets = secret_env_values()
+
+    def clean(override: str) -> str:
+        key, eq, value = override.partition("=")
+        if eq and is_secret_key(key.lstrip("+~").rsplit(".", 1)[-1]):
+            return f"{key}={REDACTED}"
+        for secret in secrets:
+            override = override.replace(secret, REDACTED)
+        return override
+
+    overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+    return " ".join(["src/train.py", *(clean(str(o)) for o in overrides)])
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
