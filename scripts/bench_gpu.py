@@ -107,9 +107,9 @@ PLAN = [
     ("a", "new", "grpo", 1, 2),
     ("a", "new", "papo", 1, 2),
     ("a", "old", "grpo", 1, 1),
-    ("a", "old", "papo", 0, 1),
-    ("b", "new", "grpo", 1, 2),
+    ("b", "new", "grpo", 1, 1),
     ("b", "new", "papo", 0, 2),
+    ("a", "old", "papo", 0, 1),
     ("b", "old", "grpo", 0, 1),
     ("b", "old", "papo", 0, 1),
 ]
@@ -248,7 +248,43 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
         f"model.min_pixels={args.image_size**2}",
         f"model.max_pixels={args.image_size**2}",
         "rollout.max_prompt_length=4096",
+        # a step whose gradient is not finite is skipped and counted (skipped_steps, nonfinite_grads in the
+        # JSON), never the end of the measurement
+        "optim.max_consecutive_skips=null",
     ]
+
+
+def watch_nonfinite_grads(module: Any, sink: list[dict[str, Any]]) -> Callable[[], None]:
+    """Record, for each optimiser step whose gradient norm is not finite, which parameters had NaN / inf
+    gradients (the first 12 names and the counts); returns the function that stops watching."""
+    import math
+
+    import papo.models.papo_module as papo_module
+
+    original = papo_module.clip_grad_norm
+    names = {id(p): n for n, p in module.policy.named_parameters()}
+
+    def watched(trainer: Any, params: Any, max_norm: float) -> Any:
+        params = list(params)
+        bad = [
+            (names.get(id(p), "?"), bool(p.grad.isnan().any()), bool(p.grad.isinf().any()))
+            for p in params
+            if p.grad is not None and not bool(p.grad.isfinite().all())
+        ]
+        norm = original(trainer, params, max_norm)
+        if norm is not None and not math.isfinite(float(norm)):
+            sink.append(
+                {
+                    "params_nonfinite": len(bad),
+                    "with_nan": sum(n for _, n, _ in bad),
+                    "with_inf": sum(i for _, _, i in bad),
+                    "first": [name for name, _, _ in bad[:12]],
+                }
+            )
+        return norm
+
+    papo_module.clip_grad_norm = watched
+    return lambda: setattr(papo_module, "clip_grad_norm", original)
 
 
 def attach(module: Any, policy: Any) -> None:
@@ -487,9 +523,14 @@ def measure_run(
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    step_s, phases = bench.measure_module(
-        module, batches, "gpu" if cuda else "cpu", budget_s=left, decode_timing="decode_calls"
-    )
+    nonfinite: list[dict[str, Any]] = []
+    unwatch = watch_nonfinite_grads(module, nonfinite)
+    try:
+        step_s, phases = bench.measure_module(
+            module, batches, "gpu" if cuda else "cpu", budget_s=left, decode_timing="decode_calls"
+        )
+    finally:
+        unwatch()
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     ran = batches[: max(len(step_s), warmup + 1)]
     flops = bench.flop_info(policy, module.processor, ran, ns, side == "papo")
@@ -505,6 +546,8 @@ def measure_run(
         "rows": ns.prompts * ns.group_size,
         "max_new_tokens": ns.max_new_tokens,
         "overrides": overrides,
+        "skipped_steps": int(module.skipped_steps),  # optimiser steps skipped (non-finite loss or gradient)
+        "nonfinite_grads": nonfinite[:4],
         "step_s": step_s,
         "warmup_steps": warmup,
         "steps_measured": len(keep),

@@ -21,7 +21,11 @@
 #     truststore==0.10.5 regex==2026.11.19 hydra-core==1.3.8 omegaconf==2.3.1
 #   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
 #
-# and run with .whl carried: `bash scripts/bench_gpu.sh` (BENCH_WHEELS=path picks another folder).
+# and run with .whl carried: `PAPO_COMMIT=<git rev-parse HEAD here> bash scripts/bench_gpu.sh` (BENCH_WHEELS=path
+# picks another folder; PAPO_COMMIT records the commit: the GPU machine receives the files, not this checkout's
+# history, and may report another commit). transformers 5.24.0 with the machine's own huggingface_hub also works
+# (its sdpa packs a decode query's heads per KV head just as 5.25's does), and needs only hydra-core, omegaconf,
+# antlr4 and transformers carried.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -2,6 +2,7 @@
 """docs/gpu_performance.md's results section, regenerated from the JSON of scripts/bench_gpu.py.
 
     python scripts/bench_gpu_report.py bench_gpu.json                  # rewrites docs/gpu_performance.md
+    python scripts/bench_gpu_report.py run1.json run2.json             # one subsection per run, in order
     python scripts/bench_gpu_report.py bench_gpu.json --doc other.md   # another file
     python scripts/bench_gpu_report.py bench_gpu.json --print          # to stdout only
 
@@ -106,6 +107,8 @@ def runs_table(doc: dict[str, Any]) -> list[str]:
             decode = f"CUDA graphs ({', '.join(captured)} rows)" if captured else "static cache, no graph"
             if r["decode"].get("fallback"):
                 decode = f"fell back: {r['decode']['fallback']}"
+        if r.get("skipped_steps"):
+            decode += f"; {r['skipped_steps']} optimiser steps skipped (non-finite gradient)"
         lines.append(
             f"| {key} | {r['rows']} x {r['max_new_tokens']} | {r['step_s_median']:.2f} (n={r['steps_measured']}) "
             f"| {ph['generate']:.2f} | {ph['logp_nograd']:.2f} | {ph['forward']:.2f} | {ph['backward']:.2f} "
@@ -180,12 +183,20 @@ def rewrite(doc_path: Path, body: str) -> None:
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("json", help="the JSON scripts/bench_gpu.py wrote")
+    ap.add_argument(
+        "json", nargs="+", help="the JSON scripts/bench_gpu.py wrote (several: one subsection each)"
+    )
     ap.add_argument("--doc", default=str(ROOT / "docs" / "gpu_performance.md"))
     ap.add_argument("--print", action="store_true", help="print the section instead of rewriting the file")
     args = ap.parse_args(argv)
-    doc = json.loads(Path(args.json).read_text())
-    body = section(doc, Path(args.json).name)
+    docs = [(json.loads(Path(p).read_text()), p) for p in args.json]
+    if len(docs) == 1:
+        body = section(*docs[0])
+    else:
+        body = "\n".join(
+            f"### Run {i} of {len(docs)}: `{d.get('command')}`\n\n{section(d, p)}"
+            for i, (d, p) in enumerate(docs, 1)
+        )
     if args.print:
         print(body)
         return

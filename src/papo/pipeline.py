@@ -334,7 +334,7 @@ def _hydra_command() -> str | None:
     secrets = secret_env_values()
 
     def clean(override: str) -> str:
-        key, eq, value = override.partition("=")
+        key, eq, _ = override.partition("=")
         if eq and is_secret_key(key.lstrip("+~").rsplit(".", 1)[-1]):
             return f"{key}={REDACTED}"
         for secret in secrets:

@@ -25,7 +25,12 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def git_commit(root: str | Path = ROOT) -> str:
-    """``HEAD``'s hash, with ``-dirty`` when tracked files differ from it; ``unknown`` outside a checkout."""
+    """``HEAD``'s hash, with ``-dirty`` when tracked files differ from it; ``unknown`` outside a checkout.
+
+    ``PAPO_COMMIT`` in the environment wins: a copy of the tree measured outside its checkout (a GPU machine
+    sent only the files, whose own ``.git`` may hold another commit) is told its commit that way."""
+    if os.environ.get("PAPO_COMMIT"):
+        return os.environ["PAPO_COMMIT"]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
