@@ -65,10 +65,11 @@ def resolve_model_dir(model_cfg: DictConfig, corpus_fn: Any = None) -> Path | st
 
 def attach_prompt_filter(datamodule: Any, model_dir: Path | str, cfg: DictConfig) -> None:
     """Let the datamodule drop prompts longer than ``rollout.max_prompt_length`` (exact token counts from the
-    model's processor, papo.data.scan.PromptLength); ``+rollout.filter_overlong_prompts=false`` turns it off."""
+    model's processor, papo.rollout.prompt_length.PromptLength); ``+rollout.filter_overlong_prompts=false``
+    turns it off."""
     if not hasattr(datamodule, "prompt_length_fn") or not cfg.rollout.get("filter_overlong_prompts", True):
         return
-    from papo.data.scan import PromptLength
+    from papo.rollout.prompt_length import PromptLength
 
     m = cfg.model
     datamodule.prompt_length_fn = PromptLength.from_pretrained(

@@ -41,6 +41,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from papo.data.images import ImageLoadError, load_images, pixel_range_size, resize_into_pixel_range
 from papo.data.masking import ImageView
 from papo.data.prompts import build_prompt
+from papo.data.rows import no_image_reason, text_field
+from papo.data.scan import scan_split
 
 log = logging.getLogger(__name__)
 
@@ -195,45 +197,8 @@ class PromptDataset(Dataset):
         }
 
 
-def no_image_reason(images: Any) -> str | None:
-    """Why a row counts as having no image (None or an empty list), or None when it has one."""
-    if images is None or (isinstance(images, list | tuple) and len(images) == 0):
-        return (
-            "the row has no image (a vision dataset); set data.allow_text_only=true to train on text-only "
-            "rows (counted as data/text_only_rows)"
-        )
-    return None
-
-
 class BadRowError(ValueError):
     """A dataset row cannot be used; the message names the dataset, split, row and the reason."""
-
-
-def text_field(value: Any, column: str) -> tuple[str | None, str | None]:
-    """``(text, None)`` for a usable ``problem`` / ``answer`` value, else ``(None, reason)``.
-
-    Usable: a non-empty str, UTF-8 bytes (binary columns), or a finite number (answers such as ``3``).
-    The setup scan (:mod:`papo.data.scan`) and :class:`PromptDataset` apply the same rules.
-    """
-    if value is None:
-        return None, f"{column} is missing (None)"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        try:
-            value = bytes(value).decode("utf-8")
-        except UnicodeDecodeError as err:
-            return None, f"{column} is not valid UTF-8 ({err.reason} at byte {err.start})"
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None, f"{column} must be a string (or a number), got {type(value).__name__}"
-    if isinstance(value, float) and not np.isfinite(value):
-        return None, f"{column} is {value}"
-    text = str(value)
-    if not text.strip():
-        return None, f"{column} is empty"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:  # lone surrogates smuggled in by surrogateescape decoding
-        return None, f"{column} is not valid UTF-8 ({err.reason})"
-    return text, None
 
 
 def _text_field(value: Any, column: str, context: str) -> str:
@@ -512,7 +477,7 @@ class PapoDataModule(L.LightningDataModule):
         max_pixels: decompression-bomb limit for :func:`~papo.data.images.load_image`.
         on_bad_row: "error" (a bad row raises, naming it) or "skip" (dropped in ``setup``, counted, logged).
         max_prompt_length / prompt_length_fn: drop prompts longer than this many tokens in ``setup``
-            (``prompt_length_fn(prompts, image_sizes) -> lengths``, e.g. :class:`papo.data.scan.PromptLength`;
+            (``prompt_length_fn(prompts, image_sizes) -> lengths``, e.g. :class:`papo.rollout.prompt_length.PromptLength`;
             the pipeline sets both from the model's processor and ``rollout.max_prompt_length``).
         max_aspect_ratio: rows with an image whose long/short side ratio reaches this are bad rows (Qwen-VL
             processors raise at 200); ``None`` disables. Decode-time bad rows with ``on_bad_row="skip"`` are
@@ -610,8 +575,6 @@ class PapoDataModule(L.LightningDataModule):
             # nothing to filter (a bad image still raises, naming its row, when drawn); or PromptDataset
             # reports the missing columns
             return hf
-        from papo.data.scan import scan_split
-
         report = scan_split(
             hf,
             dataset_name=self.dataset_name,

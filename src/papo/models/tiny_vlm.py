@@ -54,6 +54,7 @@ from papo.models.special_tokens import (
     VISION_END,
     VISION_START,
 )
+from papo.models.vision_tower import vision_tower
 
 log = logging.getLogger(__name__)
 
@@ -380,8 +381,6 @@ def build_config(spec: TinyVLMSpec, tokenizer):
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     """Unique parameter counts (tied weights once): total, vision tower, text (everything else)."""
-    from papo.models.loading import vision_tower
-
     total = sum(p.numel() for p in model.parameters())
     vision = sum(p.numel() for p in vision_tower(model).parameters())
     return {"total": total, "vision": vision, "text": total - vision}
