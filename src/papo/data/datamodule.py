@@ -19,10 +19,11 @@ are identical at every evaluation. The released code draws masks from numpy's gl
 
 Training order comes from :class:`EpochShuffleSampler` (a seeded permutation per epoch, sharded over ranks)
 whose items are ``(epoch, row)`` pairs, so the epoch reaches the collate function even in worker processes.
-The train loader is a :class:`ResumableDataLoader`: its ``state_dict()`` records the epoch and the number of
-samples CONSUMED (not merely prefetched by workers), and Lightning stores it in checkpoints and restores it on
-resume (its fit loop saves the state of any loader with ``state_dict``/``load_state_dict``), so a resumed
-run continues with exactly the next prompts and the same masks. For multi-GPU runs, set
+The train loader is torchdata's ``StatefulDataLoader``: its ``state_dict()`` holds the sampler pass's
+:class:`EpochOrder` state as of the last batch handed to training (not merely prefetched by workers), and
+Lightning stores it in checkpoints and restores it on resume (its fit loop saves the state of any loader
+with ``state_dict``/``load_state_dict``), so a resumed run continues with exactly the next prompts and the
+same masks. For multi-GPU runs, set
 ``Trainer(use_distributed_sampler=False)``: the sampler shards by itself using the trainer's world size / rank.
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from papo.data.images import ImageLoadError, load_images, pixel_range_size, resize_into_pixel_range
 from papo.data.masking import ImageView
@@ -51,11 +54,11 @@ __all__ = [
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
     "BadRowError",
+    "EpochOrder",
     "EpochShuffleSampler",
     "PapoDataModule",
     "PromptCollator",
     "PromptDataset",
-    "ResumableDataLoader",
     "no_image_reason",
     "text_field",
 ]
@@ -299,13 +302,12 @@ class PromptCollator:
 
 
 class EpochShuffleSampler(Sampler):
-    """Seeded per-epoch shuffle yielding ``(epoch, row)``; resumable mid-epoch via ``state_dict``.
+    """Seeded per-epoch shuffle yielding ``(epoch, row)``, sharded over ranks.
 
     The order of epoch e is ``default_rng([seed, e]).permutation(num_samples)`` (identity when
     ``shuffle=False``), truncated to a multiple of ``num_replicas`` and strided by ``rank``. Lightning calls
-    :meth:`set_epoch` at each epoch start. ``state_dict()`` is ``{"epoch", "position", "seed",
-    "num_samples"}`` where position counts the samples this sampler has yielded in the current epoch;
-    after ``load_state_dict`` the next iteration resumes the same epoch at that position (once).
+    :meth:`set_epoch` at each epoch start. The position inside an epoch is not kept here: each iteration is an
+    :class:`EpochOrder`, whose state the ``StatefulDataLoader`` saves and restores.
     """
 
     def __init__(
@@ -318,8 +320,6 @@ class EpochShuffleSampler(Sampler):
         self.num_samples, self.seed, self.shuffle = int(num_samples), int(seed), shuffle
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
-        self.position = 0  # samples yielded so far in this epoch
-        self._resume_at = 0  # where the next __iter__ starts (non-zero only after load_state_dict)
 
     def order(self, epoch: int) -> np.ndarray:
         """This rank's rows for ``epoch``."""
@@ -332,66 +332,61 @@ class EpochShuffleSampler(Sampler):
         return rows[:usable][self.rank :: self.num_replicas]
 
     def set_epoch(self, epoch: int) -> None:
-        if int(epoch) != self.epoch:
-            self.epoch, self.position, self._resume_at = int(epoch), 0, 0
+        self.epoch = int(epoch)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        start, self._resume_at = self._resume_at, 0
-        epoch, rows = self.epoch, self.order(self.epoch)
-        self.position = start
-        for row in rows[start:]:
-            self.position += 1
-            yield epoch, int(row)
+    def __iter__(self) -> EpochOrder:
+        return EpochOrder(self)
 
     def __len__(self) -> int:
         return self.num_samples // self.num_replicas
 
+
+class EpochOrder(Iterator[tuple[int, int]]):
+    """One pass of an :class:`EpochShuffleSampler`: ``(epoch, row)`` pairs, resumable at any position.
+
+    The epoch is read from the sampler at the first item (Lightning may create the iterator before it calls
+    ``set_epoch``). ``state_dict()`` is ``{"epoch", "yielded", "seed", "num_samples"}``; torchdata's
+    ``StatefulDataLoader`` stores it (as of the last batch handed to training, not the batches its workers
+    prefetched) and, on resume, builds a new pass and loads it, which continues that epoch after ``yielded``
+    rows. A state from another seed or dataset size is refused: it would not reproduce the data order.
+    """
+
+    def __init__(self, sampler: EpochShuffleSampler) -> None:
+        self.sampler = sampler
+        self.epoch: int | None = None
+        self.yielded = 0
+        self._rows: np.ndarray | None = None
+
+    def __iter__(self) -> EpochOrder:
+        return self
+
+    def __next__(self) -> tuple[int, int]:
+        if self._rows is None:
+            self.epoch = self.sampler.epoch if self.epoch is None else self.epoch
+            self._rows = self.sampler.order(self.epoch)
+        if self.yielded >= len(self._rows):
+            raise StopIteration
+        row = int(self._rows[self.yielded])
+        self.yielded += 1
+        return self.epoch, row
+
     def state_dict(self) -> dict[str, int]:
+        epoch = self.sampler.epoch if self.epoch is None else self.epoch
         return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "num_samples": self.num_samples,
+            "epoch": epoch,
+            "yielded": self.yielded,
+            "seed": self.sampler.seed,
+            "num_samples": self.sampler.num_samples,
         }
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         for key in ("seed", "num_samples"):
-            if key in state and int(state[key]) != getattr(self, key):
+            if int(state[key]) != getattr(self.sampler, key):
                 raise ValueError(
-                    f"sampler state has {key}={state[key]} but this sampler has {key}={getattr(self, key)}; "
-                    "resuming would not reproduce the data order"
+                    f"data-order state has {key}={state[key]} but this sampler has "
+                    f"{key}={getattr(self.sampler, key)}; resuming would not reproduce the data order"
                 )
-        self.epoch = int(state["epoch"])
-        self.position = self._resume_at = int(state["position"])
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader over an :class:`EpochShuffleSampler` whose state counts CONSUMED batches.
-
-    Worker prefetching runs the sampler ahead of training; this loader instead counts the batches it has
-    handed out, so ``state_dict()["position"]`` is exactly where a resumed run must continue.
-    """
-
-    def __iter__(self) -> Iterator[Any]:
-        sampler = self.sampler
-        epoch, start = sampler.epoch, sampler._resume_at
-        self._progress = (epoch, start, 0)
-        for batch in super().__iter__():
-            self._progress = (epoch, start, self._progress[2] + 1)
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        sampler = self.sampler
-        state = sampler.state_dict()
-        progress = getattr(self, "_progress", None)
-        if progress is not None and progress[0] == sampler.epoch:
-            _, start, batches = progress
-            state["position"] = start + batches * int(self.batch_size)
-        return state
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        self.sampler.load_state_dict(state)
-        self._progress = None
+        self.epoch, self.yielded, self._rows = int(state["epoch"]), int(state["yielded"]), None
 
 
 def _as_view(masking: Any) -> ImageView | None:
@@ -646,7 +641,7 @@ class PapoDataModule(L.LightningDataModule):
         return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
 
     # ---- loaders --------------------------------------------------------------------------------------------
-    def train_dataloader(self) -> ResumableDataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         dataset = self._get("train")
         if self.train_sampler is None:
             trainer = getattr(self, "trainer", None)
@@ -657,14 +652,16 @@ class PapoDataModule(L.LightningDataModule):
                 f"Dataset {self.dataset_name!r}: train split has {len(self.train_sampler)} rows per rank, fewer "
                 f"than batch_size={self.batch_size} (the train loader drops the last incomplete batch)"
             )
-        return ResumableDataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=self.train_sampler,
-            drop_last=True,
-            collate_fn=self._collator(dataset),
-            **self._loader_kwargs(),
-        )
+        with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, deprecated in torch >= 2.9
+            warnings.filterwarnings("ignore", message=".*set_vital.* is deprecated", category=UserWarning)
+            return StatefulDataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                sampler=self.train_sampler,
+                drop_last=True,
+                collate_fn=self._collator(dataset),
+                **self._loader_kwargs(),
+            )
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self._get(split)
