@@ -81,3 +81,19 @@ def test_cited_repository_paths_exist(source: Path) -> None:
 
 def test_example_files_are_not_in_the_repository() -> None:
     assert not [f for f in EXAMPLE_FILES if (ROOT / f).exists()]
+
+
+def test_readme_documentation_index_lists_every_page_of_docs() -> None:
+    """The README's "Documentation" table is the index of docs/: every page is in it, once."""
+    section = re.search(
+        r"^## Documentation\n(.*?)(?=^## )", (ROOT / "README.md").read_text(), flags=re.S | re.M
+    )
+    assert section, "README.md has no '## Documentation' section"
+    listed = re.findall(r"^\| \[[^\]]*\]\((docs/[\w.\-]+\.md)\)", section.group(1), flags=re.M)
+    pages = sorted(_rel(p) for p in (ROOT / "docs").glob("*.md"))
+    assert len(listed) == len(set(listed)), (
+        f"listed twice: {sorted({p for p in listed if listed.count(p) > 1})}"
+    )
+    assert sorted(listed) == pages, (
+        f"not in the index: {sorted(set(pages) - set(listed))}; not in docs/: {sorted(set(listed) - set(pages))}"
+    )
