@@ -202,7 +202,9 @@ def test_decode_step_and_step_rule_never_wait_for_the_host(policy) -> None:
 
     model, processor = policy
     sg, gen = _built_step_graph(model, processor)
-    rules = StepRules(torch.tensor(gen.eos_ids), gen.pad_id, torch.tensor(gen.suppress_ids), temperature=1.0, top_k=5)
+    rules = StepRules(
+        torch.tensor(gen.eos_ids), gen.pad_id, torch.tensor(gen.suppress_ids), temperature=1.0, top_k=5
+    )
     unfinished = torch.ones(sg.rows, dtype=torch.bool)
     with torch.no_grad(), _HostSyncs() as syncs:
         logits = sg.step()
