@@ -70,11 +70,13 @@ def _logits_of_every_shape(vocab: int, seed: int, flat: bool = True) -> torch.Te
 
 @pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99, 0.999])
 def test_top_p_among_candidates_keeps_the_full_sorts_tokens(top_p: float, monkeypatch) -> None:
-    """The nucleus found among the most likely ids (a top-k) is the full sort's, row for row, when every row's
-    nucleus lies among the candidates; a call with a row outside them sorts the whole vocabulary."""
+    """The nucleus found among the most likely ids (a top-k) is the full sort's, row for row; only the rows
+    whose nucleus lies outside the candidates are sorted whole."""
     sorts: list[int] = []
     original = np.sort
-    monkeypatch.setattr(token_sampling.np, "sort", lambda *a, **k: sorts.append(1) or original(*a, **k))
+    monkeypatch.setattr(
+        token_sampling.np, "sort", lambda a, *r, **k: sorts.append(a.shape[0]) or original(a, *r, **k)
+    )
     for seed in range(4):
         probs = _logits_of_every_shape(3000, seed).softmax(-1)
         expected = _full_sort_floor(probs, top_p)
@@ -86,7 +88,7 @@ def test_top_p_among_candidates_keeps_the_full_sorts_tokens(top_p: float, monkey
         assert sorts == []  # the candidates held every row's nucleus: no full sort
         torch.testing.assert_close(got, expected[inside], rtol=0, atol=0)
         got = nucleus_floor(probs, top_p, 400)
-        assert sorts == [1]  # a row outside the candidates: the whole vocabulary sorted
+        assert sorts == [int((probs.topk(400).values.sum(-1) < top_p).sum())]  # those rows sorted whole
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
@@ -106,7 +108,7 @@ def test_sampled_tokens_equal_the_full_sort_rules_with_the_same_seed(monkeypatch
         return torch.stack([next_tokens(logits, s, unfinished, rules) for s, logits in enumerate(steps)])
 
     fast = run()
-    assert len(sorts) == 3  # the three steps with flat rows sorted the vocabulary, the six others did not
+    assert len(sorts) == 3  # the three steps with flat rows sorted those rows, the six others sorted nothing
     monkeypatch.setattr(token_sampling, "nucleus_floor", lambda probs, top_p: _full_sort_floor(probs, top_p))
     assert torch.equal(fast, run())
     assert len(set(fast.flatten().tolist())) > 50
