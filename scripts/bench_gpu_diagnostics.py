@@ -3,8 +3,9 @@
 * :func:`sdpa_nan` decides what gives the (b) workload's NaN gradients (docs/gpu_performance.md, "The (b)
   NaN"): one forward + backward of a left-padded micro-batch shaped like (b)'s (longest prompt 320 tokens,
   rows with 319 padding columns, 512 response tokens: L = 832, 64 mod 128) with each SDPA backend forced in
-  turn, with ``response_logps``'s row alignment (padding moved behind the response) and without it (the
-  padded positions' queries attend to nothing), and which text layers' parameter gradients are not finite.
+  turn, with ``response_logps``'s row alignment (padding moved behind the response, no mask), the alignment
+  with the padding mask kept, and neither (the padded positions' queries attend to nothing), and which text
+  layers' parameter gradients are not finite.
 * :func:`decode_split` splits a decode token's time at 32 rows: the graph replay alone, the step rule alone
   (on the replay's own logits, and how many rows' top-p nucleus lies outside the candidates), and the
   prefill's share of a rollout.
@@ -102,15 +103,19 @@ def sdpa_nan(model: Any, suppress: Any, device: Any, tiny: bool) -> dict[str, An
         backends = {"default": None, "math": SDPBackend.MATH}
     weights = torch.linspace(0.5, 1.5, shape["response"], device=device)
     tokens = batch["response_mask"].sum()
-    original = logprobs.aligns_rows
+    originals = logprobs.aligns_rows, logprobs.padding_trails
     out: dict[str, Any] = {"shape": shape, "cases": {}}
     model.train()
+    # aligned: padding behind the response, no mask (causal SDPA); aligned_masked: the same with the padding
+    # mask kept (no empty row); left_padded: the mask with the padded positions' empty rows
     for name, backend in backends.items():
-        for aligned in (True, False):
-            key = f"{name}/{'aligned' if aligned else 'left_padded'}"
+        for layout in ("aligned", "aligned_masked", "left_padded"):
+            key = f"{name}/{layout}"
             model.zero_grad(set_to_none=True)
-            if not aligned:
+            if layout == "left_padded":
                 logprobs.aligns_rows = lambda m: False
+            if layout == "aligned_masked":
+                logprobs.padding_trails = lambda mask: False
             t = time.perf_counter()
             try:
                 ctx = sdpa_kernel(backend) if backend is not None else contextlib.nullcontext()
@@ -125,7 +130,7 @@ def sdpa_nan(model: Any, suppress: Any, device: Any, tiny: bool) -> dict[str, An
             except Exception as err:  # a backend that cannot run this mask says so
                 case = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
             finally:
-                logprobs.aligns_rows = original
+                logprobs.aligns_rows, logprobs.padding_trails = originals
             case["seconds"] = round(time.perf_counter() - t, 2)
             out["cases"][key] = case
     model.zero_grad(set_to_none=True)

@@ -105,13 +105,16 @@ def test_bench_gpu_tiny_dry_run(tmp_path: Path, cache_dir: Path, report_module) 
     # the NaN diagnostic: every case ran; moving the padding behind the response changes no loss or gradient
     nan = doc["correctness"]["sdpa_nan"]
     assert nan["nan_cases"] == [] and set(nan["cases"]) == {
-        f"{b}/{a}" for b in ("default", "math") for a in ("aligned", "left_padded")
+        f"{b}/{a}" for b in ("default", "math") for a in ("aligned", "aligned_masked", "left_padded")
     }
     for backend in ("default", "math"):
-        aligned, padded = nan["cases"][f"{backend}/aligned"], nan["cases"][f"{backend}/left_padded"]
+        aligned = nan["cases"][f"{backend}/aligned"]
         assert aligned["params_nonfinite"] == 0 and aligned["grad_norm"] > 0
-        assert aligned["loss"] == pytest.approx(padded["loss"], rel=1e-5)
-        assert aligned["grad_norm"] == pytest.approx(padded["grad_norm"], rel=1e-4)
+        for other in ("aligned_masked", "left_padded"):
+            assert aligned["loss"] == pytest.approx(nan["cases"][f"{backend}/{other}"]["loss"], rel=1e-5)
+            assert aligned["grad_norm"] == pytest.approx(
+                nan["cases"][f"{backend}/{other}"]["grad_norm"], rel=1e-4
+            )
     split = doc["correctness"]["decode_split"]
     assert split["ms_per_token_replay"] > 0 and split["ms_per_token_step_rule"] > 0
     assert split["ms_per_token_prefill_share"] > 0

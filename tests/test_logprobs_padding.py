@@ -1,8 +1,8 @@
 """Prompt padding in the log-prob passes (papo.models.logprobs.response_logps): on the Qwen-VL families each
 row's prompt padding is moved behind its response, so no attention query of the training forward has every
 key masked (the fully masked rows that left padding creates, where attention backward kernels have produced
-NaN gradients), and the log-probs and gradients stay those of each row run on its own, without padding, on
-both the chunked-head and the full-logits path."""
+NaN gradients) and the attention runs causal without a mask, and the log-probs and gradients stay those of
+each row run on its own, without padding, on both the chunked-head and the full-logits path."""
 
 from __future__ import annotations
 
@@ -53,33 +53,46 @@ def rollout(request, cache_dir: Path):
     return model, exp
 
 
-def _fully_masked_query_rows(model, inputs: dict, monkeypatch, **kw) -> list[int]:
-    """Per attention call of the text model (several queries, a boolean mask): how many query rows have every
-    key masked."""
-    counts: list[int] = []
+def _text_attention_calls(model, inputs: dict, monkeypatch, **kw) -> list[int | None]:
+    """Per attention call of the text model (one query per position of every row): how many query rows have
+    every key masked, or None when the call gets no mask (plain causal attention)."""
+    calls: list[int | None] = []
+    rows = inputs["prompt_ids"].shape[0]
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def recording(q, k, v, attn_mask=None, *a, **kws):
-        if attn_mask is not None and attn_mask.dtype == torch.bool and q.shape[-2] > 1:
-            counts.append(int((~attn_mask.any(-1)).sum()))
+        if q.shape[0] == rows and q.shape[-2] > 1:  # the vision tower's calls have one batch row
+            empty = attn_mask is not None and attn_mask.dtype == torch.bool
+            calls.append(int((~attn_mask.any(-1)).sum()) if empty else None)
         return sdpa(q, k, v, attn_mask, *a, **kws)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
     response_logps(model, **inputs, **kw).sum().backward()
     monkeypatch.undo()
     model.zero_grad(set_to_none=True)
-    return counts
+    return calls
 
 
 @pytest.mark.parametrize("chunk", [None, 5])
 def test_no_attention_query_has_every_key_masked(rollout, monkeypatch, chunk) -> None:
     model, exp = rollout
-    counts = _fully_masked_query_rows(model, exp.model_inputs(), monkeypatch, chunk_tokens=chunk)
-    assert counts and sum(counts) == 0, counts  # masks were passed (padding), none with an empty row
+    # the padding trails every row: the text attention runs causal with no mask at all
+    calls = _text_attention_calls(model, exp.model_inputs(), monkeypatch, chunk_tokens=chunk)
+    assert calls and all(c is None for c in calls), calls
+    # with the padding mask kept, no row of it is empty
+    monkeypatch.setattr(logprobs, "padding_trails", lambda mask: False)
+    masked = _text_attention_calls(model, exp.model_inputs(), monkeypatch, chunk_tokens=chunk)
+    assert masked and None not in masked and sum(masked) == 0, masked
     # the same rows left-padded, as a model whose positions do not come from the mask gets them
     monkeypatch.setattr(logprobs, "MASK_POSITION_MODEL_TYPES", ())
-    left = _fully_masked_query_rows(model, exp.model_inputs(), monkeypatch, chunk_tokens=chunk)
-    assert sum(left) > 0  # the detector sees the rows left padding empties
+    left = _text_attention_calls(model, exp.model_inputs(), monkeypatch, chunk_tokens=chunk)
+    assert None not in left and sum(left) > 0  # the detector sees the rows left padding empties
+
+
+def test_padding_trails() -> None:
+    assert logprobs.padding_trails(torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]]))
+    assert not logprobs.padding_trails(torch.tensor([[1, 1, 0], [0, 1, 1]]))
+    assert not logprobs.padding_trails(torch.tensor([[1, 0, 1]]))
 
 
 def _alone(model, inputs: dict, temperature: float, suppress_ids: torch.Tensor) -> torch.Tensor:
@@ -101,11 +114,15 @@ def _alone(model, inputs: dict, temperature: float, suppress_ids: torch.Tensor) 
     return torch.cat([logps, logps.new_zeros(1, inputs["response_ids"].shape[1] - T)], 1)
 
 
+@pytest.mark.parametrize("keep_mask", [False, True])
 @pytest.mark.parametrize("chunk", [None, 5])
-def test_log_probs_and_gradients_equal_each_row_on_its_own(rollout, chunk) -> None:
+def test_log_probs_and_gradients_equal_each_row_on_its_own(rollout, chunk, keep_mask, monkeypatch) -> None:
     """The batch's log-probs and the gradient of a weighted sum equal those of the model's own forward over
-    every row alone (no padding at all), so moving the padding changes no position and no attended key."""
+    every row alone (no padding at all), so moving the padding changes no position and no attended key, and
+    dropping the padding mask behind it (causal attention alone) changes no token that is read."""
     model, exp = rollout
+    if keep_mask:
+        monkeypatch.setattr(logprobs, "padding_trails", lambda mask: False)
     kw = {"temperature": 0.8, "suppress_ids": torch.tensor([3, 7]), "chunk_tokens": chunk}
     weights = torch.linspace(0.5, 1.5, exp.response_ids.shape[1])
     model.zero_grad(set_to_none=True)

@@ -8,8 +8,10 @@ attention mask (:data:`MASK_POSITION_MODEL_TYPES`), each row's prompt padding is
 padding. A left-padded row's first positions attend to nothing: SDPA returns zeros there in forward, but
 fully masked rows are where attention backward kernels have produced NaN gradients (cuDNN's SDPA backward
 on H100/H200 from torch 2.11 with a mask and a length of 64 mod 128, pytorch/pytorch#196678; the GPU check's
-``sdpa_nan`` diagnostic tests each backend with and without them, docs/gpu_performance.md). Each distinct image of the micro-batch goes through the
-vision tower once (a group's G rows share their prompt's image), when the model accepts precomputed image
+``sdpa_nan`` diagnostic tests each backend with and without them, docs/gpu_performance.md). With the padding
+trailing, the causal mask alone is exact for every token that is read, so the model gets an all-ones mask
+and its attention runs as causal SDPA without a materialised mask. Each distinct image of the micro-batch
+goes through the vision tower once (a group's G rows share their prompt's image), when the model accepts precomputed image
 features (``mm_encoder_outputs``: Qwen2.5-VL, Qwen3-VL); otherwise, and under FSDP, its pixels are repeated
 per row as the model's own forward expects.
 
@@ -85,6 +87,11 @@ def align_rows_left(shift: Tensor, *tensors: Tensor) -> list[Tensor]:
     return [x.gather(1, index.to(x.device)) for x in tensors]
 
 
+def padding_trails(mask: Tensor) -> bool:
+    """Whether every row of the (N, L) 0/1 ``mask`` is its ones followed by its zeros (one host read)."""
+    return bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
 def aligns_rows(model: torch.nn.Module) -> bool:
     """Whether :func:`response_logps` moves each row's prompt padding behind its response (the model computes
     position ids from the attention mask: :data:`MASK_POSITION_MODEL_TYPES`)."""
@@ -132,6 +139,12 @@ def response_logps(
             shift, input_ids, attention_mask, *aligned.values()
         )
         aligned = dict(zip(names, rest, strict=True))
+    if aligns_rows(model) and padding_trails(attention_mask):
+        # every row's padding now trails its tokens: the causal mask alone gives each token the keys it
+        # attends to (its row's earlier tokens, none of them padding), and the padding's own outputs are never
+        # read; an all-ones mask keeps every position (they come from the mask) and lets the attention run
+        # as plain causal SDPA (no (N, 1, L, L) mask; on CUDA the flash kernel instead of a masked one)
+        attention_mask = torch.ones_like(attention_mask)
     kwargs.update(aligned)
     # response token t of row i sits at column P' - shift_i + t; the position before it predicts it
     before = (P - 1 - shift)[:, None] + torch.arange(T, device=shift.device)[None, :]  # (N, T)
