@@ -143,7 +143,7 @@ def response_logps(
         # every row's padding now trails its tokens: the causal mask alone gives each token the keys it
         # attends to (its row's earlier tokens, none of them padding), and the padding's own outputs are never
         # read; an all-ones mask keeps every position (they come from the mask) and lets the attention run
-        # as plain causal SDPA (no (N, 1, L, L) mask; on CUDA the flash kernel instead of a masked one)
+        # as plain causal SDPA (no (N, 1, L, L) mask; on CUDA a causal kernel instead of a masked one)
         attention_mask = torch.ones_like(attention_mask)
     kwargs.update(aligned)
     # response token t of row i sits at column P' - shift_i + t; the position before it predicts it
