@@ -48,7 +48,7 @@ def test_train_then_eval_checkpoint(make_cfg, tmp_path: Path, cache_dir: Path) -
                 "logger=csv",
                 "validate_before=false",
                 "callbacks.sample_table.num_samples=2",
-                "callbacks.perception_diagnostics.kl_max_prompts=4",
+                "rollout.val_kl_max_prompts=4",
             ]
         )
     )

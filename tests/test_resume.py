@@ -269,7 +269,8 @@ def test_module_resume_state_round_trip(make_cfg, tmp_path: Path) -> None:
         )
 
     a = module()
-    a._group_counter, a.skipped_steps, a.consecutive_skips, a.skipped_rows = 17, 2, 1, 5
+    a.resume_state.group_counter, a.resume_state.skipped_rows = 17, 5
+    a.guard.skipped_steps, a.guard.consecutive_skips = 2, 1
     test_exp = _tiny_experience()
     a.dynamic_sampler.tries, a.dynamic_sampler.buffer = 3, [test_exp]
     checkpoint: dict = {"state_dict": {}}
@@ -280,11 +281,11 @@ def test_module_resume_state_round_trip(make_cfg, tmp_path: Path) -> None:
     torch.manual_seed(1234)  # anything in between is overridden at the next step start
     b.on_load_checkpoint(torch.load(tmp_path / "c.ckpt", weights_only=True))
     assert (
-        b._group_counter,
+        b.resume_state.group_counter,
         b.dynamic_sampler.tries,
-        b.skipped_steps,
-        b.consecutive_skips,
-        b.skipped_rows,
+        b.guard.skipped_steps,
+        b.guard.consecutive_skips,
+        b.resume_state.skipped_rows,
     ) == (
         17,
         3,
@@ -296,7 +297,7 @@ def test_module_resume_state_round_trip(make_cfg, tmp_path: Path) -> None:
     assert len(buffer) == 1 and torch.equal(buffer[0].response_ids, test_exp.response_ids)
     b.on_train_batch_start({"skipped_rows": ["row 9: bad"]}, 0)
     assert torch.equal(torch.rand(3), after_save)
-    assert b.skipped_rows == 6
+    assert b.resume_state.skipped_rows == 6
 
 
 def _tiny_experience():
