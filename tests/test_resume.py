@@ -77,16 +77,18 @@ def _train_rows(run_dir: Path, name: str = "metrics.csv") -> dict[int, dict[str,
         return {int(r["step"]): r for r in csv.DictReader(f) if r.get("train/reward/mean")}
 
 
-# DAPO + PAPO-D with a linear gamma schedule over the whole run and an LR warm-up through the resume: the
-# gamma-schedule state, DAPO's dynamic-sampling state (several rollout batches per optimiser step) and the LR
-# scheduler must all come back. The 3-step warm start of TINY_OVERRIDES never answers correctly, so DAPO's
-# filter would keep nothing: a 40-step warm start, 24-token responses and T = 0.5 give mixed groups.
+# DAPO + PAPO-D with a linear gamma schedule over the whole run and a cosine LR schedule (warm-up, then decay
+# through the resume): the gamma-schedule state, DAPO's dynamic-sampling state (several rollout batches per
+# optimiser step) and the LR scheduler must all come back. The 3-step warm start of TINY_OVERRIDES never
+# answers correctly, so DAPO's filter would keep nothing: a 40-step warm start, 24-token responses and T = 0.5
+# give mixed groups.
 DAPO_VARIANT = [
     "algo=dapo",
     "loss=papo_d",
     "loss.schedule=linear",
     "loss.anneal_fraction=1.0",
-    f"optim.warmup_steps={2 * N + 1}",
+    "optim.scheduler.name=cosine",
+    f"optim.warmup_steps={N - 1}",
     "warm_start.max_steps=40",
     "warm_start.batch_size=16",
     "rollout.max_new_tokens=24",
@@ -182,7 +184,7 @@ def test_sigkill_then_resume_is_bit_identical(variant: str, tmp_path: Path, cach
         for step, row in rows_b.items():
             assert {k for k in row if row[k] != ""} == {k for k in rows_a[step] if rows_a[step][k] != ""}
     else:  # the schedules and the dynamic sampling really moved during the resumed half
-        assert len(values("train/optim/lr")) == N, "the LR warm-up did not continue"
+        assert len(values("train/optim/lr")) == N, "the LR schedule did not continue"
         assert len(values("train/perception_kl/gamma")) == N, "gamma did not anneal"
         assert len(rows_b) > N and max(float(v) for v in values("train/dynamic_sampling/tries")) > 1
 
