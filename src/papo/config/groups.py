@@ -9,6 +9,7 @@ validators of the key they concern, so they run with every other check, before a
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
@@ -105,6 +106,12 @@ class RewardConfig(ConfigGroup):
     format_weight: Fraction
     timeout_s: Positive
     on_error: Literal["raise", "zero"]
+
+    def reward_fn(self) -> Any:
+        """The registered reward function ``name`` with ``format_weight`` and ``timeout_s`` bound."""
+        from papo.rewards import get_reward_fn
+
+        return partial(get_reward_fn(self.name), format_weight=self.format_weight, timeout_s=self.timeout_s)
 
 
 def _masking_views() -> tuple[Any, ...]:

@@ -23,7 +23,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +35,10 @@ from papo.evaluation.metrics import ValidationMetrics
 from papo.evaluation.perception import attach_masked_view, heldout_perception_kl
 from papo.evaluation.samples import collect_samples, write_samples
 from papo.models.loading import (
-    end_token_ids,
-    generation_suppress_token_ids,
     load_policy,
     output_vocab_size,
     padded_vocab_ids,
 )
-from papo.rewards import get_reward_fn
 from papo.rollout.collect import Generator
 from papo.rollout.hf_generate import GenerationConfig
 from papo.run_setup import attach_prompt_filter, instantiate_masking, resolve_model_dir
@@ -97,13 +93,8 @@ class Evaluator:
         self.policy = policy.to(device).eval()
         self.processor = processor
         self.reward_fn = reward_fn
-        self.generator = Generator(
-            processor,
-            generation_suppress_token_ids(processor, vocab_size=output_vocab_size(policy)),
-            max_prompt_length,
-            generation_batch_size,
-            decoder,
-            eos_ids=end_token_ids(policy.generation_config, processor),
+        self.generator = Generator.for_policy(
+            policy, processor, max_prompt_length, generation_batch_size, decoder
         )
         # log-probs are scored over every tokenizer id; only the untrained padded rows are excluded
         padded = padded_vocab_ids(processor, output_vocab_size(policy))
@@ -307,13 +298,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     policy, processor, source = load_eval_policy(cfg, run, base_dir, ckpt, datamodule)
     L.seed_everything(run.seed, workers=True)  # sampling independent of whether a warm start was built
     device = ev.device if ev.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    reward_fn = partial(
-        get_reward_fn(run.reward.name), format_weight=run.reward.format_weight, timeout_s=run.reward.timeout_s
-    )
     evaluator = Evaluator(
         policy,
         processor,
-        reward_fn,
+        run.reward.reward_fn(),
         max_prompt_length=run.rollout.max_prompt_length,
         generation_batch_size=run.rollout.generation_batch_size,
         decoder=run.rollout.decoder,

@@ -22,37 +22,29 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 
 from papo.config import AlgoConfig, ModelConfig, OptimConfig, RewardConfig, RolloutConfig, parse_group
-from papo.evaluation.metrics import ValidationMetrics
-from papo.evaluation.perception import attach_masked_view, heldout_perception_kl
-from papo.evaluation.validation import PromptBudget, ValidationOutput
+from papo.evaluation.perception import heldout_perception_kl
+from papo.evaluation.validation import ValidationOutput, ValidationRun
 from papo.losses.base import LossComponent, MetricPool
-from papo.losses.policy_gradient import PolicyGradientLoss
-from papo.losses.reference_kl import ReferenceKLLoss
-from papo.models.loading import (
-    end_token_ids,
-    generation_suppress_token_ids,
-    is_lora,
-    load_policy,
-    output_vocab_size,
-    padded_vocab_ids,
-)
+from papo.models.loading import is_lora, load_policy, output_vocab_size, padded_vocab_ids
 from papo.models.logprobs import response_logps
 from papo.models.preparation import prepare_experience, rollout_metrics, shape_rewards
 from papo.models.resume_state import NO_REFILL, ResumeState
 from papo.models.step_guard import NonFiniteTrainingError, StepGuard
-from papo.models.update import PolicyUpdate
-from papo.rewards import get_reward_fn
+from papo.models.update import PolicyUpdate, active_components
 from papo.rollout.backends import PolicyDecoding
 from papo.rollout.collect import Generator
 from papo.rollout.dynamic_sampling import DynamicSampler
 from papo.rollout.experience import Experience
 from papo.rollout.hf_generate import GenerationConfig
+from papo.utils.checkpointing import checkpoint_dir
 from papo.utils.distributed import (
     clip_grad_norm,
     engine_grad_norm,
+    fully_shard_model,
     fused_optimizer_ok,
     generation_context,
     is_sharded,
@@ -101,17 +93,9 @@ class PapoModule(L.LightningModule):
         self.policy.config.use_cache = True
         self.policy.train()
 
-        # loss components: the algo's policy gradient (+ reference KL in the loss), then the loss group's ones
-        chosen: list[LossComponent] = [
-            PolicyGradientLoss(a.policy_loss, a.clip_low, a.clip_high, a.dual_clip)
-        ]
-        if a.kl_in == "loss":
-            chosen.append(ReferenceKLLoss(a.kl_coef, a.kl_estimator))
-        for name, comp in (components or {}).items():
-            chosen.append(comp)
-            if not comp.active:
-                log.info("loss component %s inactive (zero coefficient): skipped", name)
-        active = [c for c in chosen if c.active]
+        active = active_components(
+            a, components
+        )  # the algo's policy gradient (+ reference KL), the loss group's
         self.update = PolicyUpdate(active, a, norm_len=a.norm_len or r.max_new_tokens)
         self.needs_ref = any(c.needs_ref for c in active) or a.kl_in_reward
         # frozen copy, loaded only when a term needs it; with LoRA the reference is the frozen base model itself
@@ -128,29 +112,16 @@ class PapoModule(L.LightningModule):
             self.needs_ref,
         )
 
-        self.reward_fn = partial(
-            get_reward_fn(reward_cfg.name),
-            format_weight=reward_cfg.format_weight,
-            timeout_s=reward_cfg.timeout_s,
-        )
-        self.reward_on_error = reward_cfg.on_error
-        vocab_size = output_vocab_size(self.policy)
-        self.generator = Generator(
-            self.processor,
-            # never sampled: the image placeholder and the padded output rows beyond the tokenizer
-            generation_suppress_token_ids(self.processor, vocab_size=vocab_size),
-            r.max_prompt_length,
-            r.generation_batch_size,
-            r.decoder,
-            eos_ids=end_token_ids(self.policy.generation_config, self.processor),  # every end token
+        self.reward_fn, self.reward_on_error = reward_cfg.reward_fn(), reward_cfg.on_error
+        self.generator = Generator.for_policy(
+            self.policy, self.processor, r.max_prompt_length, r.generation_batch_size, r.decoder
         )
         # training log-probs: over every tokenizer id (as the released actor); only the padded rows are excluded
-        self.suppress_ids = torch.tensor(padded_vocab_ids(self.processor, vocab_size), dtype=torch.long)
+        padded = padded_vocab_ids(self.processor, output_vocab_size(self.policy))
+        self.suppress_ids = torch.tensor(padded, dtype=torch.long)
         self.backend = rollout_backend(str(policy_path))  # rollout.backend: the policy itself, or vLLM
         self.timer = PhaseTimer()
-        self.val_metrics = ValidationMetrics()
-        self.val_metrics_sampled = ValidationMetrics()  # avg@k at rollout.val_sampled_temperature
-        self.kl_prompts = PromptBudget(r.val_kl_max_prompts)
+        self.validation = ValidationRun(r)  # protocols and metrics of training-time validation
         self.last_val: dict[str, float] = {}
         # global step of the last validation run inside fit (None: none yet, or it ran in trainer.validate)
         self.last_val_fit_step: int | None = None
@@ -178,12 +149,9 @@ class PapoModule(L.LightningModule):
         mesh = getattr(self, "_device_mesh", None)
         if mesh is None or getattr(self, "_fsdp2_applied", False):
             return
-        from papo.utils.distributed import fully_shard_model
-
-        bf16 = "bf16" in str(self.trainer.precision)
         for model in (self.policy, self.reference):
             if model is not None:
-                fully_shard_model(model, mesh["data_parallel"], bf16=bf16)
+                fully_shard_model(model, mesh["data_parallel"], bf16="bf16" in str(self.trainer.precision))
         self._fsdp2_applied = True
 
     def configure_optimizers(self) -> Any:
@@ -213,7 +181,10 @@ class PapoModule(L.LightningModule):
             cfg = GenerationConfig(r.max_new_tokens, r.temperature, r.top_p, r.top_k, self.algo.group_size)
             cfg.min_new_tokens = r.min_new_tokens  # training rollouts only
         else:
-            cfg = GenerationConfig(r.max_new_tokens, r.val_temperature, r.top_p, r.top_k, r.val_samples)
+            cfg = self.validation.main
+        return self._synced(cfg)
+
+    def _synced(self, cfg: GenerationConfig) -> GenerationConfig:
         # sharded strategies (FSDP, ZeRO-3) gather weights in every forward: ranks must step together
         cfg.synced_gpus = is_sharded(self._trainer)
         return cfg
@@ -231,11 +202,7 @@ class PapoModule(L.LightningModule):
         )
 
     def _logps(self, model: torch.nn.Module, exp: Experience, masked: bool = False) -> Tensor:
-        inputs = exp.model_inputs(masked=masked)
-        inputs = {
-            k: (v.to(self.device) if isinstance(v, Tensor) else {a: b.to(self.device) for a, b in v.items()})
-            for k, v in inputs.items()
-        }
+        inputs = move_data_to_device(exp.model_inputs(masked=masked), self.device)
         temperature, chunk = self.rollout_cfg.temperature, self.algo.logprob_chunk_tokens
         return response_logps(
             model, temperature=temperature, suppress_ids=self.suppress_ids, chunk_tokens=chunk, **inputs
@@ -348,17 +315,9 @@ class PapoModule(L.LightningModule):
         if self.trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
             opt.zero_grad(set_to_none=True)
             reason = reason or "non-finite loss or grad norm on another rank"
-            if self.guard.skipped(
-                reason, self.global_step
-            ):  # optim.max_consecutive_skips in a row: save, stop
-                cb = self.trainer.checkpoint_callback
-                folder = (
-                    cb.dirpath
-                    if cb is not None and cb.dirpath
-                    else f"{self.trainer.default_root_dir}/checkpoints"
-                )
-                path = f"{folder}/nonfinite-step{self.global_step:06d}.ckpt"
-                self.trainer.save_checkpoint(path)
+            if self.guard.skipped(reason, self.global_step):  # optim.max_consecutive_skips in a row
+                path = f"{checkpoint_dir(self.trainer)}/nonfinite-step{self.global_step:06d}.ckpt"
+                self.trainer.save_checkpoint(path)  # save, then stop
                 raise self.guard.error(reason, self.global_step, path)
             return
         opt.step()
@@ -371,58 +330,28 @@ class PapoModule(L.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
-        self.val_metrics.reset()
-        self.val_metrics_sampled.reset()
+        self.validation.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> ValidationOutput:
-        """Greedy (``rollout.val_*``) and, with ``rollout.val_sampled_k``, avg@k generations of both views; the
-        held-out KL on the greedy real-image responses. Returns the main protocol's generations for callbacks."""
-        views = [False, True] if batch.get("images_masked") is not None else [False]
-        r = self.rollout_cfg
-        with generation_context(self.policy):  # FSDP2: gathered once for every view and protocol
-            out: ValidationOutput | None = None
-            for masked in views:
-                exp, _ = self._rollout(batch, self._gen_cfg(train=False), use_masked_images=masked)
-                self.val_metrics.update(exp, masked=masked)
-                if not masked:
-                    out = ValidationOutput(real=exp, kl_prcp=self._heldout_kl(batch, batch_idx, exp))
-                else:
-                    out.masked = exp
-            if r.val_sampled_k > 0:  # the published protocol too: avg@k at temperature T (val/sampled/*)
-                sampled = GenerationConfig(
-                    r.max_new_tokens, r.val_sampled_temperature, 1.0, 0, r.val_sampled_k
-                )
-                for masked in views:
-                    exp, _ = self._rollout(batch, sampled, use_masked_images=masked)
-                    self.val_metrics_sampled.update(exp, masked=masked)
-        return out
+        """Every protocol of :class:`ValidationRun` on both views, the held-out KL on the real-image responses;
+        returns the main protocol's generations for callbacks (``on_validation_batch_end``)."""
 
-    def _heldout_kl(self, batch: dict[str, Any], batch_idx: int, exp: Experience) -> float | None:
-        """``val/kl_prcp`` on the real-image responses of the prompts within ``rollout.val_kl_max_prompts``."""
-        rows = (
-            self.kl_prompts.take(batch_idx, len(batch["prompt"]), exp)
-            if self.rollout_cfg.val_kl_prcp
-            else None
-        )
-        if rows is None or not attach_masked_view(self.processor, batch, rows):
-            return None
-        kl_sum, num_tokens = heldout_perception_kl(
+        def generate(cfg: GenerationConfig, masked: bool) -> Experience:
+            return self._rollout(batch, self._synced(cfg), use_masked_images=masked)[0]
+
+        kl = partial(
+            heldout_perception_kl,
             self.policy,
-            rows,
             suppress_ids=self.suppress_ids,
             temperature=self.rollout_cfg.temperature,
             micro_batch_size=self.algo.micro_batch_size,
             device=self.device,
         )
-        self.val_metrics.update_kl(kl_sum, num_tokens, rows.vision_dependency)
-        return float(kl_sum.sum() / num_tokens.sum().clamp(min=1))
+        with generation_context(self.policy):  # FSDP2: gathered once for every view and protocol
+            return self.validation.step(batch, batch_idx, generate, kl, self.processor)
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self.val_metrics.compute(prefix="val")
-        sampled = self.val_metrics_sampled.compute(prefix="val/sampled")
-        # headline keys and the accuracy per vision-dependency level (the reproduction's table reads them)
-        metrics.update({k: v for k, v in sampled.items() if "_by_" not in k or "/acc_by_vd/" in k})
-        self.last_val = metrics
+        self.last_val = metrics = self.validation.compute()
         in_fit = self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
         self.last_val_fit_step = self.global_step if in_fit else None
         if metrics:
@@ -439,15 +368,7 @@ class PapoModule(L.LightningModule):
         self.log("train/data/skipped_rows", float(self.resume_state.skipped_rows), on_step=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # the frozen reference model is reloaded from its path, never stored in checkpoints
-        sd = checkpoint.get("state_dict", {})
-        for k in [k for k in sd if k.startswith("reference.")]:
-            del sd[k]
-        checkpoint["papo"] = self.resume_state.state_dict()  # papo.models.resume_state
+        self.resume_state.save_to(checkpoint)  # without the frozen reference (reloaded from its path)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.reference is not None:
-            sd = checkpoint.setdefault("state_dict", {})
-            for k, v in self.reference.state_dict().items():
-                sd.setdefault(f"reference.{k}", v)
-        self.resume_state.load_state_dict(checkpoint.get("papo"))
+        self.resume_state.load_from(checkpoint, self.reference)

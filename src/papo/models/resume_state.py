@@ -72,6 +72,22 @@ class ResumeState:
         state.update(group_counter=self.group_counter, skipped_rows=self.skipped_rows)
         return state
 
+    def save_to(self, checkpoint: dict[str, Any]) -> None:
+        """Into a Lightning checkpoint: this state under ``papo``; the frozen reference model's weights dropped
+        (``reference.*``: it is reloaded from its path, never stored)."""
+        sd = checkpoint.get("state_dict", {})
+        for k in [k for k in sd if k.startswith("reference.")]:
+            del sd[k]
+        checkpoint["papo"] = self.state_dict()
+
+    def load_from(self, checkpoint: dict[str, Any], reference: Any = None) -> None:
+        """From a Lightning checkpoint; ``reference``'s own weights fill the ``reference.*`` keys it lacks."""
+        if reference is not None:
+            sd = checkpoint.setdefault("state_dict", {})
+            for k, v in reference.state_dict().items():
+                sd.setdefault(f"reference.{k}", v)
+        self.load_state_dict(checkpoint.get("papo"))
+
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state is None:
             log.warning("checkpoint has no PAPO resume state: RNG and dynamic-sampling state start afresh")

@@ -16,6 +16,7 @@ released per-micro-batch mean is chosen.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -26,15 +27,34 @@ from torch import Tensor
 from papo.algos import micro_batch_normalization, sampled_entropy
 from papo.config.training import AlgoConfig
 from papo.losses.base import LossComponent, LossInputs, MetricPool
+from papo.losses.policy_gradient import PolicyGradientLoss
+from papo.losses.reference_kl import ReferenceKLLoss
 from papo.rollout.experience import Experience
 from papo.rollout.micro_batches import plan_micro_batches, split_to_count
 
-__all__ = ["PolicyUpdate", "Reduce"]
+log = logging.getLogger(__name__)
+
+__all__ = ["PolicyUpdate", "Reduce", "active_components"]
 
 #: ``(value, op) -> value`` reduced over the data-parallel ranks (``op``: sum | min | max)
 Reduce = Callable[[float, str], float]
 #: ``(model, experience, masked) -> (n, T)`` log-probs of the responses (with grad when grad is enabled)
 LogProbs = Callable[..., Tensor]
+
+
+def active_components(algo: AlgoConfig, components: dict[str, LossComponent] | None) -> list[LossComponent]:
+    """The loss terms summed by the update: the algo's policy gradient (+ the reference KL when ``algo.kl_in`` is
+    ``loss``), then the loss group's components; those with a zero coefficient are left out (logged)."""
+    chosen: list[LossComponent] = [
+        PolicyGradientLoss(algo.policy_loss, algo.clip_low, algo.clip_high, algo.dual_clip)
+    ]
+    if algo.kl_in == "loss":
+        chosen.append(ReferenceKLLoss(algo.kl_coef, algo.kl_estimator))
+    for name, comp in (components or {}).items():
+        chosen.append(comp)
+        if not comp.active:
+            log.info("loss component %s inactive (zero coefficient): skipped", name)
+    return [c for c in chosen if c.active]
 
 
 class PolicyUpdate:
