@@ -93,9 +93,8 @@ class PapoModule(L.LightningModule):
         self.policy.config.use_cache = True
         self.policy.train()
 
-        active = active_components(
-            a, components
-        )  # the algo's policy gradient (+ reference KL), the loss group's
+        # the algo's policy gradient (+ reference KL), then the loss group's terms with a non-zero coefficient
+        active = active_components(a, components)
         self.update = PolicyUpdate(active, a, norm_len=a.norm_len or r.max_new_tokens)
         self.needs_ref = any(c.needs_ref for c in active) or a.kl_in_reward
         # frozen copy, loaded only when a term needs it; with LoRA the reference is the frozen base model itself
@@ -104,11 +103,11 @@ class PapoModule(L.LightningModule):
         if self.needs_ref and not is_lora(self.policy):
             self.reference, _ = load_policy(policy_path, **{**self.model_cfg.load_kwargs(), "lora": None})
             self.reference.requires_grad_(False).eval()
+        masked = f"{self.update.needs_masked} (grad: {self.update.masked_grad})"
         log.info(
-            "loss components: %s; masked forward: %s (grad: %s); reference model: %s",
+            "loss components: %s; masked forward: %s; reference model: %s",
             [c.name for c in active],
-            self.update.needs_masked,
-            self.update.masked_grad,
+            masked,
             self.needs_ref,
         )
 
@@ -121,6 +120,10 @@ class PapoModule(L.LightningModule):
         self.suppress_ids = torch.tensor(padded, dtype=torch.long)
         self.backend = rollout_backend(str(policy_path))  # rollout.backend: the policy itself, or vLLM
         self.timer = PhaseTimer()
+        self.train_generation = GenerationConfig(
+            r.max_new_tokens, r.temperature, r.top_p, r.top_k, a.group_size
+        )
+        self.train_generation.min_new_tokens = r.min_new_tokens  # training rollouts only
         self.validation = ValidationRun(r)  # protocols and metrics of training-time validation
         self.last_val: dict[str, float] = {}
         # global step of the last validation run inside fit (None: none yet, or it ran in trainer.validate)
@@ -176,13 +179,7 @@ class PapoModule(L.LightningModule):
         return float(self.trainer.strategy.reduce(t, reduce_op=op))
 
     def _gen_cfg(self, train: bool) -> GenerationConfig:
-        r = self.rollout_cfg
-        if train:
-            cfg = GenerationConfig(r.max_new_tokens, r.temperature, r.top_p, r.top_k, self.algo.group_size)
-            cfg.min_new_tokens = r.min_new_tokens  # training rollouts only
-        else:
-            cfg = self.validation.main
-        return self._synced(cfg)
+        return self._synced(self.train_generation if train else self.validation.main)
 
     def _synced(self, cfg: GenerationConfig) -> GenerationConfig:
         # sharded strategies (FSDP, ZeRO-3) gather weights in every forward: ranks must step together
