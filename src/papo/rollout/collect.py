@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from papo.models.loading import end_token_ids
+from papo.models.loading import end_token_ids, generation_suppress_token_ids, output_vocab_size
 from papo.rewards import score_batch
 from papo.rollout.experience import Experience
 from papo.rollout.hf_generate import DECODERS, GenerationConfig, hf_generate
@@ -66,6 +66,21 @@ class Generator:
         self.decoder = decoder
         # optional generation engine (papo.rollout.vllm_backend.VLLMEngine); None = HF generate on the policy
         self.engine: Any = None
+
+    @classmethod
+    def for_policy(
+        cls, policy: Any, processor: Any, max_prompt_length: int, batch_size: int, decoder: str = "auto"
+    ) -> Generator:
+        """The generator of ``policy``: never samples the image placeholder nor the padded output rows beyond
+        the tokenizer; a response ends at every end token of the policy's generation config."""
+        return cls(
+            processor,
+            generation_suppress_token_ids(processor, vocab_size=output_vocab_size(policy)),
+            max_prompt_length,
+            batch_size,
+            decoder,
+            eos_ids=end_token_ids(policy.generation_config, processor),
+        )
 
     def encode(self, batch: dict[str, Any], masked: bool) -> tuple[dict, list, list | None]:
         """Tokenise prompts of a data batch. Returns (text inputs (B, P), per-prompt visual, masked visual)."""
