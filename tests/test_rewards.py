@@ -413,9 +413,6 @@ class TestRegistry:
         cfg = OmegaConf.load(REPO / "configs" / "reward" / "math.yaml")
         assert OmegaConf.to_container(cfg) == {
             "name": "math",
-            "fn": None,
-            "images": False,
-            "kwargs": {},
             "format_weight": 0.1,
             "timeout_s": 10.0,
             "on_error": "raise",

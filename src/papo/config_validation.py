@@ -503,9 +503,11 @@ def _validate_common(p: _Problems, cfg: DictConfig) -> None:
         p.add(problem)
     p.run(check_choice, cfg, "reward.on_error", ["raise", "zero"])
     p.run(check_choice, cfg, "data.on_bad_row", ["error", "skip"])
-    from papo.rewards import REWARD_FUNCTIONS
+    from papo.rewards import reward_config_problems
 
-    p.run(check_choice, cfg, "reward.name", REWARD_FUNCTIONS.names())
+    # the reward group's name, fn, components (papo.rewards.components)
+    for problem in reward_config_problems(cfg.get("reward")):
+        p.add(problem)
     if cfg.get("warm_start") and cfg.warm_start.get("enabled", False):
         for key, lo, hi, opts in [
             ("warm_start.max_steps", 1, None, {"integer": True}),

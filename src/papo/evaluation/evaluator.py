@@ -24,7 +24,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from papo.models.loading import (
     output_vocab_size,
     padded_vocab_ids,
 )
-from papo.rewards import get_reward_fn
+from papo.rewards import build_reward_fn
 from papo.rollout.collect import Generator
 from papo.rollout.hf_generate import GenerationConfig
 from papo.utils.wrappers import task_wrapper
@@ -321,9 +320,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = ev.get("device") or "auto"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    reward_fn = partial(
-        get_reward_fn(cfg.reward.name), format_weight=cfg.reward.format_weight, timeout_s=cfg.reward.timeout_s
-    )
+    reward_fn = build_reward_fn(cfg.reward)  # weighted components of configs/reward (papo.rewards.components)
     evaluator = Evaluator(
         policy,
         processor,

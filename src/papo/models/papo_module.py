@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-from functools import partial
 from typing import Any
 
 import lightning as L
@@ -40,10 +39,10 @@ from papo.models.loading import (
     padded_vocab_ids,
 )
 from papo.models.logprobs import response_logps
-from papo.rewards import get_reward_fn
+from papo.rewards import build_reward_fn
 from papo.rollout.collect import Generator
 from papo.rollout.dynamic_sampling import DynamicSampler
-from papo.rollout.experience import Experience
+from papo.rollout.experience import Experience, reward_term_means
 from papo.rollout.hf_generate import GenerationConfig, is_end_token
 from papo.rollout.micro_batches import plan_micro_batches, split_to_count
 from papo.utils.checkpointing import rng_state, set_rng_state
@@ -134,11 +133,8 @@ class PapoModule(L.LightningModule):
         )
 
         self.advantage_fn = ADVANTAGE_ESTIMATORS.get(algo["advantage"])
-        self.reward_fn = partial(
-            get_reward_fn(reward["name"]),
-            format_weight=reward["format_weight"],
-            timeout_s=reward["timeout_s"],
-        )
+        # the weighted components of configs/reward (papo.rewards.components)
+        self.reward_fn = build_reward_fn(reward)
         self.reward_on_error = reward.get("on_error", "raise")
         vocab_size = output_vocab_size(self.policy)
         self.generator = Generator(
@@ -367,6 +363,7 @@ class PapoModule(L.LightningModule):
             "train/reward/accuracy": float(exp.accuracy.mean()),
             "train/reward/format": float(exp.format.mean()),
             "train/reward/errors": float(n_err),
+            **reward_term_means(exp, "train/reward"),  # each named reward component: train/reward/<name>
             "train/response/length_mean": float(lengths.mean()),
             "train/response/length_max": float(lengths.max()),
             "train/response/clip_ratio": float(truncated.float().mean()),
