@@ -226,3 +226,63 @@ def test_export_at_the_end_of_training(tmp_path, cache_dir):
     state = model.state_dict()
     weights = load_policy_weights(ckpt, "lightning")
     assert all(torch.equal(state[k], v) for k, v in weights.items() if k in state)
+
+
+FSDP_SAVE = """
+import os, sys
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def work(rank, path, model_dir, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    from lightning.fabric.strategies.model_parallel import _distributed_checkpoint_save
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from papo.models.loading import load_policy
+
+    policy, _ = load_policy(model_dir)
+    fully_shard(policy, mesh=init_device_mesh("cpu", (2,)))
+    state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=False))
+    assert type(next(iter(state.values()))).__name__ == "DTensor"
+    _distributed_checkpoint_save({"state_dict": {f"policy.{k}": v for k, v in state.items()}}, path)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(work, args=tuple(sys.argv[1:]), nprocs=2)
+"""
+
+
+@pytest.mark.slow
+def test_fsdp2_shards_of_two_ranks_are_consolidated(full_run, tmp_path):
+    """Two gloo ranks shard the model with FSDP2 (fully_shard) and save their DTensor shards with Lightning's
+    own DCP save (ModelParallelStrategy's layout); the consolidated weights are the unsharded model's."""
+    import os
+    import socket
+
+    _, model_cfg = full_run
+    model_dir = resolve_model_dir(OmegaConf.create(model_cfg))
+    script = tmp_path / "fsdp_save.py"
+    script.write_text(FSDP_SAVE)
+    ckpt = tmp_path / "last.ckpt"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(ckpt), str(model_dir), port],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in ckpt.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    weights = load_policy_weights(*find_checkpoint(ckpt))
+    expected = load_policy(model_dir)[0].state_dict()
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
