@@ -220,7 +220,8 @@ def export_policy(
     ckpt, kind = find_checkpoint(ckpt_path)
     log.info("exporting %s checkpoint %s", kind, ckpt)
     weights = load_policy_weights(ckpt, kind)
-    keys = ("dtype", "attn_implementation", "trust_remote_code", "min_pixels", "max_pixels", "lora")
+    # attention: load_policy's default (sdpa), whatever kernel training used (export runs on the CPU)
+    keys = ("trust_remote_code", "min_pixels", "max_pixels", "lora")
     kwargs = {k: model_cfg[k] for k in keys if k in model_cfg and model_cfg[k] is not None}
     kwargs["dtype"] = "float32"  # loaded exactly, cast once below
     from omegaconf import OmegaConf
