@@ -9,7 +9,6 @@ validators of the key they concern, so they run with every other check, before a
 from __future__ import annotations
 
 import importlib.util
-from functools import partial
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
@@ -100,18 +99,28 @@ def _reward_names() -> list[str]:
 
 
 class RewardConfig(ConfigGroup):
-    """``configs/reward``: the reward function and how its failures are handled."""
+    """``configs/reward``: the reward (a registered name, a user function ``fn`` or weighted ``components``;
+    papo.rewards.components) and how its failures are handled."""
 
     name: choice(_reward_names)
     format_weight: Fraction
     timeout_s: Positive
     on_error: Literal["raise", "zero"]
 
-    def reward_fn(self) -> Any:
-        """The registered reward function ``name`` with ``format_weight`` and ``timeout_s`` bound."""
-        from papo.rewards import get_reward_fn
+    @model_validator(mode="after")
+    def _user_functions_and_components(self) -> RewardConfig:
+        from papo.rewards.components import reward_config_problems
 
-        return partial(get_reward_fn(self.name), format_weight=self.format_weight, timeout_s=self.timeout_s)
+        problems = reward_config_problems(self.model_dump())
+        if problems:
+            raise rule(problems)
+        return self
+
+    def reward_fn(self) -> Any:
+        """The reward of this group: its weighted components (one when only ``name`` or ``fn`` is set)."""
+        from papo.rewards import build_reward_fn
+
+        return build_reward_fn(self.model_dump())
 
 
 def _masking_views() -> tuple[Any, ...]:

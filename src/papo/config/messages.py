@@ -155,7 +155,7 @@ def error_lines(err: ValidationError, model: type[BaseModel], prefix: str = "") 
         key = dotted(prefix, loc)
         value = e.get("input")
         if kind == "rule":
-            out.append((leading_key(e["ctx"]["line"]), e["ctx"]["line"]))
+            out += [(leading_key(line), line) for line in e["ctx"].get("lines", [e["ctx"]["line"]])]
             continue
         if kind == "key":
             out.append((key, f"{key}{e['ctx']['tail']}"))

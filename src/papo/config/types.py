@@ -84,9 +84,11 @@ def about(tail: str) -> PydanticCustomError:
     return PydanticCustomError("key", "{tail}", {"tail": tail})
 
 
-def rule(line: str) -> PydanticCustomError:
-    """An error about a combination of keys: ``line`` is the whole message and names the keys itself."""
-    return PydanticCustomError("rule", "{line}", {"line": line})
+def rule(line: str | list[str]) -> PydanticCustomError:
+    """An error about a combination of keys: ``line`` is the whole message and names the keys itself (a list:
+    one line per problem, each reported on its own)."""
+    lines = [line] if isinstance(line, str) else list(line)
+    return PydanticCustomError("rule", "{line}", {"line": lines[0], "lines": lines})
 
 
 def target_of(base: Callable[[], Any], unknown: str, wrong: str, examples: Callable[[], list[str]]) -> Any:

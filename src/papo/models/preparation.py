@@ -16,7 +16,7 @@ from torch import Tensor
 
 from papo.algos import ADVANTAGE_ESTIMATORS, kl_estimate, overlong_penalty
 from papo.config.training import AlgoConfig
-from papo.rollout.experience import Experience
+from papo.rollout.experience import Experience, reward_term_means
 from papo.rollout.hf_generate import is_end_token
 
 __all__ = ["prepare_experience", "rollout_metrics", "shape_rewards"]
@@ -36,6 +36,7 @@ def rollout_metrics(
         "train/reward/accuracy": float(exp.accuracy.mean()),
         "train/reward/format": float(exp.format.mean()),
         "train/reward/errors": float(n_err),
+        **reward_term_means(exp, "train/reward"),  # each named reward component: train/reward/<name>
         "train/response/length_mean": float(lengths.mean()),
         "train/response/length_max": float(lengths.max()),
         "train/response/clip_ratio": float(truncated.float().mean()),

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from papo.models.loading import end_token_ids, generation_suppress_token_ids, output_vocab_size
-from papo.rewards import score_batch
-from papo.rollout.experience import Experience
+from papo.rewards import row_fields, score_batch
+from papo.rollout.experience import Experience, reward_columns
 from papo.rollout.hf_generate import DECODERS, GenerationConfig, hf_generate
 from papo.rollout.inputs import chat_texts, encode_images, encode_prompts, per_prompt_visual
 from papo.rollout.lean_decode import lean_generate
@@ -160,7 +160,9 @@ class Generator:
         response_mask = torch.cat([torch.nn.functional.pad(m, (0, T - m.shape[1]), value=0.0) for m in masks])
         texts = self.processor.tokenizer.batch_decode(response_ids, skip_special_tokens=True)
         answers = [batch["answer"][i] for i in rows.tolist()]
-        scores, n_errors = score_batch(texts, answers, reward_fn, on_error=on_error)
+        # question, uid, ..., images: what reward functions may take (papo.rewards.components)
+        fields = row_fields(batch, rows.tolist())
+        scores, n_errors = score_batch(texts, answers, reward_fn, on_error=on_error, fields=fields)
         extra = {k: v for k, v in text_inputs.items() if k not in ("input_ids", "attention_mask")}
         exp = Experience(
             prompt_ids=text_inputs["input_ids"],
@@ -168,9 +170,7 @@ class Generator:
             response_ids=response_ids,
             response_mask=response_mask,
             group_ids=rows + group_offset,
-            rewards=torch.tensor(scores["overall"], dtype=torch.float32),
-            accuracy=torch.tensor(scores["accuracy"], dtype=torch.float32),
-            format=torch.tensor(scores["format"], dtype=torch.float32),
+            **reward_columns(scores),  # rewards (overall), accuracy, format, reward_terms (named components)
             visual=row_visual,
             visual_masked=row_masked,
             extra=extra,
