@@ -8,6 +8,7 @@ Geometry3K, ... Datasets may be given built, or as zero-argument callables (e.g.
 Each batch is a dict of lists, one entry per PROMPT (the RL module expands prompts into G responses)::
 
     {"uid": [str], "problem": [str], "prompt": [str],            # prompt = templated problem
+     "system_prompt": [str or None],                              # data.system_prompt, one per prompt
      "images": [[PIL.Image RGB]],                                 # decoded with load_image, raw size
      "images_masked": [[PIL.Image RGB]] or None,                  # None when masking is None
      "answer": [str], "task_type": [str], "vision_dependency": [str]}
@@ -40,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from papo.data.images import ImageLoadError, load_images, pixel_range_size, resize_into_pixel_range
 from papo.data.masking import ImageView
-from papo.data.prompts import build_prompt
+from papo.data.prompts import build_prompt, placeholder_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ BATCH_KEYS = (
     "uid",
     "problem",
     "prompt",
+    "system_prompt",
     "images",
     "images_masked",
     "answer",
@@ -181,6 +183,9 @@ class PromptDataset(Dataset):
                 raise BadRowError(f"Bad row ({context}): {reason}")
         images = load_images(record["images"], context=context, max_pixels=self.max_pixels)
         _check_aspect_ratio(images, self.max_aspect_ratio, context)
+        mismatch = placeholder_mismatch(problem, len(images))
+        if mismatch is not None:
+            raise BadRowError(f"Bad row ({context}): {mismatch}")
         return {
             "row": row,
             "epoch": epoch,
@@ -267,9 +272,13 @@ class PromptCollator:
         seed: int,
         dataset: PromptDataset | None = None,
         resize_pixels: tuple[int | None, int | None] | None = None,
+        system_prompt: str | None = None,
     ) -> None:
         self.masking = masking
         self.prompt_template = prompt_template
+        self.system_prompt = (
+            system_prompt or None
+        )  # text of the system turn (papo.data.prompts.chat_messages)
         self.seed = int(seed)
         self.dataset = dataset  # rows to pad short batches with, for views with min_batch_size > 1
         # (min_pixels, max_pixels): PIL resize of the real and the masked images after masking (released loader)
@@ -291,6 +300,7 @@ class PromptCollator:
                 )
         batch: dict[str, Any] = {k: [it[k] for it in items] for k in BATCH_KEYS if k in items[0]}
         batch["prompt"] = [build_prompt(p, self.prompt_template) for p in batch["problem"]]
+        batch["system_prompt"] = [self.system_prompt] * len(batch["prompt"])
         batch["images_masked"] = self._masked(items) if self.masking is not None else None
         if self.resize_pixels is not None:  # masks are drawn on the raw images, then both views are resized
             for key in ("images", "images_masked"):
@@ -504,6 +514,8 @@ class PapoDataModule(L.LightningDataModule):
         masking: an :class:`~papo.data.masking.ImageView` (or its config), or ``None`` / an empty mapping for
             no masked views (``batch["images_masked"]`` is then ``None``).
         prompt_template: name in ``papo.data.prompts.PROMPT_TEMPLATES`` or a custom ``{problem}`` template.
+        system_prompt: text of a system turn before every prompt (``batch["system_prompt"]``); None: no system
+            turn, so the chat template's default applies (Qwen2.5-VL: "You are a helpful assistant.").
         batch_size: prompts per RL step (train loader, ``drop_last=True``).
         val_batch_size: prompts per val/test batch (no drop_last, fixed order).
         seed: seeds the epoch shuffle and every mask.
@@ -545,6 +557,7 @@ class PapoDataModule(L.LightningDataModule):
         allow_text_only: bool = False,
         resize_min_pixels: int | None = None,
         resize_max_pixels: int | None = None,
+        system_prompt: str | None = None,
     ) -> None:
         super().__init__()
         masking = _as_view(masking)
@@ -558,6 +571,7 @@ class PapoDataModule(L.LightningDataModule):
         }
         self.masking = masking
         self.prompt_template = prompt_template
+        self.system_prompt = system_prompt or None
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.seed, self.num_workers, self.dataset_name = int(seed), int(num_workers), dataset_name
         self.max_pixels = int(max_pixels)
@@ -604,6 +618,8 @@ class PapoDataModule(L.LightningDataModule):
     def _scan(self, hf: Any, split: str) -> Any:
         """Drop bad rows (``on_bad_row="skip"``) and over-long prompts, with a logged count (papo.data.scan)."""
         length_fn = self.prompt_length_fn if self.max_prompt_length is not None else None
+        if length_fn is not None and self.system_prompt and hasattr(length_fn, "with_system_prompt"):
+            length_fn = length_fn.with_system_prompt(self.system_prompt)  # count the system turn's tokens too
         if length_fn is not None and self.resize_pixels is not None:  # count the tokens of the resized images
             length_fn = _resized_sizes(length_fn, self.resize_pixels)
         if (length_fn is None and self.on_bad_row == "error") or not _has_columns(hf) or len(hf) == 0:
@@ -677,7 +693,9 @@ class PapoDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def _collator(self, dataset: PromptDataset) -> PromptCollator:
-        return PromptCollator(self.masking, self.prompt_template, self.seed, dataset, self.resize_pixels)
+        return PromptCollator(
+            self.masking, self.prompt_template, self.seed, dataset, self.resize_pixels, self.system_prompt
+        )
 
     def _loader_kwargs(self) -> dict[str, Any]:
         return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}

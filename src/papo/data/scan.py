@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from papo.data.prompts import build_prompt
+from papo.data.prompts import IMAGE_PLACEHOLDER, build_prompt, placeholder_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,13 @@ class PromptLength:
         self.image_processor = ip
         self.merge = int(getattr(ip, "merge_size", 1) or 1) if ip is not None else 1
         self._templates: dict[int, str] = {}
+        self.system_prompt: str | None = None  # data.system_prompt (the datamodule sets it)
+
+    def with_system_prompt(self, system_prompt: str | None) -> PromptLength:
+        """A copy that counts the tokens of prompts rendered with ``system_prompt`` (None: no system turn)."""
+        other = type(self)(self.processor)
+        other.system_prompt = system_prompt or None
+        return other
 
     @classmethod
     def from_pretrained(
@@ -117,11 +124,17 @@ class PromptLength:
         if num_images not in self._templates:
             from papo.rollout.inputs import chat_texts
 
-            text = chat_texts(self.processor, [_SENTINEL], [num_images])[0]
+            text = chat_texts(self.processor, [_SENTINEL], [num_images], self.system_prompt)[0]
             if text.count(_SENTINEL) != 1:
                 raise RuntimeError("the chat template does not copy the prompt text verbatim")
             self._templates[num_images] = text
         return self._templates[num_images]
+
+    def _placed(self, prompt: str, num_images: int) -> str:
+        """The chat text of a prompt whose images sit at its ``<image>`` placeholders (rendered in full)."""
+        from papo.rollout.inputs import chat_texts
+
+        return chat_texts(self.processor, [prompt], [num_images], self.system_prompt)[0]
 
     def image_tokens(self, width: int, height: int) -> int:
         """Tokens one image of this size becomes (after the processor's smart resize and patch merge)."""
@@ -132,7 +145,10 @@ class PromptLength:
 
     def __call__(self, prompts: list[str], image_sizes: list[list[tuple[int, int]]]) -> list[int]:
         texts = [
-            self._template(len(s)).replace(_SENTINEL, p) for p, s in zip(prompts, image_sizes, strict=True)
+            self._placed(p, len(s))
+            if IMAGE_PLACEHOLDER in p
+            else self._template(len(s)).replace(_SENTINEL, p)
+            for p, s in zip(prompts, image_sizes, strict=True)
         ]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         # each image is one <|image_pad|> in the text; the processor expands it to image_tokens(...) tokens
@@ -239,7 +255,11 @@ def _prepare(
             sizes.append(image_size(item, max_pixels))
         except ValueError as e:
             return f"image {j}: {e}", "", []
-    return None, build_prompt(_decoded(record["problem"]), prompt_template), sizes
+    prompt = build_prompt(_decoded(record["problem"]), prompt_template)
+    mismatch = placeholder_mismatch(prompt, len(items))
+    if mismatch is not None:
+        return mismatch, "", []
+    return None, prompt, sizes
 
 
 def _measure(
