@@ -27,6 +27,9 @@ def main(cfg: DictConfig) -> float | None:
     """Run the evaluation; return the greedy accuracy (for Hydra sweepers). The config and ``ckpt_path`` are
     checked first, before anything loads: an invalid config prints its problems on stderr, one per line,
     and exits with status 2 (papo.utils.wrappers.config_error_exit)."""
+    from papo.utils.console_logging import route_lightning_to_root
+
+    route_lightning_to_root()  # each console line once (Lightning's handler and Hydra's both print)
     from papo.config_validation import validate_eval_config
     from papo.utils.wrappers import config_error_exit
 
