@@ -199,3 +199,51 @@ def test_every_suite_entry_loads_from_the_fixture(tmp_path: Path) -> None:
     assert not math.isnan(
         group_averages(dict.fromkeys(sizes, 0.5), {n: e.group for n, e in cfg.val_sets.items()})["overall"]
     )
+
+
+# ----------------------------------------------------------------------------------------------- val-set specs
+def test_parse_val_sets_reads_the_suite_config() -> None:
+    from omegaconf import OmegaConf
+
+    from conftest import compose_cfg
+    from papo.evaluation.val_sets import SamplingProtocol, parse_val_sets
+
+    cfg = compose_cfg(["+val_sets=papo_eval", "val_sets.counting.limit=5"])
+    sets = parse_val_sets(OmegaConf.to_container(cfg.val_sets, resolve=False))
+    assert [s.name for s in sets] == GENERAL + VISION
+    counting = sets[GENERAL.__len__() + 1]
+    assert (counting.name, counting.group, counting.limit, counting.prefix) == (
+        "counting",
+        "vision_dependent",
+        5,
+        "val/counting",
+    )
+    assert counting.protocol == SamplingProtocol(samples=8, temperature=1.0, top_p=1.0, top_k=0, greedy=False,
+                                                 max_new_tokens=2048)  # fmt: skip
+    assert parse_val_sets(None) == [] and parse_val_sets({}) == []
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"dataset": 1, "splt": "x"}, r"val_sets.a has unknown key\(s\) \['splt'\]; valid: \['dataset'"),
+        ({"limit": 3}, "val_sets.a.dataset is missing"),
+        ({"dataset": 1, "answer_format": "letter"}, r"answer_format='letter' is unknown; valid: \['boxed'\]"),
+        ({"dataset": 1, "protocol": {"samples": 2, "temp": 1}}, r"protocol has unknown key\(s\) \['temp'\]"),
+        ({"dataset": 1, "protocol": {"greedy": False}}, "generates nothing"),
+        ({"dataset": 1, "protocol": {"samples": 4, "temperature": 0}}, "temperature > 0"),
+        ({"dataset": 1, "limit": 0}, "limit=0 must be >= 1 or null"),
+    ],
+)
+def test_parse_val_sets_names_the_bad_key(entry: dict, message: str) -> None:
+    from papo.evaluation.val_sets import parse_val_sets
+
+    with pytest.raises(ValueError, match=message):
+        parse_val_sets({"a": entry})
+
+
+def test_val_set_names_are_metric_keys() -> None:
+    from papo.evaluation.val_sets import parse_val_sets
+
+    with pytest.raises(ValueError, match="is a metric key"):
+        parse_val_sets({"a/b": {"dataset": 1}})
