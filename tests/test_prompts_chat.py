@@ -14,8 +14,8 @@ from PIL import Image
 from papo.data.datamodule import BadRowError, PapoDataModule
 from papo.data.hub import load_split
 from papo.data.prompts import IMAGE_PLACEHOLDER, chat_messages, placeholder_mismatch
-from papo.data.scan import PromptLength
 from papo.rollout.inputs import chat_texts, encode_prompts
+from papo.rollout.prompt_length import PromptLength
 
 VISION = "<|vision_start|><|image_pad|><|vision_end|>"
 DEFAULT_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

@@ -2,8 +2,16 @@
 
 The sequence is ``[left-padded prompt (P)] + [right-padded response (T)]``. The LM head is applied only
 to the positions that predict response tokens, not to prompt/image positions, and columns that are padding
-for every row of the micro-batch are trimmed first. Each distinct image of the micro-batch goes through the
-vision tower once (a group's G rows share their prompt's image), when the model accepts precomputed image
+for every row of the micro-batch are trimmed first. For the Qwen-VL families, whose position ids come from the
+attention mask (:data:`MASK_POSITION_MODEL_TYPES`), each row's prompt padding is then moved behind its response
+(:func:`align_rows_left`): same positions, same attended keys, but no query position whose keys are all
+padding. A left-padded row's first positions attend to nothing: SDPA returns zeros there in forward, but
+fully masked rows are where attention backward kernels have produced NaN gradients (cuDNN's SDPA backward
+on H100/H200 from torch 2.11 with a mask and a length of 64 mod 128, pytorch/pytorch#196678; the GPU check's
+``sdpa_nan`` diagnostic tests each backend with and without them, docs/gpu_performance.md). With the padding
+trailing, the causal mask alone is exact for every token that is read, so the model gets an all-ones mask
+and its attention runs as causal SDPA without a materialised mask. Each distinct image of the micro-batch
+goes through the vision tower once (a group's G rows share their prompt's image), when the model accepts precomputed image
 features (``mm_encoder_outputs``: Qwen2.5-VL, Qwen3-VL); otherwise, and under FSDP, its pixels are repeated
 per row as the model's own forward expects.
 
@@ -32,6 +40,9 @@ from papo.models.loading import forward_accepts, hf_model
 #: model types whose ``...ForConditionalGeneration.forward`` is ``lm_head(model(...)[0])`` (nothing between the
 #: base model's last hidden state and the LM head), so the chunked head gives the forward's log-probs
 CHUNKED_HEAD_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+#: model types whose forward computes the position ids from the 2D attention mask (the Qwen-VL rope index, or
+#: its cumulative-sum fallback), so a row's padding may sit after its tokens with every position unchanged
+MASK_POSITION_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
 
 def token_logps_from_logits(
@@ -68,6 +79,25 @@ def trim_padding(
     )
 
 
+def align_rows_left(shift: Tensor, *tensors: Tensor) -> list[Tensor]:
+    """Each row of each (N, L) tensor rotated left by its ``shift`` (N,) long: a row that starts with
+    ``shift[i]`` padding columns starts with its tokens instead, the padding at its end; order is kept."""
+    L = tensors[0].shape[1]
+    index = (torch.arange(L, device=shift.device)[None, :] + shift[:, None]) % L  # (N, L)
+    return [x.gather(1, index.to(x.device)) for x in tensors]
+
+
+def padding_trails(mask: Tensor) -> bool:
+    """Whether every row of the (N, L) 0/1 ``mask`` is its ones followed by its zeros (one host read)."""
+    return bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
+def aligns_rows(model: torch.nn.Module) -> bool:
+    """Whether :func:`response_logps` moves each row's prompt padding behind its response (the model computes
+    position ids from the attention mask: :data:`MASK_POSITION_MODEL_TYPES`)."""
+    return getattr(hf_model(model).config, "model_type", None) in MASK_POSITION_MODEL_TYPES
+
+
 def response_logps(
     model: torch.nn.Module,
     prompt_ids: Tensor,
@@ -91,34 +121,58 @@ def response_logps(
     N, T_full = response_ids.shape
     P_full = prompt_ids.shape[1]
     p_ids, p_mask, r_ids, r_mask, T = trim_padding(prompt_ids, prompt_mask, response_ids, response_mask)
+    P = p_ids.shape[1]
     input_ids = torch.cat([p_ids, r_ids], dim=1)  # (N, P' + T)
     attention_mask = torch.cat([p_mask, r_mask], dim=1).long()  # (N, P' + T)
     kwargs = visual_model_kwargs(model, visual)
+    aligned = {}
     if extra:
-        P = p_ids.shape[1]
         for k, v in extra.items():  # prompt-aligned (N, P_full) -> trimmed + zero for response positions
             v = v[:, P_full - P :]
-            kwargs[k] = torch.cat([v, torch.zeros_like(v[:, :1]).expand(N, T)], dim=1)
+            aligned[k] = torch.cat([v, torch.zeros_like(v[:, :1]).expand(N, T)], dim=1)
+    # each row's prompt padding moved behind its response (module docstring); shift = its padding columns
+    shift = (P - p_mask.sum(1)).long() if aligns_rows(model) else torch.zeros(N, dtype=torch.long)
+    shift = shift.to(input_ids.device)
+    if bool(shift.any()):
+        names = list(aligned)
+        input_ids, attention_mask, *rest = align_rows_left(
+            shift, input_ids, attention_mask, *aligned.values()
+        )
+        aligned = dict(zip(names, rest, strict=True))
+    if aligns_rows(model) and padding_trails(attention_mask):
+        # every row's padding now trails its tokens: the causal mask alone gives each token the keys it
+        # attends to (its row's earlier tokens, none of them padding), and the padding's own outputs are never
+        # read; an all-ones mask keeps every position (they come from the mask) and lets the attention run
+        # as plain causal SDPA (no (N, 1, L, L) mask; on CUDA a causal kernel instead of a masked one)
+        attention_mask = torch.ones_like(attention_mask)
+    kwargs.update(aligned)
+    # response token t of row i sits at column P' - shift_i + t; the position before it predicts it
+    before = (P - 1 - shift)[:, None] + torch.arange(T, device=shift.device)[None, :]  # (N, T)
     if chunk_tokens and chunked_head_supported(model):
         hf = hf_model(model)
         out = hf.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
-        P = p_ids.shape[1]
-        hidden = out.last_hidden_state[:, P - 1 : P - 1 + T]  # (N, T, H): position P'-1+t predicts token t
         live = r_mask.bool()  # (N, T)
+        rows = torch.arange(N, device=live.device)[:, None].expand(N, T)[live]  # (M,)
+        hidden = out.last_hidden_state[rows, before.to(live.device)[live]]  # (M, H) one per response token
         picked = chunked_token_logps(
-            hf.get_output_embeddings(), hidden[live], r_ids[live], temperature, suppress_ids, chunk_tokens
+            hf.get_output_embeddings(), hidden, r_ids[live], temperature, suppress_ids, chunk_tokens
         )  # (M,) one per response token
         logps = torch.zeros(N, T, dtype=picked.dtype, device=picked.device).masked_scatter(live, picked)
     else:
+        most = int(shift.max())  # the kept logits span every row's response: T + 1 + the largest shift
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             use_cache=False,
-            logits_to_keep=T + 1,
+            logits_to_keep=T + 1 + most,
             **kwargs,
         )
-        logits = out.logits[:, :-1, :]  # (N, T, V): position P'-1+t predicts response token t
-        logps = token_logps_from_logits(logits, r_ids, temperature, suppress_ids)  # (N, T)
+        # (N, T + most, V): kept position k predicts the input token at column P' + T - most - 1 + k + 1
+        window = out.logits[:, :-1, :]
+        targets = input_ids[:, input_ids.shape[1] - window.shape[1] :]  # (N, T + most)
+        logps = token_logps_from_logits(window, targets, temperature, suppress_ids)  # (N, T + most)
+        if most:
+            logps = logps.gather(1, before - (P - 1 - most))  # (N, T): each row's response columns
         logps = logps.masked_fill(r_mask == 0, 0.0)  # padding (possibly a suppressed id: -inf) -> 0
     if T_full > T:
         logps = torch.cat([logps, logps.new_zeros(N, T_full - T)], dim=1)  # (N, T_full)
