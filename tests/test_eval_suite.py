@@ -167,7 +167,7 @@ def test_hub_source_is_refused_while_the_hub_is_off(tmp_path: Path, monkeypatch)
 def test_suite_config_lists_the_nine_benchmarks_with_their_groups() -> None:
     from conftest import compose_cfg
 
-    cfg = compose_cfg(["+val_sets=papo_eval"])
+    cfg = compose_cfg(["val_sets=papo_eval"])
     assert list(cfg.val_sets) == GENERAL + VISION
     assert [n for n, e in cfg.val_sets.items() if e.group == "general"] == GENERAL
     assert [n for n, e in cfg.val_sets.items() if e.group == "vision_dependent"] == VISION
@@ -182,7 +182,7 @@ def test_every_suite_entry_loads_from_the_fixture(tmp_path: Path) -> None:
     from conftest import compose_cfg
 
     cfg = compose_cfg(
-        ["+val_sets=papo_eval", f"papo_eval.source={FIXTURE}", f"papo_eval.cache_dir={tmp_path}"]
+        ["val_sets=papo_eval", f"papo_eval.source={FIXTURE}", f"papo_eval.cache_dir={tmp_path}"]
     )
     sizes = {}
     for name, entry in cfg.val_sets.items():
@@ -193,7 +193,7 @@ def test_every_suite_entry_loads_from_the_fixture(tmp_path: Path) -> None:
     # free-form items dropped from MathVista (4 -> 2) and MathVerse (3 -> 2); other benchmarks keep theirs
     assert sizes == {"geometry3k": 2, "mathvista": 2, "we_math": 2, "mmk12": 1, "mathverse": 2,
                      "logicvista": 1, "counting": 2, "mmmu_pro": 1, "mathverse_v": 1}  # fmt: skip
-    limited = compose_cfg(["+val_sets=papo_eval", f"papo_eval.source={FIXTURE}",
+    limited = compose_cfg(["val_sets=papo_eval", f"papo_eval.source={FIXTURE}",
                            f"papo_eval.cache_dir={tmp_path}", "val_sets.counting.limit=1"])  # fmt: skip
     assert len(instantiate(limited.val_sets.counting.dataset)()) == 1
     assert not math.isnan(
@@ -208,8 +208,8 @@ def test_parse_val_sets_reads_the_suite_config() -> None:
     from conftest import compose_cfg
     from papo.evaluation.val_sets import SamplingProtocol, parse_val_sets
 
-    cfg = compose_cfg(["+val_sets=papo_eval", "val_sets.counting.limit=5"])
-    sets = parse_val_sets(OmegaConf.to_container(cfg.val_sets, resolve=False))
+    cfg = compose_cfg(["val_sets=papo_eval", "val_sets.counting.limit=5"])
+    sets = parse_val_sets(OmegaConf.to_container(cfg.val_sets, resolve=True))
     assert [s.name for s in sets] == GENERAL + VISION
     counting = sets[GENERAL.__len__() + 1]
     assert (counting.name, counting.group, counting.limit, counting.prefix) == (

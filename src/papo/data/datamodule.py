@@ -476,6 +476,9 @@ class PapoDataModule(L.LightningDataModule):
         prompt_template: name in ``papo.data.prompts.PROMPT_TEMPLATES`` or a custom ``{problem}`` template.
         system_prompt: text of a system turn before every prompt (``batch["system_prompt"]``); None: no system
             turn, so the chat template's default applies (Qwen2.5-VL: "You are a helpful assistant.").
+        val_sets: named validation sets ``{name: dataset or zero-arg callable}`` (``val_sets`` of the config,
+            :mod:`papo.evaluation.val_sets`): validated instead of ``val_dataset``, one val dataloader each, in
+            this order; ``val_set_limits`` ``{name: N}`` keeps the first N usable rows of a set.
         batch_size: prompts per RL step (train loader, ``drop_last=True``).
         val_batch_size: prompts per val/test batch (no drop_last, fixed order).
         seed: seeds the epoch shuffle and every mask.
@@ -518,6 +521,8 @@ class PapoDataModule(L.LightningDataModule):
         resize_min_pixels: int | None = None,
         resize_max_pixels: int | None = None,
         system_prompt: str | None = None,
+        val_sets: Mapping[str, DatasetLike] | None = None,
+        val_set_limits: Mapping[str, int | None] | None = None,
     ) -> None:
         super().__init__()
         masking = _as_view(masking)
@@ -532,6 +537,9 @@ class PapoDataModule(L.LightningDataModule):
         self.masking = masking
         self.prompt_template = prompt_template
         self.system_prompt = system_prompt or None
+        # named validation sets (papo.run_setup.attach_val_sets sets them from the config's val_sets)
+        self.val_sets: dict[str, DatasetLike] = dict(val_sets or {})
+        self.val_set_limits: dict[str, int | None] = dict(val_set_limits or {})
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.seed, self.num_workers, self.dataset_name = int(seed), int(num_workers), dataset_name
         self.max_pixels = int(max_pixels)
@@ -557,6 +565,9 @@ class PapoDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         by_stage = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in by_stage.get(stage or "", ("train", "val", "test")):
+            if split == "val" and self.val_sets:
+                self._setup_val_sets()
+                continue
             if split in self.datasets or self._sources[split] is None:
                 continue
             hf = _resolve(self._sources[split], f"{split}_dataset")
@@ -574,6 +585,28 @@ class PapoDataModule(L.LightningDataModule):
                 self.text_only_rows[split] = _count_text_only(hf)
         if stage == "fit" and "train" not in self.datasets:
             raise ValueError(f"Dataset {self.dataset_name!r}: stage 'fit' needs a train_dataset")
+
+    def _setup_val_sets(self) -> None:
+        """One :class:`PromptDataset` per named val set (``datasets["val/<name>"]``), scanned like any split and
+        cut to its limit."""
+        for name, source in self.val_sets.items():
+            key = f"val/{name}"
+            if key in self.datasets:
+                continue
+            hf = self._scan(_resolve(source, f"val_sets.{name}.dataset"), key)
+            limit = self.val_set_limits.get(name)
+            if limit is not None and int(limit) < len(hf):
+                log.info("val set %s: kept the first %d of %d rows (limit)", name, int(limit), len(hf))
+                hf = hf.select(range(int(limit)))
+            self.datasets[key] = PromptDataset(
+                hf, name, "val", self.max_pixels, self.on_bad_row, self.max_aspect_ratio, self.allow_text_only
+            )
+            if self.allow_text_only and "images" in hf.column_names:
+                self.text_only_rows[key] = _count_text_only(hf)
+
+    def val_set_sizes(self) -> dict[str, int]:
+        """Rows per named val set (after ``setup``): the ``n`` column of the per-benchmark table."""
+        return {name: len(self._get(f"val/{name}")) for name in self.val_sets}
 
     def _scan(self, hf: Any, split: str) -> Any:
         """Drop bad rows (``on_bad_row="skip"``) and over-long prompts, with a logged count (papo.data.scan)."""
@@ -635,8 +668,8 @@ class PapoDataModule(L.LightningDataModule):
 
     @property
     def val_set(self) -> Any:
-        """The val split as the source ``datasets.Dataset`` (after ``setup``)."""
-        return self._get("val").hf_dataset
+        """The val split as the source ``datasets.Dataset`` (after ``setup``); with named val sets, the first."""
+        return self._get(f"val/{next(iter(self.val_sets))}" if self.val_sets else "val").hf_dataset
 
     @property
     def test_set(self) -> Any:
@@ -644,8 +677,8 @@ class PapoDataModule(L.LightningDataModule):
         return self._get("test").hf_dataset
 
     def _get(self, split: str) -> PromptDataset:
-        if split not in self.datasets:
-            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        if split not in self.datasets:  # "val/<name>": a named val set
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split.split("/")[0]])
         if split not in self.datasets:
             raise ValueError(f"Dataset {self.dataset_name!r}: no {split}_dataset was given")
         return self.datasets[split]
@@ -692,7 +725,11 @@ class PapoDataModule(L.LightningDataModule):
             **self._loader_kwargs(),
         )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The val loader; with named val sets, one loader per set in their order (Lightning passes the
+        position as ``dataloader_idx``)."""
+        if self.val_sets:
+            return [self._eval_loader(f"val/{name}") for name in self.val_sets]
         return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:

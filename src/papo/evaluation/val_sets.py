@@ -3,8 +3,10 @@ sampling protocol (``val_sets`` in the config; PAPO's suite: ``configs/val_sets/
 
 :func:`parse_val_sets` turns the config's ``{name: entry}`` mapping into :class:`ValSet` objects, checking every
 key (an unknown key, answer format or protocol key is an error naming it and the valid ones). Metric keys of a
-named set are ``val/<name>/...`` (greedy) and ``val/<name>/sampled/...`` (avg@k); a run without ``val_sets``
-validates ``data.val_dataset`` under today's ``val/...`` keys.
+named set are ``val/<name>/...`` (greedy) and ``val/<name>/sampled/...`` (avg@k), the averages over the sets
+of a group ``val/average/<group>/...`` and over all sets ``val/average/overall/...``
+(:func:`papo.evaluation.suite.group_averages`); a run without ``val_sets`` validates ``data.val_dataset``
+under the single-set keys ``val/...``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ ENTRY_KEYS = ("dataset", "group", "limit", "answer_format", "protocol")
 #: keys of a sampling protocol (the names of ``eval.*``)
 PROTOCOL_KEYS = ("samples", "temperature", "top_p", "top_k", "greedy", "max_new_tokens")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+#: names a val set cannot take: ``val/average/<group>/...`` holds the group averages
+RESERVED_NAMES = ("average",)
 
 
 @dataclass(frozen=True)
