@@ -234,10 +234,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         before = dict(module.last_val)
         if trainer.is_global_zero:
             before_file.write_text(json.dumps(before, indent=2) + "\n")
+        head = "val" if "val/acc" in before or not val_sets else "val/average/overall"
+        if f"{head}/acc" not in before and f"{head}/sampled/acc" in before:  # val sets sampled only
+            head += "/sampled"
         log.info(
-            "val before RL: acc %.4f, acc_masked %.4f",
-            before.get("val/acc", float("nan")),
-            before.get("val/acc_masked", float("nan")),
+            "val before RL (%s): acc %.4f, acc_masked %.4f",
+            head,
+            before.get(f"{head}/acc", float("nan")),
+            before.get(f"{head}/acc_masked", float("nan")),
         )
     t_fit = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
