@@ -244,9 +244,8 @@ class PromptCollator:
     ) -> None:
         self.masking = masking
         self.prompt_template = prompt_template
-        self.system_prompt = (
-            system_prompt or None
-        )  # text of the system turn (papo.data.prompts.chat_messages)
+        # text of the system turn (papo.data.prompts.chat_messages); None: the chat template's default
+        self.system_prompt = system_prompt or None
         self.seed = int(seed)
         self.dataset = dataset  # rows to pad short batches with, for views with min_batch_size > 1
         # (min_pixels, max_pixels): PIL resize of the real and the masked images after masking (released loader)
