@@ -125,7 +125,7 @@ def test_loader_reads_the_hub_layout_and_drops_free_form(tmp_path: Path) -> None
     assert ds[0]["problem"] == "<image>Which shape is red?\nChoices:\n(A) circle\n(B) square"
     assert list(ds["answer"]) == ["B", "yes"] and set(ds["task_type"]) == {"AI4Math_MathVista"}
     img = load_images(ds[0]["images"])[0]
-    assert img.size == (16, 16) and Path(ds[0]["images"][0]).is_relative_to(tmp_path / "papo_eval")
+    assert img.size == (16, 16) and Path(ds[0]["images"][0]["path"]).is_relative_to(tmp_path / "papo_eval")
     every = load_papo_eval_split("AI4Math_MathVista", str(FIXTURE), "AI4Math_MathVista_images.zip", False,
                                  cache_dir=str(tmp_path), limit=3, task_type="mathvista")  # fmt: skip
     assert len(every) == 3 and set(every["task_type"]) == {"mathvista"}
@@ -145,13 +145,46 @@ def test_loader_two_images_and_a_jsonl_copy(tmp_path: Path) -> None:
            "images": ["./data/images/q/a.png"]}  # fmt: skip
     (local / "PAPO_MMK12.jsonl").write_text(json.dumps(row) + "\n")
     ds = load_papo_eval_split("PAPO_MMK12", str(local), image_zip=None, cache_dir=str(tmp_path))
-    assert ds[0]["images"] == [str(local / "images" / "q" / "a.png")] and ds[0]["uid"] == "PAPO_MMK12-0"
+    assert ds[0]["images"] == [{"bytes": None, "path": str(local / "images" / "q" / "a.png")}]
+    assert ds[0]["uid"] == "PAPO_MMK12-0"
     # an image that is not there names the row
     (local / "images" / "q" / "a.png").unlink()
     with pytest.raises(
         ValueError, match=r"PAPO_MMK12 row PAPO_MMK12-0: image\(s\) \['./data/images/q/a.png'\]"
     ):
         load_papo_eval_split("PAPO_MMK12", str(local), cache_dir=str(tmp_path))
+
+
+def test_loader_takes_images_stored_in_the_rows(tmp_path: Path) -> None:
+    """A copy whose rows hold the images themselves (datasets.Image bytes) needs no zip."""
+    import io
+
+    from datasets import Dataset, Features, Image, Sequence, Value
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.new("RGB", (20, 12), (9, 99, 199)).save(buf, format="PNG")
+    features = Features(
+        {
+            "messages": [{"role": Value("string"), "content": Value("string")}],
+            "images": Sequence(Image()),
+        }
+    )
+    rows = {
+        "messages": [
+            [{"role": "user", "content": "<image>How many?"}, {"role": "assistant", "content": "2"}]
+        ],
+        "images": [[{"bytes": buf.getvalue(), "path": None}]],
+    }
+    (tmp_path / "copy").mkdir()
+    Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "copy" / "We_Math.parquet"))
+    ds = load_papo_eval_split("We_Math", str(tmp_path / "copy"), "absent.zip", cache_dir=str(tmp_path))
+    img = load_images(ds[0]["images"])[0]
+    assert (
+        img.size == (20, 12)
+        and img.getpixel((0, 0)) == (9, 99, 199)
+        and ds[0]["problem"] == "<image>How many?"
+    )
 
 
 def test_hub_source_is_refused_while_the_hub_is_off(tmp_path: Path, monkeypatch) -> None:

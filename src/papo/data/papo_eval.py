@@ -15,7 +15,8 @@ as ``./data/images/<folder>/<file>.png``, whose files ship in one zip per benchm
 
 Zips are extracted once into ``<cache_dir>/papo_eval/<zip name>/``; each row's image paths are matched to the
 extracted files by their longest common path suffix (:func:`resolve_image_paths`), so the zip's inner
-folder layout does not matter.
+folder layout does not matter. Images stored in the rows themselves (``datasets.Image`` bytes) are used as they
+are, and need no zip.
 
 The question keeps its ``<image>`` placeholders (each image goes where its placeholder is:
 :func:`papo.data.prompts.chat_messages`); PAPO's instruction sentence is removed from its end
@@ -41,7 +42,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from papo.data.hub import hub_offline_error
+from papo.data.hub import _no_decode, hub_offline_error
 from papo.data.prompts import PAPO_INSTRUCTION
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,15 @@ def _image_root(
     return target
 
 
+def _image_entry(value: Any) -> dict[str, Any]:
+    """One image of a row as ``{bytes, path}``: stored bytes kept, a path string (or a path-only entry) kept as a
+    reference to resolve among the split's image files."""
+    if isinstance(value, Mapping):
+        data = value.get("bytes")
+        return {"bytes": data or None, "path": None if data else str(value.get("path"))}
+    return {"bytes": None, "path": str(value)}
+
+
 def load_papo_eval_split(
     split: str,
     source: str = REPO_ID,
@@ -258,6 +268,7 @@ def load_papo_eval_split(
         cache_dir or os.environ.get("PAPO_CACHE_DIR") or Path.home() / ".cache" / "papo"
     ).expanduser()
     raw, root = _load_rows(str(source), split, revision, None)
+    raw = raw.cast(_no_decode(raw.features))  # images stored in the rows stay {bytes, path}, undecoded
     rows: dict[str, list[Any]] = {"images": [], "problem": [], "answer": [], "uid": []}
     dropped = 0
     has_type = "question_type" in raw.column_names
@@ -269,7 +280,9 @@ def load_papo_eval_split(
             dropped += 1
             continue
         images = record.get("images") or []
-        rows["images"].append([images] if isinstance(images, str) else list(images))
+        rows["images"].append(
+            [_image_entry(x) for x in ([images] if isinstance(images, str | dict) else images)]
+        )
         rows["problem"].append(question)
         rows["answer"].append(answer)
         rows["uid"].append(str(record.get("id") or f"{split}-{i}"))
@@ -277,14 +290,18 @@ def load_papo_eval_split(
             break
     if drop_free_form:
         log.info("%s: dropped %d free-form item(s), kept %d", split, dropped, len(rows["uid"]))
-    image_root = _image_root(str(source), root, image_zip, revision, cache)
-    files = [p.relative_to(image_root).as_posix() for p in image_root.rglob("*") if p.is_file()]
-    found = resolve_image_paths({ref for refs in rows["images"] for ref in refs}, files)
-    for uid, refs in zip(rows["uid"], rows["images"], strict=True):
-        missing = [ref for ref in refs if ref not in found]
-        if missing:
-            raise ValueError(f"{split} row {uid}: image(s) {missing} not found under {image_root}")
-    rows["images"] = [[str(image_root / found[ref]) for ref in refs] for refs in rows["images"]]
+    refs = {x["path"] for entries in rows["images"] for x in entries if not x["bytes"]}
+    if refs:  # image paths: the files of the split's zip (or of the local copy)
+        image_root = _image_root(str(source), root, image_zip, revision, cache)
+        files = [p.relative_to(image_root).as_posix() for p in image_root.rglob("*") if p.is_file()]
+        found = resolve_image_paths(refs, files)
+        for uid, entries in zip(rows["uid"], rows["images"], strict=True):
+            missing = [x["path"] for x in entries if not x["bytes"] and x["path"] not in found]
+            if missing:
+                raise ValueError(f"{split} row {uid}: image(s) {missing} not found under {image_root}")
+            for x in entries:
+                if not x["bytes"]:
+                    x["path"] = str(image_root / found[x["path"]])
     n = len(rows["uid"])
     rows["task_type"] = [task_type or split] * n
     rows["vision_dependency"] = [vision_dependency or "unknown"] * n
