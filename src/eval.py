@@ -24,9 +24,13 @@ import papo.utils  # noqa: E402,F401  (registers the config resolvers)
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    """Run the evaluation; return the greedy accuracy (for Hydra sweepers). The config and ``ckpt_path`` are
+    """Run the evaluation; return the greedy accuracy, or with val sets the overall average accuracy (for Hydra
+    sweepers). The config and ``ckpt_path`` are
     checked first, before anything loads: an invalid config prints its problems on stderr, one per line,
     and exits with status 2 (papo.utils.wrappers.config_error_exit)."""
+    from papo.utils.console_logging import route_lightning_to_root
+
+    route_lightning_to_root()  # each console line once (Lightning's handler and Hydra's both print)
     from papo.config_validation import validate_eval_config
     from papo.utils.wrappers import config_error_exit
 
@@ -37,7 +41,9 @@ def main(cfg: DictConfig) -> float | None:
 
         result = evaluate(cfg)
     metrics = result["metrics"]
-    value = metrics.get("greedy/acc", next(iter(metrics.values()), None))
+    # the greedy accuracy; with val sets, the overall average's accuracy of the first protocol
+    overall = [v for k, v in metrics.items() if k.startswith("average/overall/") and k.endswith("/acc")]
+    value = metrics.get("greedy/acc", overall[0] if overall else next(iter(metrics.values()), None))
     return None if value is None else float(value)
 
 

@@ -26,6 +26,9 @@ import papo.utils  # noqa: E402,F401  (registers the config resolvers)
 def main(cfg: DictConfig) -> float | None:
     """Run training; return the optimised metric (for Hydra sweepers). An invalid config: its problems on
     stderr, one per line, and exit status 2 (papo.utils.wrappers.config_error_exit)."""
+    from papo.utils.console_logging import route_lightning_to_root
+
+    route_lightning_to_root()  # each console line once (Lightning's handler and Hydra's both print)
     from papo.pipeline import train
     from papo.utils.wrappers import config_error_exit
 

@@ -73,7 +73,7 @@ def test_jsonl_with_image_folder_and_column_mapping(tmp_path: Path) -> None:
     # an integer answer column is converted value by value; bad_value names values that are not text
     assert set(ds.column_names) == {"problem", "answer", "images", "bad_value"}
     assert ds["bad_value"] == [None] * 3
-    assert ds[0]["problem"] == "How many 0?"  # <image> placeholder stripped
+    assert ds[0]["problem"] == "<image>How many 0?"  # <image> placeholder kept: its image goes there
     assert ds[1]["answer"] == "1"  # ints cast to strings
     img = load_images(ds[2]["images"])[0]
     assert img.mode == "RGB" and img.size == (32, 20)

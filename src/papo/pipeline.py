@@ -20,7 +20,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from papo.config import ConfigError, TrainRunConfig, validate_config
-from papo.run_setup import attach_prompt_filter, instantiate_list, instantiate_masking, resolve_model_dir
+from papo.run_setup import (
+    attach_prompt_filter,
+    attach_val_sets,
+    instantiate_list,
+    instantiate_masking,
+    resolve_model_dir,
+)
 from papo.utils.checkpointing import CheckpointNotFoundError, preserve_csv_log, resolve_ckpt_path
 from papo.utils.finished_runs import (
     FINAL_METRICS_FILE,
@@ -60,8 +66,11 @@ def resolve_resume(cfg: DictConfig, ckpt_path: str | None) -> str | None:
     return ckpt
 
 
-def format_comparison(before: dict[str, float], after: dict[str, float]) -> str:
-    """A small table of the headline val metrics before and after RL (greedy, then avg@k sampled)."""
+def format_comparison(
+    before: dict[str, float], after: dict[str, float], extra_keys: list[str] | None = None
+) -> str:
+    """A small table of the headline val metrics before and after RL (greedy, then avg@k sampled); with named
+    val sets, ``extra_keys`` (each set's and each group average's accuracy)."""
     names = (
         "val/acc",
         "val/acc_masked",
@@ -71,19 +80,24 @@ def format_comparison(before: dict[str, float], after: dict[str, float]) -> str:
         "val/sampled/acc",
         "val/sampled/acc_masked",
         "val/sampled/vision_gap",
+        *(extra_keys or []),
     )
     keys = [k for k in names if k in after]
-    lines = [f"{'metric':<26}{'before RL':>12}{'after RL':>12}{'change':>10}"]
+    width = max([26, *(len(k) + 2 for k in keys)])
+    lines = [f"{'metric':<{width}}{'before RL':>12}{'after RL':>12}{'change':>10}"]
     for k in keys:
         b, a = before.get(k, float("nan")), after[k]
-        lines.append(f"{k:<26}{b:>12.4f}{a:>12.4f}{a - b:>+10.4f}")
+        lines.append(f"{k:<{width}}{b:>12.4f}{a:>12.4f}{a - b:>+10.4f}")
     return "\n".join(lines)
 
 
-def build_module(cfg: DictConfig, policy_dir: Path | str, total_steps: int) -> Any:
+def build_module(
+    cfg: DictConfig, policy_dir: Path | str, total_steps: int, val_sets: list[Any] | None = None
+) -> Any:
     """The RL LightningModule for ``cfg``: loss components from ``cfg.loss.components``, the optimiser, LR schedule
-    and rollout backend from their ``_partial_`` targets, the groups validated by the module's typed configs.
-    Shared by training and the benchmark."""
+    and rollout backend from their ``_partial_`` targets, the groups validated by the module's typed configs;
+    ``val_sets``: the named validation sets (:func:`papo.run_setup.attach_val_sets`). Shared by training and the
+    benchmark."""
     from papo.models.papo_module import PapoModule
 
     components = {name: hydra.utils.instantiate(c) for name, c in (cfg.loss.get("components") or {}).items()}
@@ -99,10 +113,13 @@ def build_module(cfg: DictConfig, policy_dir: Path | str, total_steps: int) -> A
         optimizer=hydra.utils.instantiate(cfg.optim.optimizer),
         scheduler=hydra.utils.instantiate(cfg.optim.scheduler),
         rollout_backend=hydra.utils.instantiate(cfg.rollout.backend),
+        val_sets=val_sets,
     )
 
 
 DROPPED_ROWS_FILE = "dropped_rows.jsonl"
+#: the per-benchmark table of a run with named val sets (val_sets), written after the last validation
+VAL_SETS_TABLE = "val_sets.md"
 DROPPED_ROWS_METRIC = "data/dropped_rows_setup"
 
 
@@ -166,6 +183,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     base_dir = resolve_model_dir(run.model, corpus_fn=synthetic_corpus)
     attach_prompt_filter(datamodule, base_dir, run.model, run.rollout)
+    val_sets = attach_val_sets(datamodule, cfg.get("val_sets"))  # several named val sets, or none
     try:
         datamodule.setup("fit")
     finally:  # also when every row is bad: the error points at this file
@@ -183,7 +201,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             policy_dir = continue_warm_start(cfg, policy_dir, datamodule.train_set)
         L.seed_everything(run.seed, workers=True)  # RL seed independent of whether SFT just ran
 
-    module = build_module(cfg, policy_dir, total_steps=run.trainer.max_steps)
+    module = build_module(cfg, policy_dir, total_steps=run.trainer.max_steps, val_sets=val_sets)
     container = {
         k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
         for k in cfg
@@ -216,10 +234,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         before = dict(module.last_val)
         if trainer.is_global_zero:
             before_file.write_text(json.dumps(before, indent=2) + "\n")
+        head = "val" if "val/acc" in before or not val_sets else "val/average/overall"
+        if f"{head}/acc" not in before and f"{head}/sampled/acc" in before:  # val sets sampled only
+            head += "/sampled"
         log.info(
-            "val before RL: acc %.4f, acc_masked %.4f",
-            before.get("val/acc", float("nan")),
-            before.get("val/acc_masked", float("nan")),
+            "val before RL (%s): acc %.4f, acc_masked %.4f",
+            head,
+            before.get(f"{head}/acc", float("nan")),
+            before.get(f"{head}/acc_masked", float("nan")),
         )
     t_fit = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
@@ -231,9 +253,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         after = dict(module.last_val)
     if before or after:
-        table = format_comparison(before, after)
+        table = format_comparison(before, after, module.validation.headline_keys())
         print("\n" + table + "\n", flush=True)
         Path(cfg.paths.output_dir, "val_before_after.txt").write_text(table + "\n")
+    if val_sets and after:  # the per-benchmark table of the last validation
+        per_set = module.validation.table(after, datamodule.val_set_sizes())
+        print("\n" + per_set + "\n", flush=True)
+        Path(cfg.paths.output_dir, VAL_SETS_TABLE).write_text(per_set + "\n")
     if (
         trainer.is_global_zero
     ):  # a run with this file is finished (papo.utils.finished_runs; scripts/ read it)

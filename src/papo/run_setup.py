@@ -1,6 +1,6 @@
 """What training (:mod:`papo.pipeline`) and evaluation (:mod:`papo.evaluation.evaluator`) both build from the
-config: the model directory, the masked-view generator, the prompt-length filter of the datamodule, and the
-Hydra-instantiated lists of callbacks / loggers. Evaluation imports this module, never the training pipeline.
+config: the model directory, the masked-view generator, the prompt-length filter of the datamodule, the named
+validation sets (``val_sets``), and the Hydra-instantiated lists of callbacks / loggers. Evaluation imports this module, never the training pipeline.
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ from papo.config import ModelConfig, RolloutConfig, parse_group
 
 log = logging.getLogger(__name__)
 
-__all__ = ["attach_prompt_filter", "instantiate_list", "instantiate_masking", "resolve_model_dir"]
+__all__ = [
+    "attach_prompt_filter",
+    "attach_val_sets",
+    "instantiate_list",
+    "instantiate_masking",
+    "resolve_model_dir",
+]
 
 
 def resolve_model_dir(model_cfg: ModelConfig | DictConfig, corpus_fn: Any = None) -> Path | str:
@@ -76,3 +82,25 @@ def instantiate_masking(cfg: DictConfig | None) -> Any:
     if cfg is None or not cfg.get("_target_"):
         return None
     return hydra.utils.instantiate(cfg)
+
+
+def attach_val_sets(datamodule: Any, val_sets: DictConfig | None) -> list[Any]:
+    """The config's ``val_sets`` as :class:`papo.evaluation.val_sets.ValSet` specs (their ``dataset`` built from
+    its Hydra target, a zero-argument loader), given to the datamodule as its named val sets; [] when there are
+    none (the datamodule validates ``data.val_dataset``)."""
+    from omegaconf import OmegaConf
+
+    from papo.evaluation.val_sets import parse_val_sets
+
+    if not val_sets:
+        return []
+    raw = OmegaConf.to_container(val_sets, resolve=True)
+    for name, entry in raw.items():
+        node = val_sets[name].get("dataset") if isinstance(entry, dict) else None
+        if isinstance(node, DictConfig) and "_target_" in node:
+            log.info("val set %s <%s>", name, node._target_)
+            entry["dataset"] = hydra.utils.instantiate(node)
+    specs = parse_val_sets(raw)
+    datamodule.val_sets = {s.name: s.dataset for s in specs}
+    datamodule.val_set_limits = {s.name: s.limit for s in specs}
+    return specs

@@ -319,6 +319,10 @@ class CollapseDetectorCallback(Callback):
         dirpath: where ``collapse.txt`` / ``collapse.json`` (and the stop checkpoint) go; None = the
             trainer's ``default_root_dir``.
         stop_on_collapse: save ``checkpoints/collapse-step<N>.ckpt`` and stop training when triggered.
+        validate_on_stop: let Lightning validate when this callback stops training (its fit loop runs a full
+            validation whenever ``trainer.should_stop`` ends a run early); False skips it, as the run's
+            ``validate_after=false`` asks (the configs pass that key). Uses the fit loop's own skip flag
+            (``_skip_next_val``, the one Lightning sets after a resume); without it, a warning.
         log_metrics: log ``train/collapse/score`` and ``train/collapse/flag`` every step.
         **detector_kwargs: thresholds of :class:`CollapseDetector`.
     """
@@ -328,12 +332,14 @@ class CollapseDetectorCallback(Callback):
         dirpath: str | None = None,
         stop_on_collapse: bool = False,
         log_metrics: bool = True,
+        validate_on_stop: bool = True,
         **detector_kwargs: Any,
     ) -> None:
         super().__init__()
         self.detector = CollapseDetector(**detector_kwargs)
         self.dirpath = dirpath
         self.stop_on_collapse = bool(stop_on_collapse)
+        self.validate_on_stop = bool(validate_on_stop)
         self.log_metrics = bool(log_metrics)
         self._last_step = -1
         self.last_report: CollapseReport | None = None
@@ -383,6 +389,19 @@ class CollapseDetectorCallback(Callback):
             trainer.save_checkpoint(str(path))
             log.warning("collapse detector: saved %s and stopping training", path)
             trainer.should_stop = True
+            if not self.validate_on_stop:
+                self._skip_stop_validation(trainer)
+
+    @staticmethod
+    def _skip_stop_validation(trainer: L.Trainer) -> None:
+        """Skip the validation Lightning's fit loop runs when ``should_stop`` ends training early."""
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if hasattr(epoch_loop, "_skip_next_val"):
+            epoch_loop._skip_next_val = True
+        else:
+            log.warning(
+                "collapse detector: this Lightning version validates after the stop (no _skip_next_val)"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {"detector": self.detector.state_dict(), "last_step": self._last_step}

@@ -3,22 +3,51 @@
 Lightning's bar counts the batches of an epoch, which says little here: the RL loop runs one long epoch
 (``max_epochs=-1``), and under DAPO's dynamic sampling a batch that only fills the buffer is not a step (the
 stock bar then read "Epoch 0" and "3/2"). This one shows ``RL step <global_step>/<max_steps>`` and moves only
-when an optimiser step happened; the postfix keeps Lightning's metrics (reward, ...). Validation bars are
-Lightning's.
+when an optimiser step happened. Its postfix shows what a user watches during RL, the step's mean reward,
+accuracy and wall time (``reward``, ``acc``, ``step_s``: the logged ``train/reward/mean``,
+``train/reward/accuracy``, ``time/step_s``; :data:`POSTFIX`), instead of Lightning's logger version
+(``v_num``, the W&B run id). Validation bars are Lightning's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-__all__ = ["RLStepProgressBar"]
+__all__ = ["POSTFIX", "RLStepProgressBar"]
+
+#: progress-bar label -> logged metric shown after each RL step
+POSTFIX: dict[str, str] = {
+    "reward": "train/reward/mean",
+    "acc": "train/reward/accuracy",
+    "step_s": "time/step_s",
+}
 
 
 class RLStepProgressBar(TQDMProgressBar):
-    """A :class:`~lightning.pytorch.callbacks.TQDMProgressBar` over optimiser steps (see module docstring)."""
+    """A :class:`~lightning.pytorch.callbacks.TQDMProgressBar` over optimiser steps (see module docstring).
+
+    Args:
+        postfix: label -> logged metric to show (default :data:`POSTFIX`); a metric not logged yet is left out.
+        **kwargs: ``TQDMProgressBar``'s (``refresh_rate``, ...).
+    """
+
+    def __init__(self, postfix: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.postfix = dict(POSTFIX if postfix is None else postfix)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """Lightning's progress-bar metrics without ``v_num``, plus the :attr:`postfix` metrics (rounded)."""
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        for label, key in self.postfix.items():
+            value = trainer.callback_metrics.get(key)
+            if value is not None:
+                items[label] = round(float(value), 3)
+        return items
 
     def _max_steps(self, trainer: L.Trainer) -> int | None:
         return trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None

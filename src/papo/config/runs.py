@@ -6,7 +6,9 @@ masked images with masking off, an overlong buffer longer than the responses) ar
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from typing import Any
+
+from pydantic import field_validator, model_validator
 
 from papo.config.groups import (
     CallbacksConfig,
@@ -23,6 +25,21 @@ from papo.config.training import AlgoConfig, LossConfig, OptimConfig
 from papo.config.types import ConfigGroup, PositiveInt, rule
 
 __all__ = ["EvalRunConfig", "TrainRunConfig"]
+
+
+def _check_val_sets(value: Any) -> Any:
+    """``val_sets``: every entry's keys, answer format and protocol (papo.evaluation.val_sets.parse_val_sets)."""
+    from papo.evaluation.val_sets import parse_val_sets
+
+    if value is None:
+        return value
+    if not isinstance(value, dict):
+        raise rule(f"val_sets must be a mapping {{name: entry}}, got {type(value).__name__}")
+    try:
+        parse_val_sets(value)
+    except ValueError as err:
+        raise rule(str(err)) from None
+    return value
 
 
 class TrainRunConfig(ConfigGroup):
@@ -46,6 +63,13 @@ class TrainRunConfig(ConfigGroup):
     num_threads: PositiveInt | None = None
     optimized_metric: str | None = None
     skip_finished: bool = False
+    # several named validation sets (configs/val_sets), checked by papo.evaluation.val_sets
+    val_sets: dict[str, Any] | None = None
+
+    @field_validator("val_sets", mode="before")
+    @classmethod
+    def _val_sets(cls, value: Any) -> Any:
+        return _check_val_sets(value)
 
     @property
     def masking_enabled(self) -> bool:
@@ -86,3 +110,9 @@ class EvalRunConfig(ConfigGroup):
     seed: int
     ckpt_path: str | None = None
     num_threads: PositiveInt | None = None
+    val_sets: dict[str, Any] | None = None
+
+    @field_validator("val_sets", mode="before")
+    @classmethod
+    def _val_sets(cls, value: Any) -> Any:
+        return _check_val_sets(value)

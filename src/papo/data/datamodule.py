@@ -8,6 +8,7 @@ Geometry3K, ... Datasets may be given built, or as zero-argument callables (e.g.
 Each batch is a dict of lists, one entry per PROMPT (the RL module expands prompts into G responses)::
 
     {"uid": [str], "problem": [str], "prompt": [str],            # prompt = templated problem
+     "system_prompt": [str or None],                              # data.system_prompt, one per prompt
      "images": [[PIL.Image RGB]],                                 # decoded with load_image, raw size
      "images_masked": [[PIL.Image RGB]] or None,                  # None when masking is None
      "answer": [str], "task_type": [str], "vision_dependency": [str]}
@@ -43,7 +44,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from papo.data.images import ImageLoadError, load_images, pixel_range_size, resize_into_pixel_range
 from papo.data.masking import ImageView
-from papo.data.prompts import build_prompt
+from papo.data.prompts import build_prompt, placeholder_mismatch
 from papo.data.rows import no_image_reason, text_field
 from papo.data.scan import scan_split
 
@@ -73,6 +74,7 @@ BATCH_KEYS = (
     "uid",
     "problem",
     "prompt",
+    "system_prompt",
     "images",
     "images_masked",
     "answer",
@@ -186,6 +188,9 @@ class PromptDataset(Dataset):
                 raise BadRowError(f"Bad row ({context}): {reason}")
         images = load_images(record["images"], context=context, max_pixels=self.max_pixels)
         _check_aspect_ratio(images, self.max_aspect_ratio, context)
+        mismatch = placeholder_mismatch(problem, len(images))
+        if mismatch is not None:
+            raise BadRowError(f"Bad row ({context}): {mismatch}")
         return {
             "row": row,
             "epoch": epoch,
@@ -235,9 +240,12 @@ class PromptCollator:
         seed: int,
         dataset: PromptDataset | None = None,
         resize_pixels: tuple[int | None, int | None] | None = None,
+        system_prompt: str | None = None,
     ) -> None:
         self.masking = masking
         self.prompt_template = prompt_template
+        # text of the system turn (papo.data.prompts.chat_messages); None: the chat template's default
+        self.system_prompt = system_prompt or None
         self.seed = int(seed)
         self.dataset = dataset  # rows to pad short batches with, for views with min_batch_size > 1
         # (min_pixels, max_pixels): PIL resize of the real and the masked images after masking (released loader)
@@ -259,6 +267,7 @@ class PromptCollator:
                 )
         batch: dict[str, Any] = {k: [it[k] for it in items] for k in BATCH_KEYS if k in items[0]}
         batch["prompt"] = [build_prompt(p, self.prompt_template) for p in batch["problem"]]
+        batch["system_prompt"] = [self.system_prompt] * len(batch["prompt"])
         batch["images_masked"] = self._masked(items) if self.masking is not None else None
         if self.resize_pixels is not None:  # masks are drawn on the raw images, then both views are resized
             for key in ("images", "images_masked"):
@@ -464,6 +473,11 @@ class PapoDataModule(L.LightningDataModule):
         masking: an :class:`~papo.data.masking.ImageView` (or its config), or ``None`` / an empty mapping for
             no masked views (``batch["images_masked"]`` is then ``None``).
         prompt_template: name in ``papo.data.prompts.PROMPT_TEMPLATES`` or a custom ``{problem}`` template.
+        system_prompt: text of a system turn before every prompt (``batch["system_prompt"]``); None: no system
+            turn, so the chat template's default applies (Qwen2.5-VL: "You are a helpful assistant.").
+        val_sets: named validation sets ``{name: dataset or zero-arg callable}`` (``val_sets`` of the config,
+            :mod:`papo.evaluation.val_sets`): validated instead of ``val_dataset``, one val dataloader each, in
+            this order; ``val_set_limits`` ``{name: N}`` keeps the first N usable rows of a set.
         batch_size: prompts per RL step (train loader, ``drop_last=True``).
         val_batch_size: prompts per val/test batch (no drop_last, fixed order).
         seed: seeds the epoch shuffle and every mask.
@@ -505,6 +519,9 @@ class PapoDataModule(L.LightningDataModule):
         allow_text_only: bool = False,
         resize_min_pixels: int | None = None,
         resize_max_pixels: int | None = None,
+        system_prompt: str | None = None,
+        val_sets: Mapping[str, DatasetLike] | None = None,
+        val_set_limits: Mapping[str, int | None] | None = None,
     ) -> None:
         super().__init__()
         masking = _as_view(masking)
@@ -518,6 +535,10 @@ class PapoDataModule(L.LightningDataModule):
         }
         self.masking = masking
         self.prompt_template = prompt_template
+        self.system_prompt = system_prompt or None
+        # named validation sets (papo.run_setup.attach_val_sets sets them from the config's val_sets)
+        self.val_sets: dict[str, DatasetLike] = dict(val_sets or {})
+        self.val_set_limits: dict[str, int | None] = dict(val_set_limits or {})
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.seed, self.num_workers, self.dataset_name = int(seed), int(num_workers), dataset_name
         self.max_pixels = int(max_pixels)
@@ -543,6 +564,9 @@ class PapoDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         by_stage = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in by_stage.get(stage or "", ("train", "val", "test")):
+            if split == "val" and self.val_sets:
+                self._setup_val_sets()
+                continue
             if split in self.datasets or self._sources[split] is None:
                 continue
             hf = _resolve(self._sources[split], f"{split}_dataset")
@@ -561,9 +585,33 @@ class PapoDataModule(L.LightningDataModule):
         if stage == "fit" and "train" not in self.datasets:
             raise ValueError(f"Dataset {self.dataset_name!r}: stage 'fit' needs a train_dataset")
 
+    def _setup_val_sets(self) -> None:
+        """One :class:`PromptDataset` per named val set (``datasets["val/<name>"]``), scanned like any split and
+        cut to its limit."""
+        for name, source in self.val_sets.items():
+            key = f"val/{name}"
+            if key in self.datasets:
+                continue
+            hf = self._scan(_resolve(source, f"val_sets.{name}.dataset"), key)
+            limit = self.val_set_limits.get(name)
+            if limit is not None and int(limit) < len(hf):
+                log.info("val set %s: kept the first %d of %d rows (limit)", name, int(limit), len(hf))
+                hf = hf.select(range(int(limit)))
+            self.datasets[key] = PromptDataset(
+                hf, name, "val", self.max_pixels, self.on_bad_row, self.max_aspect_ratio, self.allow_text_only
+            )
+            if self.allow_text_only and "images" in hf.column_names:
+                self.text_only_rows[key] = _count_text_only(hf)
+
+    def val_set_sizes(self) -> dict[str, int]:
+        """Rows per named val set (after ``setup``): the ``n`` column of the per-benchmark table."""
+        return {name: len(self._get(f"val/{name}")) for name in self.val_sets}
+
     def _scan(self, hf: Any, split: str) -> Any:
         """Drop bad rows (``on_bad_row="skip"``) and over-long prompts, with a logged count (papo.data.scan)."""
         length_fn = self.prompt_length_fn if self.max_prompt_length is not None else None
+        if length_fn is not None and self.system_prompt and hasattr(length_fn, "with_system_prompt"):
+            length_fn = length_fn.with_system_prompt(self.system_prompt)  # count the system turn's tokens too
         if length_fn is not None and self.resize_pixels is not None:  # count the tokens of the resized images
             length_fn = _resized_sizes(length_fn, self.resize_pixels)
         if (length_fn is None and self.on_bad_row == "error") or not _has_columns(hf) or len(hf) == 0:
@@ -619,8 +667,8 @@ class PapoDataModule(L.LightningDataModule):
 
     @property
     def val_set(self) -> Any:
-        """The val split as the source ``datasets.Dataset`` (after ``setup``)."""
-        return self._get("val").hf_dataset
+        """The val split as the source ``datasets.Dataset`` (after ``setup``); with named val sets, the first."""
+        return self._get(f"val/{next(iter(self.val_sets))}" if self.val_sets else "val").hf_dataset
 
     @property
     def test_set(self) -> Any:
@@ -628,14 +676,16 @@ class PapoDataModule(L.LightningDataModule):
         return self._get("test").hf_dataset
 
     def _get(self, split: str) -> PromptDataset:
-        if split not in self.datasets:
-            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        if split not in self.datasets:  # "val/<name>": a named val set
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split.split("/")[0]])
         if split not in self.datasets:
             raise ValueError(f"Dataset {self.dataset_name!r}: no {split}_dataset was given")
         return self.datasets[split]
 
     def _collator(self, dataset: PromptDataset) -> PromptCollator:
-        return PromptCollator(self.masking, self.prompt_template, self.seed, dataset, self.resize_pixels)
+        return PromptCollator(
+            self.masking, self.prompt_template, self.seed, dataset, self.resize_pixels, self.system_prompt
+        )
 
     def _loader_kwargs(self) -> dict[str, Any]:
         return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
@@ -674,7 +724,11 @@ class PapoDataModule(L.LightningDataModule):
             **self._loader_kwargs(),
         )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The val loader; with named val sets, one loader per set in their order (Lightning passes the
+        position as ``dataloader_idx``)."""
+        if self.val_sets:
+            return [self._eval_loader(f"val/{name}") for name in self.val_sets]
         return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:

@@ -20,10 +20,10 @@ values (``{bytes, path}``), raw bytes, or path strings; relative paths are resol
 Images are NOT decoded here (``datasets.Image`` features are switched to ``decode=False``): the datamodule
 decodes each image with :func:`papo.data.images.load_image` when a row is drawn, so a bad image names its row.
 
-Differences from EasyR1/verl (which the PAPO release uses): EasyR1 places each image at its ``<image>``
-placeholder inside the question; our prompts put all images first and then the text (the Qwen-VL
-convention of :func:`papo.rollout.inputs.build_messages`), so ``<image>`` placeholders are removed from the
-question (``strip_image_placeholders``).
+``<image>`` placeholders in the question are kept by default: the chat messages put each image where its
+placeholder is, as EasyR1 (which the PAPO release uses) does, and a question without one gets its images first
+(:func:`papo.data.prompts.chat_messages`). ``strip_image_placeholders=true`` removes them instead, so every
+image goes before the text.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def load_split(
     columns: Mapping[str, str] | None = None,
     image_dir: str | None = None,
     limit: int | None = None,
-    strip_image_placeholders: bool = True,
+    strip_image_placeholders: bool = False,
     defaults: Mapping[str, str] | None = None,
     cache_dir: str | None = None,
     num_proc: int | None = None,
@@ -234,7 +234,8 @@ def load_split(
         columns: ``{source_column: standard_column}``; unmapped standard columns must exist under their own name.
         image_dir: base directory of relative image paths (default: the data file's directory).
         limit: keep only the first ``limit`` rows (smoke runs, quick evaluation).
-        strip_image_placeholders: remove ``<image>`` tokens from ``problem`` (images go before the text).
+        strip_image_placeholders: remove ``<image>`` placeholders from ``problem`` (every image then goes before
+            the text); False keeps them, and each image goes where its placeholder is.
         defaults: constant values for optional columns absent from the source, e.g. ``{task_type: geometry}``.
         cache_dir: ``datasets`` cache directory (default: ``HF_DATASETS_CACHE``).
         num_proc: worker processes for the column conversion (None: in-process).

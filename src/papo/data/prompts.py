@@ -20,6 +20,16 @@ other braces such as ``\\boxed{}`` need no escaping). An unknown name is an erro
 The released code renders its jinja file (stripped) with ``content`` = the question; ``| trim`` is Python's
 ``str.strip``, which :func:`build_prompt` applies to the question too, so the texts are identical.
 
+Chat messages (:func:`chat_messages`): one user turn, optionally preceded by a system turn
+(``data.system_prompt``; null = none, so the chat template's own default applies: Qwen2.5-VL's template adds
+"You are a helpful assistant."). Image placement follows the question: each ``<image>`` placeholder
+(:data:`IMAGE_PLACEHOLDER`) in the prompt marks where an image goes, in order, as EasyR1's
+``RLHFDataset._build_messages`` (which the PAPO release uses) splits the prompt on it; a prompt without a
+placeholder gets all its images first, then the text (the Qwen-VL convention). A prompt whose placeholder count
+is neither 0 nor the row's image count is an error (:func:`placeholder_mismatch` names it; the datamodule
+reports such a row as a bad row). Unlike EasyR1, an empty text piece between two placeholders is dropped too,
+and a prompt without placeholders still gets its images (EasyR1 would send none).
+
 :data:`TOKENIZER_CORPUS_TEMPLATES` are the texts the embedded tiny tokenizer was trained on
 (:func:`papo.data.synthetic.synthetic_corpus`). They are frozen: changing them would change the tiny
 tokenizer, hence the embedded model and every number measured with it.
@@ -27,15 +37,23 @@ tokenizer, hence the embedded model and every number measured with it.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "EASYR1_MATH_INSTRUCTION",
+    "IMAGE_PLACEHOLDER",
     "PAPO_INSTRUCTION",
     "PROMPT_TEMPLATES",
     "PUBLISHED_INSTRUCTION",
     "SHORT_INSTRUCTION",
     "TOKENIZER_CORPUS_TEMPLATES",
     "build_prompt",
+    "chat_messages",
+    "placeholder_mismatch",
 ]
+
+#: where an image goes inside a question (EasyR1 / verl / LLaMA-Factory convention)
+IMAGE_PLACEHOLDER = "<image>"
 
 #: PAPO's ``math_perception`` instruction (released code, examples/format_prompt/math_perception.jinja), verbatim.
 PAPO_INSTRUCTION = (
@@ -92,3 +110,49 @@ def build_prompt(problem: str, template: str = "published") -> str:
             f"or pass a custom template string containing the placeholder {_PLACEHOLDER!r}."
         )
     return text.replace(_PLACEHOLDER, str(problem).strip())
+
+
+def placeholder_mismatch(prompt: str, num_images: int) -> str | None:
+    """Why ``prompt`` cannot place ``num_images`` images (None when it can).
+
+    A prompt places its images when it has no :data:`IMAGE_PLACEHOLDER` (images first) or exactly one per image.
+    """
+    count = str(prompt).count(IMAGE_PLACEHOLDER)
+    if count in (0, num_images):
+        return None
+    return (
+        f"the question has {count} {IMAGE_PLACEHOLDER} placeholder(s) but the row has {num_images} image(s); "
+        f"give one placeholder per image, or none (images are then placed before the text)"
+    )
+
+
+def chat_messages(prompt: str, num_images: int, system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """The chat messages of one prompt: an optional system turn, then the user turn with its images placed.
+
+    Args:
+        prompt: the templated user text (:func:`build_prompt`), possibly with :data:`IMAGE_PLACEHOLDER` markers.
+        num_images: images of the row.
+        system_prompt: text of a system turn; None or "" = no system turn (the chat template's default applies).
+
+    Raises:
+        ValueError: the placeholder count is neither 0 nor ``num_images`` (:func:`placeholder_mismatch`).
+    """
+    reason = placeholder_mismatch(prompt, num_images)
+    if reason is not None:
+        raise ValueError(reason)
+    content: list[dict[str, Any]]
+    if IMAGE_PLACEHOLDER in prompt:
+        content = []
+        for i, piece in enumerate(prompt.split(IMAGE_PLACEHOLDER)):
+            if i:
+                content.append({"type": "image"})
+            if piece:
+                content.append({"type": "text", "text": piece})
+    else:
+        content = [{"type": "image"} for _ in range(num_images)]
+        content.append({"type": "text", "text": prompt})
+    messages: list[dict[str, Any]] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    messages.append({"role": "user", "content": content})
+    return messages

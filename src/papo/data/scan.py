@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from papo.data.prompts import build_prompt
+from papo.data.prompts import build_prompt, placeholder_mismatch
 from papo.data.rows import no_image_reason, text_field
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,11 @@ def _prepare(
             sizes.append(image_size(item, max_pixels))
         except ValueError as e:
             return f"image {j}: {e}", "", []
-    return None, build_prompt(_decoded(record["problem"]), prompt_template), sizes
+    prompt = build_prompt(_decoded(record["problem"]), prompt_template)
+    mismatch = placeholder_mismatch(prompt, len(items))
+    if mismatch is not None:
+        return mismatch, "", []
+    return None, prompt, sizes
 
 
 def _measure(

@@ -13,8 +13,13 @@ resolves, i.e. the same ``model`` config as training) or a Hugging Face model di
 (``model.path``); with neither, the policy an RL run would start from (the embedded model after the
 cached warm start): the "before RL" baseline.
 
-Differences from the paper's evaluation: the paper evaluates on eight public benchmarks with vLLM; here
-any split of any dataset the datamodule reads, with HF ``generate``.
+Several validation sets (``val_sets=papo_eval``: PAPO's nine benchmarks; :mod:`papo.evaluation.val_sets`) are
+evaluated one after the other, each with its own sampling protocol and limit; the output then holds every set's
+metrics (``<name>/<protocol>/<key>``), the group averages (``average/<group>/<protocol>/<key>``,
+:func:`papo.evaluation.suite.group_averages`) and the per-benchmark table (``eval_val_sets*.md``).
+
+Differences from the paper's evaluation: the paper evaluates on nine public benchmarks with vLLM; here
+any split of any dataset the datamodule reads, or those benchmarks as val sets, with this project's decoder.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from papo.config import EvalConfig, EvalRunConfig, validate_eval_config
 from papo.evaluation.metrics import ValidationMetrics
 from papo.evaluation.perception import attach_masked_view, heldout_perception_kl
 from papo.evaluation.samples import collect_samples, write_samples
+from papo.evaluation.suite import group_averages, suite_table
+from papo.evaluation.val_sets import SamplingProtocol, ValSet
 from papo.models.loading import (
     load_policy,
     output_vocab_size,
@@ -41,7 +48,7 @@ from papo.models.loading import (
 )
 from papo.rollout.collect import Generator
 from papo.rollout.hf_generate import GenerationConfig
-from papo.run_setup import attach_prompt_filter, instantiate_masking, resolve_model_dir
+from papo.run_setup import attach_prompt_filter, attach_val_sets, instantiate_masking, resolve_model_dir
 from papo.utils.wrappers import task_wrapper
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,44 @@ def protocols_from_cfg(ev: EvalConfig, max_new_tokens: int) -> list[Protocol]:
         gen = GenerationConfig(max_new_tokens, ev.temperature, ev.top_p, ev.top_k, ev.samples)
         out.append(Protocol(f"avg@{ev.samples}", gen))
     return out
+
+
+def protocols_of_set(protocol: SamplingProtocol, max_new_tokens: int) -> list[Protocol]:
+    """A val set's protocols: ``greedy`` and/or ``avg@<samples>`` (:class:`papo.evaluation.val_sets.SamplingProtocol`)."""
+    max_new = protocol.max_new_tokens or max_new_tokens
+    out = []
+    if protocol.greedy:
+        out.append(Protocol("greedy", GenerationConfig(max_new, 0.0, 1.0, 0, 1)))
+    if protocol.samples > 0:
+        gen = GenerationConfig(
+            max_new, protocol.temperature, protocol.top_p, protocol.top_k, protocol.samples
+        )
+        out.append(Protocol(f"avg@{protocol.samples}", gen))
+    return out
+
+
+#: the per-benchmark table's columns (per protocol) and the metrics averaged over the sets of a group
+SET_COLUMNS = ("acc", "acc_masked", "vision_gap")
+
+
+def combine_sets(results: dict[str, dict[str, Any]], sets: list[ValSet]) -> dict[str, Any]:
+    """Every set's result under ``<name>/``, the group averages of :data:`SET_COLUMNS` per protocol
+    (``average/<group>/<protocol>/<metric>``), and the per-benchmark Markdown table."""
+    groups = {s.name: s.group or "other" for s in sets}
+    metrics = {f"{name}/{k}": v for name, r in results.items() for k, v in r["metrics"].items()}
+    protocols = list(dict.fromkeys(p for r in results.values() for p in r["protocols"]))
+    columns = [f"{p}/{c}" for p in protocols for c in SET_COLUMNS]
+    for col in columns:
+        scores = {n: r["metrics"][col] for n, r in results.items() if col in r["metrics"]}
+        for group, value in group_averages(scores, groups).items():
+            metrics[f"average/{group}/{col}"] = value
+    per_set = {
+        n: {c.replace("/", " "): r["metrics"][c] for c in columns if c in r["metrics"]}
+        for n, r in results.items()
+    }
+    counts = {n: r["num_prompts"] for n, r in results.items()}
+    table = suite_table(per_set, groups, counts, metrics=[c.replace("/", " ") for c in columns])
+    return {"metrics": metrics, "table": table}
 
 
 def _take(batch: dict[str, Any], n: int) -> dict[str, Any]:
@@ -283,7 +328,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from papo.data.synthetic import synthetic_corpus
     from papo.utils.checkpointing import resolve_ckpt_path
-    from papo.utils.wandb_setup import start_loggers
 
     run = validate_eval_config(cfg)
     ev = run.eval
@@ -295,6 +339,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data, masking=instantiate_masking(cfg.get("masking")))
     base_dir = resolve_model_dir(run.model, corpus_fn=synthetic_corpus)
     attach_prompt_filter(datamodule, base_dir, run.model, run.rollout)  # the prompts validation sees
+    val_sets = attach_val_sets(datamodule, cfg.get("val_sets"))  # several named sets instead of eval.split
     policy, processor, source = load_eval_policy(cfg, run, base_dir, ckpt, datamodule)
     L.seed_everything(run.seed, workers=True)  # sampling independent of whether a warm start was built
     device = ev.device if ev.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -312,7 +357,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         micro_batch_size=int(cfg.algo.micro_batch_size) if cfg.get("algo") else 64,
         num_samples_shown=ev.num_samples_shown,
     )
-    protocols = protocols_from_cfg(ev, ev.max_new_tokens or run.rollout.max_new_tokens)
+    max_new = ev.max_new_tokens or run.rollout.max_new_tokens
+    if val_sets:
+        return _evaluate_sets(cfg, run, evaluator, datamodule, val_sets, source, ckpt, max_new)
+    protocols = protocols_from_cfg(ev, max_new)
     loader = {"train": datamodule.train_dataloader, "val": datamodule.val_dataloader}.get(
         ev.split, datamodule.test_dataloader
     )()
@@ -336,26 +384,89 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     title = f"Evaluation of {source} on {result['dataset']}/{ev.split}"
     table = format_markdown(result, [p.name for p in protocols], title)
+    return _write(cfg, run, result, table, samples, f"eval_{ev.split}", ev.split, ckpt)
+
+
+def _evaluate_sets(
+    cfg: DictConfig,
+    run: EvalRunConfig,
+    evaluator: Evaluator,
+    datamodule: Any,
+    sets: list[ValSet],
+    source: str,
+    ckpt: str | None,
+    max_new_tokens: int,
+) -> dict[str, Any]:
+    """Every val set with its own protocols (``eval.limit`` also caps each set), then the averages and the
+    per-benchmark table; the Markdown holds that table, then each set's headline table."""
+    ev = run.eval
+    loaders = datamodule.val_dataloader()
+    results: dict[str, dict[str, Any]] = {}
+    samples: list[dict[str, Any]] = []
+    sections = []
+    for spec, loader in zip(sets, loaders, strict=True):
+        protocols = protocols_of_set(spec.protocol, max_new_tokens)
+        log.info("evaluating %s on val set %s: %s", source, spec.name, [p.name for p in protocols])
+        res = evaluator.run(loader, protocols, masked=ev.masked, limit=ev.limit)
+        samples += [{**x, "val_set": spec.name} for x in res.pop("samples")]
+        res["protocols"] = {p.name: vars(p.gen) for p in protocols}
+        res["group"] = spec.group
+        results[spec.name] = res
+        sections.append(
+            format_markdown(res, list(res["protocols"]), f"{spec.name} ({spec.group or 'no group'})")
+        )
+    combined = combine_sets(results, sets)
+    result = {
+        "metrics": combined["metrics"],
+        "sets": results,
+        "source": source,
+        "ckpt_path": ckpt,
+        "val_sets": [s.name for s in sets],
+        "masking": OmegaConf.to_container(cfg.masking, resolve=True) if cfg.get("masking") else None,
+        "seed": run.seed,
+    }
+    title = f"Evaluation of {source} on {len(sets)} val sets"
+    head = f"# {title}\n\nAccuracy and vision gap in %, per benchmark and averaged per group.\n\n"
+    table = (
+        head + combined["table"] + "\n\n" + "\n".join("#" + s for s in sections)
+    )  # each set's title one level down
+    return _write(cfg, run, result, table, samples[: ev.num_samples_shown], "eval_val_sets", "val_sets", ckpt)
+
+
+def _write(
+    cfg: DictConfig,
+    run: EvalRunConfig,
+    result: dict[str, Any],
+    table: str,
+    samples: list[dict[str, Any]],
+    stem: str,
+    tag: str,
+    ckpt: str | None,
+) -> dict[str, Any]:
+    """Print the table; write JSON, Markdown and samples to the output dirs; log to the configured loggers."""
+    from papo.utils.wandb_setup import start_loggers
+
+    ev = run.eval
     print("\n" + table, flush=True)
     out_dirs = [Path(ev.output_dir or cfg.paths.output_dir)]
     if ckpt and ev.write_to_run_dir:  # also next to the training run
         out_dirs.append(_run_dir(Path(ckpt)) / "eval")
-    stem = f"eval_{ev.split}" + (f"_{Path(ckpt).stem}" if ckpt else "")
+    stem += f"_{Path(ckpt).stem}" if ckpt else ""
     for out in out_dirs:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{stem}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         (out / f"{stem}.md").write_text(table)
         if samples:
-            write_samples(samples, out / f"{stem}_samples", "samples", title=f"Samples: {title}")
+            write_samples(samples, out / f"{stem}_samples", "samples", title=f"Samples: {stem}")
         log.info("wrote %s and %s", out / f"{stem}.json", out / f"{stem}.md")
     for lg in start_loggers(cfg.get("logger")):  # W&B unreachable: offline, with one warning (as training)
-        lg.log_metrics({f"eval/{ev.split}/{k}": v for k, v in result["metrics"].items()}, step=0)
+        lg.log_metrics({f"eval/{tag}/{k}": v for k, v in result["metrics"].items()}, step=0)
         from lightning.pytorch.loggers import WandbLogger
 
         if isinstance(lg, WandbLogger) and samples:
             from papo.callbacks.sample_table import wandb_sample_table
 
-            lg.experiment.log({f"eval/{ev.split}/samples": wandb_sample_table(samples)})
+            lg.experiment.log({f"eval/{tag}/samples": wandb_sample_table(samples)})
         lg.finalize("success")
     result["output_files"] = [str(d / f"{stem}.json") for d in out_dirs]
     return result

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -27,7 +27,8 @@ from torch import Tensor
 
 from papo.config import AlgoConfig, ModelConfig, OptimConfig, RewardConfig, RolloutConfig, parse_group
 from papo.evaluation.perception import heldout_perception_kl
-from papo.evaluation.validation import ValidationOutput, ValidationRun
+from papo.evaluation.val_sets import ValSet
+from papo.evaluation.validation import ValidationOutput, ValidationSuite
 from papo.losses.base import LossComponent, MetricPool
 from papo.models.loading import is_lora, load_policy, output_vocab_size, padded_vocab_ids
 from papo.models.logprobs import response_logps
@@ -63,7 +64,8 @@ class PapoModule(L.LightningModule):
 
     The config groups come typed (:mod:`papo.config`) or as dicts / DictConfigs (validated here).
     ``optimizer`` / ``scheduler``: ``_partial_`` factories called with the trainable parameters / the optimiser;
-    ``rollout_backend``: called with ``policy_path`` (``rollout.backend``).
+    ``rollout_backend``: called with ``policy_path`` (``rollout.backend``); ``val_sets``: the named validation
+    sets (``val_sets``, one per val dataloader, in order), None = the single ``data.val_dataset``.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class PapoModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         rollout_backend: Callable[[str], Any] = PolicyDecoding,
+        val_sets: Sequence[ValSet] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -124,7 +127,8 @@ class PapoModule(L.LightningModule):
             r.max_new_tokens, r.temperature, r.top_p, r.top_k, a.group_size
         )
         self.train_generation.min_new_tokens = r.min_new_tokens  # training rollouts only
-        self.validation = ValidationRun(r)  # protocols and metrics of training-time validation
+        # protocols and metrics of training-time validation, per val set
+        self.validation = ValidationSuite(r, val_sets)
         self.last_val: dict[str, float] = {}
         # global step of the last validation run inside fit (None: none yet, or it ran in trainer.validate)
         self.last_val_fit_step: int | None = None
@@ -329,9 +333,12 @@ class PapoModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.validation.reset()
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> ValidationOutput:
-        """Every protocol of :class:`ValidationRun` on both views, the held-out KL on the real-image responses;
-        returns the main protocol's generations for callbacks (``on_validation_batch_end``)."""
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> ValidationOutput:
+        """Every protocol of the val set's :class:`~papo.evaluation.validation.ValidationRun` (one per val
+        dataloader) on both views, the held-out KL on the real-image responses; returns the main protocol's
+        generations for callbacks (``on_validation_batch_end``)."""
 
         def generate(cfg: GenerationConfig, masked: bool) -> Experience:
             return self._rollout(batch, self._synced(cfg), use_masked_images=masked)[0]
@@ -345,14 +352,14 @@ class PapoModule(L.LightningModule):
             device=self.device,
         )
         with generation_context(self.policy):  # FSDP2: gathered once for every view and protocol
-            return self.validation.step(batch, batch_idx, generate, kl, self.processor)
+            return self.validation.step(batch, batch_idx, generate, kl, self.processor, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         self.last_val = metrics = self.validation.compute()
         in_fit = self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
         self.last_val_fit_step = self.global_step if in_fit else None
         if metrics:
-            self.log_dict(metrics, on_epoch=True, sync_dist=True)
+            self.log_dict(metrics, on_epoch=True, sync_dist=True, add_dataloader_idx=False)
 
     # ------------------------------------------------------------------ checkpoints and exact resume
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

@@ -85,7 +85,7 @@ class Generator:
     def encode(self, batch: dict[str, Any], masked: bool) -> tuple[dict, list, list | None]:
         """Tokenise prompts of a data batch. Returns (text inputs (B, P), per-prompt visual, masked visual)."""
         num_images = [len(x) for x in batch["images"]]
-        texts = chat_texts(self.processor, batch["prompt"], num_images)
+        texts = chat_texts(self.processor, batch["prompt"], num_images, batch.get("system_prompt"))
         enc = encode_prompts(self.processor, texts, batch["images"])
         visual = {k: enc.pop(k) for k in ("pixel_values", "image_grid_thw") if k in enc}
         per_visual = per_prompt_visual(visual, num_images)
@@ -126,7 +126,9 @@ class Generator:
         responses, masks = [], []
         if self.engine is not None:  # rollout=vllm: the colocated engine samples (papo.rollout.vllm_backend)
             images = batch["images_masked"] if use_masked_images else batch["images"]
-            texts_in = chat_texts(self.processor, batch["prompt"], [len(x) for x in images])
+            texts_in = chat_texts(
+                self.processor, batch["prompt"], [len(x) for x in images], batch.get("system_prompt")
+            )
             ids, m = self.engine.generate(texts_in, images, cfg, self.eos_ids, self.pad_id, self.suppress_ids)
             responses, masks = [ids], [m]
         # chunks of whole groups: pass each prompt once and let generate sample G rows from it (its images are

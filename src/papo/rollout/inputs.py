@@ -13,19 +13,30 @@ import torch
 from PIL.Image import Image
 from torch import Tensor
 
-
-def build_messages(prompt: str, num_images: int) -> list[dict[str, Any]]:
-    """One user turn: the images first, then the text (Qwen-VL convention)."""
-    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(num_images)]
-    content.append({"type": "text", "text": prompt})
-    return [{"role": "user", "content": content}]
+from papo.data.prompts import chat_messages
 
 
-def chat_texts(processor: Any, prompts: list[str], num_images: list[int]) -> list[str]:
-    """Apply the processor's chat template (with the generation prompt) to each prompt."""
+def build_messages(prompt: str, num_images: int, system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """One prompt's chat messages (:func:`papo.data.prompts.chat_messages`): an optional system turn, then
+    the user turn with each image at its ``<image>`` placeholder, or all images first when there is none."""
+    return chat_messages(prompt, num_images, system_prompt)
+
+
+def chat_texts(
+    processor: Any,
+    prompts: list[str],
+    num_images: list[int],
+    system_prompts: list[str | None] | str | None = None,
+) -> list[str]:
+    """Apply the processor's chat template (with the generation prompt) to each prompt.
+
+    ``system_prompts``: one per prompt (a batch's ``system_prompt`` list), one for all, or None (no system turn).
+    """
+    if system_prompts is None or isinstance(system_prompts, str):
+        system_prompts = [system_prompts] * len(prompts)
     return [
-        processor.apply_chat_template(build_messages(p, k), tokenize=False, add_generation_prompt=True)
-        for p, k in zip(prompts, num_images, strict=True)
+        processor.apply_chat_template(build_messages(p, k, s), tokenize=False, add_generation_prompt=True)
+        for p, k, s in zip(prompts, num_images, system_prompts, strict=True)
     ]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from papo.data.prompts import IMAGE_PLACEHOLDER
 from papo.models.loading import set_pixel_bounds
 from papo.rollout.inputs import chat_texts
 
@@ -27,7 +28,9 @@ class PromptLength:
 
     ``prompts`` are templated user prompts; ``image_sizes[i]`` lists ``(width, height)`` of prompt i's images.
     The chat text is the processor's template rendered once per image count with a sentinel in place of the
-    prompt (so one template render serves every row), then tokenised in batches.
+    prompt (so one template render serves every row), then tokenised in batches. A prompt with ``<image>``
+    placeholders (its images placed inside the text) is rendered in full instead. :meth:`with_system_prompt`
+    counts prompts rendered with a system turn (``data.system_prompt``).
     """
 
     def __init__(self, processor: Any) -> None:
@@ -37,6 +40,13 @@ class PromptLength:
         self.image_processor = ip
         self.merge = int(getattr(ip, "merge_size", 1) or 1) if ip is not None else 1
         self._templates: dict[int, str] = {}
+        self.system_prompt: str | None = None  # text of the system turn (None: the chat template's default)
+
+    def with_system_prompt(self, system_prompt: str | None) -> PromptLength:
+        """A copy that counts the tokens of prompts rendered with ``system_prompt`` (None: no system turn)."""
+        other = type(self)(self.processor)
+        other.system_prompt = system_prompt or None
+        return other
 
     @classmethod
     def from_pretrained(
@@ -52,11 +62,15 @@ class PromptLength:
 
     def _template(self, num_images: int) -> str:
         if num_images not in self._templates:
-            text = chat_texts(self.processor, [_SENTINEL], [num_images])[0]
+            text = chat_texts(self.processor, [_SENTINEL], [num_images], self.system_prompt)[0]
             if text.count(_SENTINEL) != 1:
                 raise RuntimeError("the chat template does not copy the prompt text verbatim")
             self._templates[num_images] = text
         return self._templates[num_images]
+
+    def _placed(self, prompt: str, num_images: int) -> str:
+        """The chat text of a prompt whose images sit at its ``<image>`` placeholders (rendered in full)."""
+        return chat_texts(self.processor, [prompt], [num_images], self.system_prompt)[0]
 
     def image_tokens(self, width: int, height: int) -> int:
         """Tokens one image of this size becomes (after the processor's smart resize and patch merge)."""
@@ -67,7 +81,10 @@ class PromptLength:
 
     def __call__(self, prompts: list[str], image_sizes: list[list[tuple[int, int]]]) -> list[int]:
         texts = [
-            self._template(len(s)).replace(_SENTINEL, p) for p, s in zip(prompts, image_sizes, strict=True)
+            self._placed(p, len(s))
+            if IMAGE_PLACEHOLDER in p
+            else self._template(len(s)).replace(_SENTINEL, p)
+            for p, s in zip(prompts, image_sizes, strict=True)
         ]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         # each image is one <|image_pad|> in the text; the processor expands it to image_tokens(...) tokens

@@ -37,11 +37,14 @@ log = logging.getLogger(__name__)
 class SFTModule(L.LightningModule):
     """Cross-entropy on reference responses (response tokens only, token mean)."""
 
-    def __init__(self, policy_dir: str, lr: float, weight_decay: float, template: str) -> None:
+    def __init__(
+        self, policy_dir: str, lr: float, weight_decay: float, template: str, system_prompt: str | None = None
+    ) -> None:
         super().__init__()
         self.policy, self.processor = load_policy(policy_dir)
         self.policy.train()
         self.lr, self.weight_decay, self.template = lr, weight_decay, template
+        self.system_prompt = system_prompt or None  # data.system_prompt: the same chat text as the RL prompts
         tok = self.processor.tokenizer
         self.eos = "<|im_end|>"
         self.pad_id = tok.pad_token_id
@@ -50,7 +53,9 @@ class SFTModule(L.LightningModule):
         images = [load_images(r["images"], context=f"warm-start row={r.get('uid', '?')}") for r in rows]
         prompts = [build_prompt(r["problem"], self.template) for r in rows]
         enc = encode_prompts(
-            self.processor, chat_texts(self.processor, prompts, [len(x) for x in images]), images
+            self.processor,
+            chat_texts(self.processor, prompts, [len(x) for x in images], self.system_prompt),
+            images,
         )
         tok = self.processor.tokenizer
         tok.padding_side = "right"
@@ -83,12 +88,17 @@ class SFTModule(L.LightningModule):
         return torch.optim.AdamW(self.policy.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
-def _cache_key(ws: dict, base_dir: Path, data_cfg: dict, template: str) -> str:
+def _cache_key(
+    ws: dict, base_dir: Path, data_cfg: dict, template: str, system_prompt: str | None = None
+) -> str:
     # continue_* belong to the continued-SFT control (papo.warm_start.continued), which starts FROM this
     # checkpoint: they must not give the shared warm start another key (it would be rebuilt per control)
     spec = {k: v for k, v in ws.items() if k not in ("cache", "enabled") and not k.startswith("continue_")}
+    key = {"ws": spec, "base": base_dir.name, "data": data_cfg, "template": template}
+    if system_prompt:  # only when set, so the keys of runs without a system prompt stay as they were
+        key["system_prompt"] = system_prompt
     blob = json.dumps(
-        {"ws": spec, "base": base_dir.name, "data": data_cfg, "template": template},
+        key,
         sort_keys=True,
         default=str,
     )
@@ -103,8 +113,9 @@ def ensure_warm_start(cfg: DictConfig, base_dir: Path, train_dataset: Any) -> Pa
     ws = OmegaConf.to_container(cfg.warm_start, resolve=True)
     data_cfg = OmegaConf.to_container(cfg.data.train_dataset, resolve=True)
     template = cfg.data.get("prompt_template", "published")
+    system_prompt = cfg.data.get("system_prompt") or None
     cache_root = Path(cfg.paths.cache_dir) / "warm_start"
-    out_dir = cache_root / f"{base_dir.name}-{_cache_key(ws, base_dir, data_cfg, template)}"
+    out_dir = cache_root / f"{base_dir.name}-{_cache_key(ws, base_dir, data_cfg, template, system_prompt)}"
 
     use_cache = bool(ws.get("cache", True))
     if use_cache and is_complete(out_dir):
@@ -125,7 +136,7 @@ def ensure_warm_start(cfg: DictConfig, base_dir: Path, train_dataset: Any) -> Pa
         out_dir,
     )
     L.seed_everything(int(ws.get("seed", 0)), workers=True)
-    module = SFTModule(str(base_dir), ws["lr"], ws.get("weight_decay", 0.0), template)
+    module = SFTModule(str(base_dir), ws["lr"], ws.get("weight_decay", 0.0), template, system_prompt)
     gen = torch.Generator().manual_seed(int(ws.get("seed", 0)))
     loader = DataLoader(
         rows,
