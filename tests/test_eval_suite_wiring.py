@@ -189,3 +189,14 @@ def test_eval_on_papos_suite_writes_the_per_benchmark_table(tmp_path: Path, cach
     assert "| benchmark | group | n | avg@2 acc |" in md and "| counting | vision_dependent | 2 |" in md
     assert "| **overall average** |" in md and "## mathverse_v (vision_dependent)" in md
     assert result["metrics"] == metrics
+
+
+def test_papos_suite_optimises_a_metric_it_logs() -> None:
+    """With val_sets=papo_eval, train()'s optimized_metric is one of the keys the suite logs (val/acc is not)."""
+    from papo.evaluation.val_sets import parse_val_sets
+
+    cfg = compose_cfg(["val_sets=papo_eval"])
+    sets = parse_val_sets(OmegaConf.to_container(cfg.val_sets, resolve=True))
+    keys = _suite(sets).headline_keys()
+    assert cfg.optimized_metric in keys
+    assert "val/acc" not in keys
