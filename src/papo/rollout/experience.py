@@ -44,6 +44,8 @@ class Experience:
     logps_masked: Tensor | None = None  # (N, T) detached masked-branch log-probs
     task_type: list[str] = field(default_factory=list)
     vision_dependency: list[str] = field(default_factory=list)
+    # per-row label a dataset may declare (papo.data.shortcut: consistent | breaking); None when it has none
+    shortcut: list[str] | None = None
     texts: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -101,6 +103,8 @@ class Experience:
         out["extra"] = {k: torch.cat([_pad_to(e.extra[k], P, 0, True) for e in items]) for k in keys}
         for name in ("task_type", "vision_dependency", "texts"):
             out[name] = [x for e in items for x in getattr(e, name)]
+        labels = [e.shortcut for e in items]
+        out["shortcut"] = None if any(v is None for v in labels) else [x for v in labels for x in v]
         return Experience(**out)
 
     def model_inputs(self, masked: bool = False) -> dict:
