@@ -96,6 +96,10 @@ def test_entropy_from_logits_by_hand() -> None:
     # temperature 0.5 on logits (0, ln 2): softmax of (0, 2 ln 2) = (1/5, 4/5)
     h = float(entropy_from_logits(torch.tensor([0.0, math.log(2)]), temperature=0.5))
     assert h == pytest.approx(-(0.2 * math.log(0.2) + 0.8 * math.log(0.8)))
+    # the gradient is finite with suppressed ids (0 * -inf must not reach it): dH/dz = -p (log p + H)
+    z = torch.zeros(3, requires_grad=True)
+    entropy_from_logits(z, suppress_ids=torch.tensor([2])).backward()
+    assert torch.allclose(z.grad, torch.zeros(3))  # uniform over the two live ids: a stationary point
 
 
 def test_entropy_loss_sampled_penalty_and_full_bonus() -> None:

@@ -31,7 +31,7 @@ def entropy_from_logits(
     if suppress_ids is not None and suppress_ids.numel():
         z = z.index_fill(-1, suppress_ids.to(z.device), float("-inf"))
     logp = torch.log_softmax(z, dim=-1)  # (..., V)
-    p = logp.exp()
-    # 0 * (-inf) at suppressed ids would be NaN: select them away
-    plogp = torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device))
-    return -plogp.sum(-1)  # (...)
+    # -inf at suppressed ids: 0 * (-inf) would be NaN in the value and in the gradient, so they are replaced
+    # by 0 before the product (their probability is exactly 0 either way)
+    finite = torch.where(torch.isfinite(logp), logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
+    return -(logp.exp() * finite).sum(-1)  # (...)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from papo.algos.entropy import entropy_from_logits
 from papo.models.loading import forward_accepts, hf_model
 
 #: model types whose ``...ForConditionalGeneration.forward`` is ``lm_head(model(...)[0])`` (nothing between the
@@ -79,7 +80,8 @@ def response_logps(
     temperature: float = 1.0,
     suppress_ids: Tensor | None = None,
     chunk_tokens: int | None = None,
-) -> Tensor:
+    with_entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """log pi(o_t | prompt, image, o_<t) for every response position. Returns (N, T) (T = input's T).
 
     prompt_ids/prompt_mask (N, P) left-padded; response_ids/response_mask (N, T) right-padded;
@@ -87,6 +89,9 @@ def response_logps(
     ``extra`` holds other per-row prompt tensors of the processor (e.g. mm_token_type_ids (N, P)).
     ``chunk_tokens``: apply the LM head to this many response tokens at a time (see the module docstring);
     None = the model's own full-logits forward. Padding positions are returned as 0.
+    ``with_entropy``: also the full-vocabulary entropy of every response position from the same logits
+    (:func:`papo.algos.entropy.entropy_from_logits`, same temperature and suppressed ids), returned as
+    ``(logps, entropies)``, both (N, T), 0 at padding.
     """
     N, T_full = response_ids.shape
     P_full = prompt_ids.shape[1]
@@ -106,8 +111,17 @@ def response_logps(
         hidden = out.last_hidden_state[:, P - 1 : P - 1 + T]  # (N, T, H): position P'-1+t predicts token t
         live = r_mask.bool()  # (N, T)
         picked = chunked_token_logps(
-            hf.get_output_embeddings(), hidden[live], r_ids[live], temperature, suppress_ids, chunk_tokens
-        )  # (M,) one per response token
+            hf.get_output_embeddings(),
+            hidden[live],
+            r_ids[live],
+            temperature,
+            suppress_ids,
+            chunk_tokens,
+            with_entropy=with_entropy,
+        )  # (M,) one per response token; (M, 2) with the entropy
+        if with_entropy:
+            picked, ent = picked[:, 0], picked[:, 1]
+            entropies = torch.zeros(N, T, dtype=ent.dtype, device=ent.device).masked_scatter(live, ent)
         logps = torch.zeros(N, T, dtype=picked.dtype, device=picked.device).masked_scatter(live, picked)
     else:
         out = model(
@@ -120,9 +134,13 @@ def response_logps(
         logits = out.logits[:, :-1, :]  # (N, T, V): position P'-1+t predicts response token t
         logps = token_logps_from_logits(logits, r_ids, temperature, suppress_ids)  # (N, T)
         logps = logps.masked_fill(r_mask == 0, 0.0)  # padding (possibly a suppressed id: -inf) -> 0
+        if with_entropy:
+            entropies = entropy_from_logits(logits, temperature, suppress_ids).masked_fill(r_mask == 0, 0.0)
     if T_full > T:
         logps = torch.cat([logps, logps.new_zeros(N, T_full - T)], dim=1)  # (N, T_full)
-    return logps
+        if with_entropy:
+            entropies = torch.cat([entropies, entropies.new_zeros(N, T_full - T)], dim=1)  # (N, T_full)
+    return (logps, entropies) if with_entropy else logps
 
 
 def chunked_token_logps(
@@ -132,8 +150,10 @@ def chunked_token_logps(
     temperature: float = 1.0,
     suppress_ids: Tensor | None = None,
     chunk_tokens: int = 2048,
+    with_entropy: bool = False,
 ) -> Tensor:
-    """:func:`token_logps_from_logits` of ``head(hidden)`` without the whole (M, V) logits: (M, H), (M,) -> (M,).
+    """:func:`token_logps_from_logits` of ``head(hidden)`` without the whole (M, V) logits: (M, H), (M,) -> (M,);
+    with ``with_entropy`` (M, 2): the log-prob and the full-vocabulary entropy of each row.
 
     The head runs on ``chunk_tokens`` rows at a time. When gradients are recorded and there are several
     chunks, each chunk is a ``torch.utils.checkpoint`` region, so backward rebuilds that chunk's logits instead
@@ -147,19 +167,26 @@ def chunked_token_logps(
     out = []
     for s in range(0, hidden.shape[0], chunk_tokens):
         h, y = hidden[s : s + chunk_tokens], targets[s : s + chunk_tokens]
-        if grad:
-            out.append(checkpoint(_head_logps, head, h, y, temperature, suppress_ids, use_reentrant=False))
-        else:
-            out.append(_head_logps(head, h, y, temperature, suppress_ids))
+        args = (head, h, y, temperature, suppress_ids, with_entropy)
+        out.append(checkpoint(_head_logps, *args, use_reentrant=False) if grad else _head_logps(*args))
     if not out:
-        return hidden.new_zeros(0, dtype=torch.float32)
+        return hidden.new_zeros((0, 2) if with_entropy else 0, dtype=torch.float32)
     return torch.cat(out)
 
 
 def _head_logps(
-    head: torch.nn.Module, h: Tensor, y: Tensor, temperature: float, suppress_ids: Tensor | None
+    head: torch.nn.Module,
+    h: Tensor,
+    y: Tensor,
+    temperature: float,
+    suppress_ids: Tensor | None,
+    with_entropy: bool = False,
 ) -> Tensor:
-    return token_logps_from_logits(head(h), y, temperature, suppress_ids)  # (c,)
+    logits = head(h)  # (c, V)
+    logps = token_logps_from_logits(logits, y, temperature, suppress_ids)  # (c,)
+    if not with_entropy:
+        return logps
+    return torch.stack([logps, entropy_from_logits(logits, temperature, suppress_ids)], dim=-1)  # (c, 2)
 
 
 def weights_sharded(model: torch.nn.Module) -> bool:

@@ -42,6 +42,7 @@ class Experience:
     old_logps: Tensor | None = None  # (N, T)
     ref_logps: Tensor | None = None  # (N, T)
     logps_masked: Tensor | None = None  # (N, T) detached masked-branch log-probs
+    sensitivity: Tensor | None = None  # (N, T) per-token visual sensitivity (papo.blocks), no grad
     task_type: list[str] = field(default_factory=list)
     vision_dependency: list[str] = field(default_factory=list)
     # per-row label a dataset may declare (papo.data.shortcut: consistent | breaking); None when it has none
@@ -87,7 +88,7 @@ class Experience:
         out["prompt_mask"] = torch.cat([_pad_to(e.prompt_mask, P, 0, True) for e in items])
         out["response_ids"] = torch.cat([_pad_to(e.response_ids, T, pad_id, False) for e in items])
         out["response_mask"] = torch.cat([_pad_to(e.response_mask, T, 0, False) for e in items])
-        for name in ("old_logps", "ref_logps", "logps_masked"):
+        for name in ("old_logps", "ref_logps", "logps_masked", "sensitivity"):
             vals = [getattr(e, name) for e in items]
             out[name] = (
                 None if any(v is None for v in vals) else torch.cat([_pad_to(v, T, 0, False) for v in vals])
