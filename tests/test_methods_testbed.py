@@ -4,7 +4,11 @@ shortcut-breaking rows separately; datasets without the column carry no such key
 
 from __future__ import annotations
 
+import csv
+
+import pytest
 import torch
+from omegaconf import OmegaConf
 
 from papo.data.datamodule import BATCH_KEYS, PapoDataModule
 from papo.data.masking import RandomPatchMask
@@ -75,3 +79,69 @@ def test_validation_reports_shortcut_consistent_and_breaking_rows(make_cfg) -> N
     for label in ("consistent", "breaking"):
         for key in ("acc_by_shortcut", "acc_masked_by_shortcut", "vision_gap_by_shortcut"):
             assert f"before/val/{key}/{label}" in metrics
+
+
+# ---------------------------------------------------------------------------------------------- the comparison
+
+
+TESTBED_ARMS = ("grpo", "papo_g", "vppo", "noisyrollout", "sft_calibration")
+
+
+def test_the_comparison_preset_runs_every_arm_on_the_testbed_at_matched_settings() -> None:
+    from conftest import compose_cfg
+    from papo.config_validation import validate_config
+
+    shared = set()
+    for arm in TESTBED_ARMS:
+        cfg = compose_cfg(["reproduce=testbed", f"experiment=repro/{arm}", "seed=3"])
+        validate_config(cfg)
+        assert cfg.data.dataset_name == "shortcut" and cfg.repro.arm == arm
+        assert list(cfg.repro.difference_keys) == ["acc_vd_high", "acc", "vision_gap"]
+        # matched RL compute and the same validation view for every arm
+        shared.add(
+            (
+                cfg.algo.name,
+                cfg.algo.group_size,
+                cfg.data.batch_size,
+                cfg.trainer.max_steps,
+                cfg.masking.mask_prob,
+            )
+        )
+        assert cfg.hydra.sweep.dir.endswith("reproduce_testbed") and cfg.hydra.sweep.subdir == f"{arm}/seed3"
+    assert len(shared) == 1
+    assert compose_cfg(["reproduce=testbed", "experiment=repro/vppo"]).advantage_shaping.beta_min == 0.9
+    seeds = compose_cfg(["reproduce=testbed", "experiment=repro/grpo"]).hydra.sweeper.params.seed
+    assert len(str(seeds).split(",")) >= 5
+
+
+def test_the_report_gives_paired_differences_on_the_three_keys(tmp_path) -> None:
+    from test_reproduce import _fake_run, _load_script
+
+    rr = _load_script("repro_report")
+    keys = ["acc_vd_high", "acc", "vision_gap"]
+    for seed in range(3):
+        for arm, acc in (("grpo", 0.5), ("vppo", 0.6 + 0.01 * seed)):
+            d = _fake_run(tmp_path, arm, seed, acc, 0.3)
+            cfg = OmegaConf.load(d / ".hydra" / "config.yaml")
+            cfg.repro.difference_keys = keys  # what configs/reproduce/testbed.yaml sets
+            OmegaConf.save(cfg, d / ".hydra" / "config.yaml")
+    md = rr.report(tmp_path)
+    diffs = {(d["a"], d["b"], d["metric"]): d for d in csv.DictReader((tmp_path / "differences.csv").open())}
+    assert {k[2] for k in diffs if k[:2] == ("vppo", "grpo")} == set(keys)
+    # _fake_run: acc_vd_high = acc - 0.1 and vision gap = acc - 0.3, so all three differ by 0.11 on average
+    for key in keys:
+        assert float(diffs[("vppo", "grpo", key)]["mean"]) == pytest.approx(0.11)
+    assert "| vppo - grpo | VPPO vs GRPO | vision_gap | 3 |" in md
+
+
+def test_one_command_runs_the_comparison_without_a_re_evaluation_stage(capsys) -> None:
+    from test_reproduce import _load_script
+
+    _load_script("repro_report")
+    wrapper = _load_script("reproduce")
+    assert wrapper.main(["--preset", "testbed", "--dry-run"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3 and all("reproduce=testbed" in line for line in printed[:2])
+    assert "experiment=repro/sft_continued" in printed[1] and printed[2].endswith("logs/reproduce_testbed")
+    with pytest.raises(SystemExit, match="valid"):
+        wrapper.main(["--preset", "nope", "--dry-run"])

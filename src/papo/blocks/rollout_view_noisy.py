@@ -79,6 +79,7 @@ class NoisyRolloutView(RolloutView):
         coef: float = 30.0,
         mid_step: float = 40.0,
         seed: int = 0,
+        mid_fraction: float | None = None,
     ) -> None:
         if num_noisy is not None and int(num_noisy) < 1:
             raise ValueError(f"rollout_view.num_noisy={num_noisy} must be >= 1 (or null: half of the group)")
@@ -90,7 +91,13 @@ class NoisyRolloutView(RolloutView):
             raise ValueError(f"rollout_view.decay={decay!r} is unknown; valid: {list(DECAY_MODES)}")
         self.num_noisy = None if num_noisy is None else int(num_noisy)  # None: half of the group
         self.initial_step, self.decay = int(initial_step), decay
+        if mid_fraction is not None and not 0.0 <= float(mid_fraction) <= 1.0:
+            raise ValueError(
+                f"rollout_view.mid_fraction={mid_fraction} must be in [0, 1] (or null: mid_step)"
+            )
         self.coef, self.mid_step, self.seed = float(coef), float(mid_step), int(seed)
+        # the sigmoid's midpoint as a fraction of the run's rollout steps (None: mid_step steps)
+        self.mid_fraction = None if mid_fraction is None else float(mid_fraction)
 
     def noisy_count(self, group_size: int) -> int:
         """Noisy responses per group of ``group_size``: ``num_noisy``, or half the group (rounded down)."""
@@ -104,9 +111,9 @@ class NoisyRolloutView(RolloutView):
 
     def noise_step(self, step: int, total_steps: int) -> int:
         """The diffusion noise step of the rollout after ``step`` optimiser steps (released count: step + 1)."""
-        return annealed_noise_step(
-            step + 1, max(int(total_steps), 1), self.initial_step, self.decay, self.coef, self.mid_step
-        )
+        total = max(int(total_steps), 1)
+        mid = self.mid_step if self.mid_fraction is None else self.mid_fraction * total
+        return annealed_noise_step(step + 1, total, self.initial_step, self.decay, self.coef, mid)
 
     def distort(self, batch: dict[str, Any], noise_step: int, step: int) -> dict[str, Any]:
         """A copy of the data batch whose images are noised at ``noise_step`` (seeded by seed, step, uid)."""
