@@ -57,6 +57,8 @@ def test_noise_step_follows_the_released_sigmoid_schedule() -> None:
     assert view.noise_step(39, 60) == 250
     # last step t = 60: 500 (1 - sigmoid(10)) = 0.0227 -> 0
     assert view.noise_step(59, 60) == int(500 * (1 - 1 / (1 + math.exp(-10)))) == 0
+    # a run far shorter than the midpoint (exp(1170) would overflow): the full initial strength
+    assert view.noise_step(0, 1) == 500
     # the midpoint as a fraction of the run: halfway at 2/3 of 120 steps too
     assert NoisyRolloutView(initial_step=500, mid_fraction=2 / 3).noise_step(79, 120) == 250
 

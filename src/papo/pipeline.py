@@ -114,6 +114,17 @@ def instantiate_masking(cfg: DictConfig | None) -> Any:
     return hydra.utils.instantiate(cfg)
 
 
+#: the config groups of the non-loss method blocks (papo.blocks.composition.MethodBlocks' arguments)
+BLOCK_GROUPS = ("sensitivity", "token_selection", "advantage_shaping", "rollout_view")
+
+
+def instantiate_block(cfg: DictConfig | None) -> Any:
+    """A method block of ``configs/<group>`` (None when the group is ``none``: ``_target_: null``)."""
+    if cfg is None or not cfg.get("_target_"):
+        return None
+    return hydra.utils.instantiate(cfg)
+
+
 def format_comparison(before: dict[str, float], after: dict[str, float]) -> str:
     """A small table of the headline val metrics before and after RL (greedy, then avg@k sampled)."""
     names = (
@@ -137,9 +148,12 @@ def format_comparison(before: dict[str, float], after: dict[str, float]) -> str:
 def build_module(cfg: DictConfig, policy_dir: Path | str, total_steps: int) -> Any:
     """The RL LightningModule for ``cfg``: loss components from ``cfg.loss.components`` (Hydra targets),
     the algo/rollout/reward/optim/model groups as plain dicts. Shared by training and the benchmark."""
+    from papo.blocks.composition import MethodBlocks
     from papo.models.papo_module import PapoModule
 
     components = {name: hydra.utils.instantiate(c) for name, c in (cfg.loss.get("components") or {}).items()}
+    # the method's non-loss blocks: one option of each group, none = no block (configs/<group>/none.yaml)
+    blocks = MethodBlocks(**{g: instantiate_block(cfg.get(g)) for g in BLOCK_GROUPS})
     groups = {
         k: OmegaConf.to_container(cfg[k], resolve=True)
         for k in ("model", "algo", "rollout", "reward", "optim")
@@ -153,6 +167,7 @@ def build_module(cfg: DictConfig, policy_dir: Path | str, total_steps: int) -> A
         optim=groups["optim"],
         components=components,
         total_steps=total_steps,
+        blocks=blocks,
     )
 
 

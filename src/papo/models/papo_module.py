@@ -10,6 +10,7 @@ values); DAPO's dynamic sampling accumulates kept groups across ``training_step`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from functools import partial
@@ -26,6 +27,7 @@ from papo.algos import (
     overlong_penalty,
     sampled_entropy,
 )
+from papo.blocks.composition import MethodBlocks
 from papo.evaluation.metrics import ValidationMetrics
 from papo.evaluation.validation import after_validation_generation
 from papo.losses.base import LossComponent, LossInputs, MetricPool
@@ -77,6 +79,7 @@ class PapoModule(L.LightningModule):
         optim: dict[str, Any],
         components: dict[str, LossComponent] | None = None,
         total_steps: int = 1,
+        blocks: MethodBlocks | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -116,7 +119,11 @@ class PapoModule(L.LightningModule):
                 self.components.append(comp)
             else:
                 log.info("loss component %s inactive (zero coefficient): skipped", name)
-        self.needs_masked = any(c.needs_masked for c in self.components)
+        # the method's non-loss blocks (papo.blocks.composition): rollout view, sensitivity signal, shapers
+        self.blocks = blocks if blocks is not None else MethodBlocks()
+        self.needs_masked = any(c.needs_masked for c in self.components) or self.blocks.needs_masked
+        self.needs_entropy = any(c.needs_entropy for c in self.components)
+        self._block_metrics: dict[str, float] = {}  # the blocks' per-rollout metrics (the sensitivity signal)
         self.masked_grad = any(c.masked_grad for c in self.components)
         self.needs_ref = any(c.needs_ref for c in self.components) or self.kl_in_reward
         self.reference = None
@@ -126,11 +133,12 @@ class PapoModule(L.LightningModule):
             self.reference, _ = load_policy(policy_path, **{**load_kwargs, "lora": None})
             self.reference.requires_grad_(False).eval()
         log.info(
-            "loss components: %s; masked forward: %s (grad: %s); reference model: %s",
+            "loss components: %s; masked forward: %s (grad: %s); reference model: %s; blocks: %s",
             [c.name for c in self.components],
             self.needs_masked,
             self.masked_grad,
             self.needs_ref,
+            self.blocks,
         )
 
         self.advantage_fn = ADVANTAGE_ESTIMATORS.get(algo["advantage"])
@@ -261,7 +269,9 @@ class PapoModule(L.LightningModule):
             log.debug("synced %d weight tensors into the vLLM engine", n)
             self._engine_stale = False
 
-    def _logps(self, model: torch.nn.Module, exp: Experience, masked: bool = False) -> Tensor:
+    def _logps(
+        self, model: torch.nn.Module, exp: Experience, masked: bool = False, with_entropy: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         inputs = exp.model_inputs(masked=masked)
         inputs = {
             k: (v.to(self.device) if isinstance(v, Tensor) else {a: b.to(self.device) for a, b in v.items()})
@@ -272,8 +282,9 @@ class PapoModule(L.LightningModule):
             temperature=self.rollout_cfg["temperature"],
             suppress_ids=self.suppress_ids,
             chunk_tokens=self.algo.get("logprob_chunk_tokens"),
+            with_entropy=with_entropy,
             **inputs,
-        )  # (n, T)
+        )  # (n, T), or ((n, T), (n, T)) with the full-vocabulary entropies
 
     def _micro_batches(self, exp: Experience) -> list[list[int]]:
         """Row indices of each micro-batch of ``exp``: ``algo.micro_batch_size`` rows at a time, or packed by
@@ -299,26 +310,43 @@ class PapoModule(L.LightningModule):
     def progress(self) -> float:
         return min(1.0, self.global_step / self.total_steps)
 
+    def _rollout_steps(self) -> tuple[int, int]:
+        """(rollout batches done, the run's rollout batches): optimiser steps over the updates per rollout."""
+        per_rollout = max(int(self.algo["ppo_epochs"]) * int(self.algo["num_minibatches"]), 1)
+        return self.global_step // per_rollout, max(self.total_steps // per_rollout, 1)
+
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         policy = self.policy
         was_training = policy.training
         policy.eval()
         self._ensure_engine()
-        with self.timer("generate"), generation_context(policy):  # FSDP2: gathered once per rollout
-            exp, n_err = self.generator.rollout(
+        gen_cfg, errors = self._gen_cfg(train=True), []
+
+        def sample(prompts: dict[str, Any], num_samples: int) -> Experience:
+            """``num_samples`` scored responses per prompt, group ids from this rollout's offset."""
+            out, n_err = self.generator.rollout(
                 policy,
-                batch,
-                self._gen_cfg(train=True),
+                prompts,
+                dataclasses.replace(gen_cfg, num_samples=num_samples),
                 self.reward_fn,
                 keep_masked_view=self.needs_masked,
                 group_offset=self._group_counter,
                 on_error=self.reward_on_error,
                 device=self.device,
             )
+            errors.append(n_err)
+            return out
+
+        with self.timer("generate"), generation_context(policy):  # FSDP2: gathered once per rollout
+            # the rollout-side view (papo.blocks): every response from the real image, or NoisyRollout's mix
+            exp, view_metrics = self.blocks.rollout(
+                sample, batch, self.algo["group_size"], *self._rollout_steps()
+            )
         policy.train(was_training)
         self._group_counter += len(batch["prompt"])
-        rollout_metrics = self._rollout_metrics(exp, n_err)
+        rollout_metrics = self._rollout_metrics(exp, sum(errors))
+        rollout_metrics.update({f"train/{k}": v for k, v in view_metrics.items()})
 
         with self.timer("score"):
             rewards = exp.rewards.clone()
@@ -346,6 +374,7 @@ class PapoModule(L.LightningModule):
         with self.timer("old_logps"):
             self._prepare(exp)
         metrics = self._update(exp)
+        metrics.update(self._block_metrics)
         self._engine_stale = True  # the next rollout must use the updated weights
         metrics.update(rollout_metrics)
         secs = self.timer.pop()
@@ -384,6 +413,16 @@ class PapoModule(L.LightningModule):
             exp.ref_logps = self._logps_nograd(self.reference, exp)
         if self.needs_masked and not self.masked_grad:
             exp.logps_masked = self._logps_nograd(self.policy, exp, masked=True)
+        self._block_metrics = {}
+        if self.blocks.needs_scores:  # per-token visual sensitivity with the rollout parameters (VPPO)
+            real = exp.old_logps if exp.old_logps is not None else self._logps_nograd(self.policy, exp)
+            alt = (
+                exp.logps_masked
+                if exp.logps_masked is not None
+                else self._logps_nograd(self.policy, exp, True)
+            )
+            exp.sensitivity, m = self.blocks.score(real, alt, exp.response_mask)
+            self._block_metrics = {f"train/{k}": v for k, v in m.items()}
         rewards = exp.rewards
         if self.kl_in_reward:
             kl = kl_estimate(
@@ -416,6 +455,8 @@ class PapoModule(L.LightningModule):
             order = torch.randperm(N) if shuffle else torch.arange(N)
             for mb_idx in torch.tensor_split(order, n_mb):
                 mb = exp.select(mb_idx)
+                # what the advantage shapers need from the whole mini-batch (VPPO: its min-max range)
+                populations = self.blocks.populations(mb.sensitivity, mb.response_mask)
                 # global_token_mean: token-mean over ALL ranks' mini-batches: DDP averages gradients over W
                 # ranks, so each rank normalises by (global token count / W); one process: mb.num_tokens
                 num_tokens_global = float(all_reduce(mb.num_tokens, "sum", self.device))
@@ -428,7 +469,11 @@ class PapoModule(L.LightningModule):
                 for idx in plan:
                     micro = mb.select(idx)
                     with self.timer("forward"):
-                        logps = self._logps(self.policy, micro)  # (n, T) with grad
+                        entropies = None
+                        if self.needs_entropy:  # full-vocabulary entropies from the same logits (n, T)
+                            logps, entropies = self._logps(self.policy, micro, with_entropy=True)
+                        else:
+                            logps = self._logps(self.policy, micro)  # (n, T) with grad
                         T = logps.shape[1]
                         mask = micro.response_mask[:, :T].to(self.device)
                         logps_masked = None
@@ -450,10 +495,20 @@ class PapoModule(L.LightningModule):
                             num_micro=n_micro,
                             tokens_per_rank=num_tokens,
                         )
+                        scores = (
+                            None if micro.sensitivity is None else micro.sensitivity[:, :T].to(self.device)
+                        )
+                        advantages, shaping = self.blocks.shape(  # identity without shapers
+                            micro.advantages.to(self.device)[:, None].expand_as(logps),
+                            mask,
+                            scores,
+                            populations,
+                        )
+                        pool.add(shaping, float(mask.sum()), prefix="train/")
                         inputs = LossInputs(
                             logps=logps,
                             old_logps=old,
-                            advantages=micro.advantages.to(self.device)[:, None].expand_as(logps),
+                            advantages=advantages,
                             response_mask=mask,
                             agg_mode=agg,
                             num_tokens=norm_tokens,
@@ -463,6 +518,7 @@ class PapoModule(L.LightningModule):
                             logps_masked=logps_masked,
                             progress=progress,
                             norm_len=norm_len,
+                            entropies=entropies,
                         )
                         total = logps.new_zeros(())
                         w = float(mask.sum())
