@@ -1,6 +1,8 @@
-"""The full-vocabulary entropy of the log-prob passes (``response_logps(with_entropy=True)``, NoisyRollout's
-entropy bonus): the same values and gradients on the chunked LM head and the full-logits forward, equal to the
-entropy computed from the model's own logits, 0 at padding, and the log-probs unchanged."""
+"""What the method blocks take from the model besides the log-probs: the full-vocabulary entropy of the log-prob
+passes (``response_logps(with_entropy=True)``, NoisyRollout's entropy bonus: the same values and gradients on
+the chunked LM head and the full-logits forward, equal to the entropy of the model's own logits, 0 at padding,
+the log-probs unchanged) and the hidden states of the response positions (``response_hidden``, the
+full-distribution sensitivity signals: through the LM head they give the log-probs of the forward)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 
 from papo.algos.entropy import entropy_from_logits
 from papo.models.loading import generation_suppress_token_ids, load_policy
-from papo.models.logprobs import chunked_token_logps, response_logps
+from papo.models.logprobs import chunked_token_logps, response_hidden, response_logps, token_logps_from_logits
 from papo.models.stand_in import ensure_stand_in
 from papo.rollout.collect import Generator
 from papo.rollout.hf_generate import GenerationConfig
@@ -65,3 +67,16 @@ def test_response_entropies_on_both_paths(rollout) -> None:
     # an entropy is at least the sampled token's surprisal's lower bound 0 and at most log(live vocabulary)
     vocab = model.get_output_embeddings().weight.shape[0] - len(suppress)
     assert float(ent_full.max()) <= torch.log(torch.tensor(float(vocab))) + 1e-4
+
+
+def test_response_hidden_states_give_the_log_probs_through_the_head(rollout) -> None:
+    model, exp, suppress = rollout
+    inputs = exp.model_inputs()
+    with torch.no_grad():
+        hidden = response_hidden(model, **inputs)  # (N, T, H)
+        logps = response_logps(model, **inputs, temperature=0.8, suppress_ids=suppress)
+        head = model.get_output_embeddings()
+        from_hidden = token_logps_from_logits(head(hidden), exp.response_ids, 0.8, suppress)
+    live = exp.response_mask > 0
+    torch.testing.assert_close(from_hidden[live], logps[live], atol=1e-5, rtol=1e-5)
+    assert bool((hidden[~live] == 0).all()) and hidden.shape[:2] == exp.response_ids.shape

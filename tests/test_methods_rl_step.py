@@ -119,3 +119,14 @@ def test_papo_through_the_blocks_takes_the_written_out_step(
         assert blocks["train/double_entropy/entropy_real"] == written["train/double_entropy/entropy_real"]
     for name, value in written_params.items():
         assert torch.equal(blocks_params[name], value), name
+
+
+def test_a_full_distribution_signal_drives_vppo_s_shaping(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """sensitivity=jsd (hidden states of both views through the LM head) in place of VPPO's k3: logged, finite,
+    and a different update than k3's."""
+    base = ["method=vppo", "algo=grpo", "seed=5"]
+    jsd, jsd_params = _run(make_cfg, tmp_path / "jsd", monkeypatch, [*base, "sensitivity=jsd"])
+    _, k3_params = _run(make_cfg, tmp_path / "k3", monkeypatch, base)
+    assert 0 < jsd["train/sensitivity/token_max"] <= 0.6932  # the views differ; a JSD is bounded by log 2
+    assert jsd["train/token_selection/kept_frac"] > 0
+    assert any(not torch.equal(jsd_params[n], k3_params[n]) for n in jsd_params)

@@ -7,7 +7,8 @@ block                         config group                component (this packag
 ============================  ==========================  ==================================================
 view (altered image)          ``configs/masking``         :mod:`papo.data.masking` (made per prompt by the
                                                           datamodule)
-visual-sensitivity signal     ``configs/sensitivity``     :class:`~papo.blocks.sensitivity_sampled.SampledTokenSensitivity`
+visual-sensitivity signal     ``configs/sensitivity``     :mod:`papo.blocks.sensitivity_sampled`,
+                                                          :mod:`papo.blocks.sensitivity_distribution`
 token selection               ``configs/token_selection`` :class:`~papo.blocks.token_selection.TokenSelection`
 advantage shaping             ``configs/advantage_shaping`` :mod:`papo.blocks.shaping_vppo`,
                                                           :mod:`papo.blocks.shaping_fixed_range`

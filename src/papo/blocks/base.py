@@ -4,8 +4,9 @@ Each block is a small object built by Hydra from its config group; it owns its h
 what it needs from the module, and delegates its maths to a pure function of :mod:`papo.algos`:
 
 * :class:`SensitivitySignal` (``configs/sensitivity``): per-token dependence on the real image, (B, T), from
-  the sampled-token log-probs given the real image and given the altered view (the masked forward the module
-  already runs). The module computes it once per rollout batch, without gradient, with the rollout
+  the real-image and the altered-view passes (:class:`ModelPasses`: sampled-token log-probs, which the module
+  already computes for the masked view, or last hidden states for the full-distribution signals). The module
+  computes it once per rollout batch, micro-batch by micro-batch, without gradient, with the rollout
   parameters (VPPO's released code), and hands it to the shapers as ``ShapingInputs.scores``.
 * :class:`TokenSelector` (``configs/token_selection``): a keep mask over response tokens from per-token
   scores. As a shaper it zeroes the advantages of the tokens it drops (VPPO's token-level gradient filter).
@@ -20,12 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from torch import Tensor
 
 __all__ = [
     "AdvantageShaper",
+    "ModelPasses",
     "RolloutView",
     "SampleFn",
     "SensitivitySignal",
@@ -34,16 +36,41 @@ __all__ = [
 ]
 
 
+class ModelPasses(Protocol):
+    """The no-grad forwards of one micro-batch with the rollout parameters that a signal may ask for (the
+    module provides them, reusing what it has already computed: papo.models.rollout_passes)."""
+
+    #: the sampling temperature the log-probs and distributions use
+    temperature: float
+
+    def logps(self, masked: bool) -> Tensor:
+        """(B, T) sampled-token log-probs given the real image (``masked=False``) or the altered view."""
+        ...
+
+    def hidden(self, masked: bool) -> Tensor:
+        """(B, T, H) last hidden states that predict each response token (0 at padding)."""
+        ...
+
+    def head(self) -> tuple[Tensor, Tensor | None]:
+        """The LM head's (V, H) weight and optional (V,) bias."""
+        ...
+
+
 class SensitivitySignal:
-    """Per-token visual sensitivity from the real-image and the altered-view log-probs."""
+    """Per-token visual sensitivity from the real-image and the altered-view passes."""
 
     name: str = "sensitivity"
-    #: needs the log-probs given the altered (masked) view: the datamodule must make one (``masking``)
+    #: needs the altered (masked) view: the datamodule must make one (``masking``)
     needs_masked: bool = True
 
     def __call__(self, logps: Tensor, logps_alt: Tensor, mask: Tensor) -> Tensor:
         """(B, T) signal from (B, T) log-probs given the real image and given the altered view; 0 at padding."""
         raise NotImplementedError
+
+    def score(self, passes: ModelPasses, mask: Tensor) -> Tensor:
+        """(B, T) signal of one micro-batch from the passes it needs (default: both views' sampled-token
+        log-probs, through ``__call__``)."""
+        return self(passes.logps(masked=False), passes.logps(masked=True), mask)
 
 
 class TokenSelector:

@@ -6,8 +6,9 @@ module never branches on a method:
 
 1. :meth:`MethodBlocks.rollout`: the rollout batch, through the rollout-side view (default: every response from
    the real image; NoisyRollout: part of each group from a noised copy);
-2. :meth:`MethodBlocks.score`: once per rollout batch, without gradient, the per-token visual sensitivity from the
-   rollout policy's log-probs given the real image and given the altered view (only when a shaper needs it);
+2. :meth:`MethodBlocks.score`: once per rollout batch, micro-batch by micro-batch, without gradient, the
+   per-token visual sensitivity from the rollout parameters' passes given the real image and given the
+   altered view (:class:`papo.blocks.base.ModelPasses`; only when a shaper needs it);
 3. :meth:`MethodBlocks.populations`: once per update mini-batch, what each shaper needs from the whole
    mini-batch (VPPO: the min and max of the responses' mean sensitivity);
 4. :meth:`MethodBlocks.shape`: once per micro-batch, the advantages after every shaper, trajectory shaping
@@ -25,7 +26,14 @@ import torch
 from torch import Tensor
 
 from papo.algos import masked_max, masked_mean
-from papo.blocks.base import AdvantageShaper, RolloutView, SampleFn, SensitivitySignal, ShapingInputs
+from papo.blocks.base import (
+    AdvantageShaper,
+    ModelPasses,
+    RolloutView,
+    SampleFn,
+    SensitivitySignal,
+    ShapingInputs,
+)
 
 __all__ = ["MethodBlocks"]
 
@@ -69,13 +77,17 @@ class MethodBlocks:
         return exp, {f"{self.rollout_view.name}/{k}": v for k, v in metrics.items()}
 
     @torch.no_grad()
-    def score(self, logps: Tensor, logps_alt: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """(N, T) per-token sensitivity and its statistics (keys ``sensitivity/token_mean``, ``token_max``)."""
+    def score(self, passes: ModelPasses, mask: Tensor) -> Tensor:
+        """(B, T) per-token sensitivity of one micro-batch from the rollout parameters' passes."""
         if self.sensitivity is None:
             raise ValueError("no shaper needs a sensitivity signal (MethodBlocks.needs_scores is False)")
-        scores = self.sensitivity(logps, logps_alt, mask)  # (N, T)
-        name = self.sensitivity.name
-        return scores, {
+        return self.sensitivity.score(passes, mask)  # (B, T)
+
+    @torch.no_grad()
+    def score_metrics(self, scores: Tensor, mask: Tensor) -> dict[str, float]:
+        """Statistics of a rollout batch's signal (keys ``sensitivity/token_mean``, ``token_max``)."""
+        name = self.sensitivity.name if self.sensitivity is not None else "sensitivity"
+        return {
             f"{name}/token_mean": float(masked_mean(scores, mask)),
             f"{name}/token_max": float(masked_max(scores, mask)),
         }

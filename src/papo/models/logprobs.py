@@ -94,16 +94,10 @@ def response_logps(
     ``(logps, entropies)``, both (N, T), 0 at padding.
     """
     N, T_full = response_ids.shape
-    P_full = prompt_ids.shape[1]
     p_ids, p_mask, r_ids, r_mask, T = trim_padding(prompt_ids, prompt_mask, response_ids, response_mask)
-    input_ids = torch.cat([p_ids, r_ids], dim=1)  # (N, P' + T)
-    attention_mask = torch.cat([p_mask, r_mask], dim=1).long()  # (N, P' + T)
-    kwargs = visual_model_kwargs(model, visual)
-    if extra:
-        P = p_ids.shape[1]
-        for k, v in extra.items():  # prompt-aligned (N, P_full) -> trimmed + zero for response positions
-            v = v[:, P_full - P :]
-            kwargs[k] = torch.cat([v, torch.zeros_like(v[:, :1]).expand(N, T)], dim=1)
+    input_ids, attention_mask, kwargs = _forward_inputs(
+        model, prompt_ids.shape[1], p_ids, p_mask, r_ids, r_mask, visual, extra
+    )
     if chunk_tokens and chunked_head_supported(model):
         hf = hf_model(model)
         out = hf.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
@@ -141,6 +135,65 @@ def response_logps(
         if with_entropy:
             entropies = torch.cat([entropies, entropies.new_zeros(N, T_full - T)], dim=1)  # (N, T_full)
     return (logps, entropies) if with_entropy else logps
+
+
+def _forward_inputs(
+    model: torch.nn.Module,
+    P_full: int,
+    p_ids: Tensor,
+    p_mask: Tensor,
+    r_ids: Tensor,
+    r_mask: Tensor,
+    visual: dict[str, Tensor],
+    extra: dict[str, Tensor] | None,
+) -> tuple[Tensor, Tensor, dict[str, object]]:
+    """input ids (N, P' + T), attention mask and the model's image / extra arguments of a trimmed batch."""
+    N, T = r_ids.shape
+    input_ids = torch.cat([p_ids, r_ids], dim=1)  # (N, P' + T)
+    attention_mask = torch.cat([p_mask, r_mask], dim=1).long()  # (N, P' + T)
+    kwargs = visual_model_kwargs(model, visual)
+    if extra:
+        P = p_ids.shape[1]
+        for k, v in extra.items():  # prompt-aligned (N, P_full) -> trimmed + zero for response positions
+            v = v[:, P_full - P :]
+            kwargs[k] = torch.cat([v, torch.zeros_like(v[:, :1]).expand(N, T)], dim=1)
+    return input_ids, attention_mask, kwargs
+
+
+def response_hidden(
+    model: torch.nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    visual: dict[str, Tensor],
+    extra: dict[str, Tensor] | None = None,
+) -> Tensor:
+    """The base model's last hidden states that predict each response token, (N, T, H) (T = input's T), 0 at
+    padding; with the LM head (``hf_model(model).get_output_embeddings()``) they give the next-token logits
+    without a (N, T, V) tensor (:func:`papo.algos.visual_sensitivity.distribution_sensitivity_from_hidden`).
+
+    Raises:
+        ValueError: the model's layout is not ``lm_head(model(...))`` with unsharded weights
+            (:func:`chunked_head_supported`).
+    """
+    if not chunked_head_supported(model):
+        raise ValueError(
+            "hidden states of the response positions need a Qwen-VL ...ForConditionalGeneration with unsharded "
+            f"weights (model types {list(CHUNKED_HEAD_MODEL_TYPES)}); use a sampled-token sensitivity signal"
+        )
+    N, T_full = response_ids.shape
+    p_ids, p_mask, r_ids, r_mask, T = trim_padding(prompt_ids, prompt_mask, response_ids, response_mask)
+    input_ids, attention_mask, kwargs = _forward_inputs(
+        model, prompt_ids.shape[1], p_ids, p_mask, r_ids, r_mask, visual, extra
+    )
+    out = hf_model(model).model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+    P = p_ids.shape[1]
+    hidden = out.last_hidden_state[:, P - 1 : P - 1 + T]  # (N, T, H)
+    hidden = hidden * r_mask.unsqueeze(-1).to(hidden.dtype)  # 0 at padding
+    if T_full > T:
+        hidden = torch.cat([hidden, hidden.new_zeros(N, T_full - T, hidden.shape[-1])], dim=1)
+    return hidden  # (N, T_full, H)
 
 
 def chunked_token_logps(

@@ -42,6 +42,7 @@ from papo.models.loading import (
     padded_vocab_ids,
 )
 from papo.models.logprobs import response_logps
+from papo.models.rollout_passes import RolloutPasses
 from papo.rewards import get_reward_fn
 from papo.rollout.collect import Generator
 from papo.rollout.dynamic_sampling import DynamicSampler
@@ -306,6 +307,17 @@ class PapoModule(L.LightningModule):
             out[idx, : logps.shape[1]] = logps
         return out
 
+    @torch.no_grad()
+    def _sensitivity(self, exp: Experience) -> Tensor:
+        """(N, T) per-token visual sensitivity of the method's signal, micro-batch by micro-batch, from the
+        rollout parameters' passes (papo.models.rollout_passes)."""
+        out = torch.zeros(exp.response_ids.shape)  # (N, T), rows in exp's order
+        for idx in self._micro_batches(exp):
+            micro = exp.select(idx)
+            scores = self.blocks.score(RolloutPasses(self, micro), micro.response_mask.to(self.device))
+            out[idx, : scores.shape[1]] = scores.float().cpu()
+        return out
+
     @property
     def progress(self) -> float:
         return min(1.0, self.global_step / self.total_steps)
@@ -415,13 +427,8 @@ class PapoModule(L.LightningModule):
             exp.logps_masked = self._logps_nograd(self.policy, exp, masked=True)
         self._block_metrics = {}
         if self.blocks.needs_scores:  # per-token visual sensitivity with the rollout parameters (VPPO)
-            real = exp.old_logps if exp.old_logps is not None else self._logps_nograd(self.policy, exp)
-            alt = (
-                exp.logps_masked
-                if exp.logps_masked is not None
-                else self._logps_nograd(self.policy, exp, True)
-            )
-            exp.sensitivity, m = self.blocks.score(real, alt, exp.response_mask)
+            exp.sensitivity = self._sensitivity(exp)
+            m = self.blocks.score_metrics(exp.sensitivity, exp.response_mask)
             self._block_metrics = {f"train/{k}": v for k, v in m.items()}
         rewards = exp.rewards
         if self.kl_in_reward:
