@@ -12,22 +12,28 @@ JSON is rewritten after every part, so a run cut short still leaves everything i
    decode's greedy and seeded-sampling tokens against the eager static-cache loop and the lean loop, and the
    chunked LM head's log-probs and gradients against the full-logits forward; on the 3B-dims model in bf16, the
    graph decode against the lean loop, the sampler's log-probs against the training forward's (on-policy), and
-   chunked vs full log-probs, gradients and peak memory of one log-prob forward + backward;
+   chunked vs full log-probs, gradients and peak memory of one log-prob forward + backward; and the
+   diagnostics of scripts/bench_gpu_diagnostics.py: ``sdpa_nan`` (the (b) NaN: one (b)-shaped micro-batch's
+   forward + backward per SDPA backend, with and without left padding, finite-checked per layer),
+   ``decode_split`` (a decode token at 32 rows split into replay, step rule and prefill share),
+   ``sampling_cost`` on flat and peaked logits, ``backward_profile`` (one micro-batch's forward and backward
+   timed and profiled, top operators);
 2. RL steps of our module (``bench.measure_module``: the ``PapoModule`` under a minimal Lightning trainer),
    on a random-init model with Qwen2.5-VL-3B's dimensions in bf16 with activation checkpointing, the synthetic
    task with 448 px images, forced response lengths, for two workloads, each as the GRPO/DAPO step and the
    PAPO step, with today's path (``old``: lean decode loop, full-logits log-probs, 8 rows per micro-batch) and
    the new one (``new``: static cache + CUDA graph decode, chunked LM head, token-budget micro-batches):
-   (a) 8 prompts x G=4, 256 tokens; (b) 32 prompts x G=8 = 256 rows, 512 tokens. Per run: seconds per step
+   (a) 8 prompts x G=4, 256 tokens; (b) 32 prompts x G=8 = 256 rows, 512 tokens; and the new path's GRPO
+   step on (a) with fp32 master weights under ``bf16-mixed`` (``new-fp32``). Per run: seconds per step
    and per phase, decode ms per token (the generate phase / max_new_tokens, prefill and sampling included),
    response tokens per second of the whole step, peak GPU memory, MFU (model FLOPs per step, as
    scripts/bench.py counts them, / step time / --peak-tflops, and / a measured bf16 matmul rate), and whether
    the decode really replayed CUDA graphs (or fell back, with the reason).
 
 A time budget (``--budget-s``, from the start, setup included) stops starting new runs: each run needs an
-estimated time left (its own, from the runs before it), and the runs are ordered by importance, so today's
-path on (b) (the slowest) runs last, with fewer steps, and is skipped (saying so in the JSON) when the
-budget is spent.
+estimated time left (its own, from the runs before it), and the runs are ordered by importance: (b)'s new
+path before today's path on (b) (the slowest), which runs last and is skipped (saying so in the JSON) when
+the budget is spent.
 
 The model: papo.models.tiny_vlm's builder (real ``Qwen2_5_VLForConditionalGeneration`` classes, the embedded
 stand-in's processor and 512-id tokenizer) with the published 3B values (text hidden 2048, 36 layers, 16 heads,
@@ -39,6 +45,7 @@ heads, window 112, full attention in blocks 7/15/23/31). Ids beyond the tokenize
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import json
@@ -57,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench  # noqa: E402  (scripts/bench.py: FLOP accounting, data, module driver; puts src/ on the path)
+import bench_gpu_diagnostics as diagnostics  # noqa: E402
 
 QWEN25_VL_3B = dict(
     hidden_size=2048,
@@ -102,13 +110,19 @@ PATHS = {
         "algo.micro_batch_size=64",
     ],
 }
-#: (case, path, side, warm-up steps, measured steps), most important first
+#: runs of the new path with fp32 master weights under Lightning's bf16-mixed autocast (the published configs'
+#: default; the other runs hold bf16 weights): path name -> (the path whose overrides it runs, precision)
+AUTOCAST_PATHS = {"new-fp32": ("new", "bf16-mixed")}
+#: (case, path, side, warm-up steps, measured steps), most important first: (b)'s new path before today's
+#: path on (b); a (b) step takes about 40 s, so (b)'s runs measure one step each within the 8 minutes, and
+#: today's path, which captures nothing, runs without a warm-up step (the new path's runs warmed the kernels)
 PLAN = [
     ("a", "new", "grpo", 1, 2),
     ("a", "new", "papo", 1, 2),
-    ("a", "old", "grpo", 1, 1),
+    ("a", "old", "grpo", 0, 1),
     ("b", "new", "grpo", 1, 1),
-    ("b", "new", "papo", 0, 2),
+    ("b", "new", "papo", 0, 1),
+    ("a", "new-fp32", "grpo", 1, 1),
     ("a", "old", "papo", 0, 1),
     ("b", "old", "grpo", 0, 1),
     ("b", "old", "papo", 0, 1),
@@ -201,8 +215,9 @@ def machine(device: Any) -> dict[str, Any]:
     return info
 
 
-def build_policy(args: argparse.Namespace, tokenizer: Any, device: Any) -> Any:
-    """Random-init Qwen2.5-VL with the 3B dims (tiny dims with --tiny), bf16 (fp32 on CPU), on ``device``."""
+def build_policy(args: argparse.Namespace, tokenizer: Any, device: Any, dtype: Any = None) -> Any:
+    """Random-init Qwen2.5-VL with the 3B dims (tiny dims with --tiny), ``dtype`` (default bf16, fp32 on CPU),
+    on ``device``."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -214,7 +229,8 @@ def build_policy(args: argparse.Namespace, tokenizer: Any, device: Any) -> Any:
     config.text_config.vocab_size = vocab
     if hasattr(config, "vocab_size"):
         config.vocab_size = vocab
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(args.seed)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(
@@ -373,7 +389,10 @@ def decode_parity(model: Any, inputs: dict, gen: Any, device: Any, tokens: int, 
 
 def sampling_cost(vocab: int, device: Any, rows: tuple[int, ...] = (32, 256)) -> dict[str, Any]:
     """Milliseconds of the step rule outside the graph (suppression, top-p 0.99 sampling, pad, ended rows) per
-    token, on random logits of the 3B vocabulary: the part of a decode token that is not the model's step."""
+    token, on random logits of the 3B vocabulary: the part of a decode token that is not the model's step.
+    ``flat`` logits (standard normal, like a random-init model's) put every row's nucleus outside the top-p
+    candidates (the whole vocabulary is sorted); ``peaked`` ones (probability ~ rank^-2, a trained model's
+    shape) keep it among them."""
     import torch
 
     from papo.rollout.token_sampling import StepRules, next_tokens
@@ -386,24 +405,27 @@ def sampling_cost(vocab: int, device: Any, rows: tuple[int, ...] = (32, 256)) ->
     )
     out = {}
     for n in rows:
-        logits = torch.randn(n, vocab, device=device)
-        unfinished = torch.ones(n, dtype=torch.bool, device=device)
-        for _ in range(3):
-            next_tokens(logits.clone(), 5, unfinished, rules)
-        reps = 20
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(reps):
+        flat = torch.randn(n, vocab, device=device)
+        ranks = torch.argsort(torch.rand(n, vocab, device=device), dim=-1).float() + 1  # a random order
+        peaked = -2.0 * ranks.log()  # probability ~ rank^-2
+        for name, logits in (("", flat), ("_peaked", peaked)):
+            unfinished = torch.ones(n, dtype=torch.bool, device=device)
+            for _ in range(3):
                 next_tokens(logits.clone(), 5, unfinished, rules)
-            end.record()
-            torch.cuda.synchronize()
-            out[f"ms_per_token_{n}_rows"] = start.elapsed_time(end) / reps
-        else:
-            t = time.perf_counter()
-            for _ in range(reps):
-                next_tokens(logits.clone(), 5, unfinished, rules)
-            out[f"ms_per_token_{n}_rows"] = 1000 * (time.perf_counter() - t) / reps
+            reps = 20
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(reps):
+                    next_tokens(logits.clone(), 5, unfinished, rules)
+                end.record()
+                torch.cuda.synchronize()
+                out[f"ms_per_token_{n}_rows{name}"] = start.elapsed_time(end) / reps
+            else:
+                t = time.perf_counter()
+                for _ in range(reps):
+                    next_tokens(logits.clone(), 5, unfinished, rules)
+                out[f"ms_per_token_{n}_rows{name}"] = 1000 * (time.perf_counter() - t) / reps
     return out
 
 
@@ -515,7 +537,8 @@ def measure_run(
 
     ns = workload(args, case, warmup, steps)
     batches = bench.build_batches(ns)
-    overrides = PATHS[path] + (args.new_extra if path == "new" else [])
+    runs_as, precision = AUTOCAST_PATHS.get(path, (path, None))
+    overrides = PATHS[runs_as] + (args.new_extra if runs_as == "new" else [])
     module, _ = bench.build_module(ns, side, base_overrides(args) + overrides)
     attach(module, policy)
     cuda = torch.cuda.is_available()
@@ -525,10 +548,12 @@ def measure_run(
         torch.cuda.reset_peak_memory_stats()
     nonfinite: list[dict[str, Any]] = []
     unwatch = watch_nonfinite_grads(module, nonfinite)
+    built: list[str] = []
     try:
-        step_s, phases = bench.measure_module(
-            module, batches, "gpu" if cuda else "cpu", budget_s=left, decode_timing="decode_calls"
-        )
+        with diagnostics.trainer_precision(precision) if precision else contextlib.nullcontext([]) as built:
+            step_s, phases = bench.measure_module(
+                module, batches, "gpu" if cuda else "cpu", budget_s=left, decode_timing="decode_calls"
+            )
     finally:
         unwatch()
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
@@ -543,6 +568,8 @@ def measure_run(
         "case": case,
         "path": path,
         "side": side,
+        "weights_dtype": str(next(policy.parameters()).dtype),
+        "precision": (built or [None])[0] or "weights' dtype (no autocast)",  # the trainer's own
         "rows": ns.prompts * ns.group_size,
         "max_new_tokens": ns.max_new_tokens,
         "overrides": overrides,
@@ -561,7 +588,7 @@ def measure_run(
         "model_tflops_per_s": flops["flops"]["total"] / med / 1e12,
         "mfu_vs_peak": flops["flops"]["total"] / med / (args.peak_tflops * 1e12),
     }
-    if path == "new":
+    if runs_as == "new":
         out["decode"] = graph_status(policy)
     module.policy = None  # keep the shared policy alive, free this module's optimiser state
     del module
@@ -576,6 +603,8 @@ def estimate_s(report: Report, case: str, path: str, side: str, warmup: int, ste
     its tokens); a generous default when nothing is known yet."""
     runs = report.doc["runs"]
     n = warmup + steps
+    if path in AUTOCAST_PATHS:  # the path it runs, plus building its policy
+        return estimate_s(report, case, AUTOCAST_PATHS[path][0], side, warmup, steps) + 15
     for other in ("grpo", "papo"):
         prior = runs.get(f"{case}/{path}/{other}")
         if prior and "step_s_median" in prior:
@@ -638,25 +667,45 @@ def correctness(report: Report, args: argparse.Namespace, probe: Any, batch: dic
         inputs = prompt_inputs(probe.generator, first_prompts(batch, 4), device)
         return decode_parity(policy, inputs, probe.generator, device, 8 if args.tiny else 32, 2)
 
+    rollout: dict[str, Any] = {}
+
     def big_logprobs() -> dict[str, Any]:
         tokens = 8 if args.tiny else 512
         cfg = GenerationConfig(max_new_tokens=tokens, temperature=1.0, num_samples=2, min_new_tokens=tokens)
         torch.manual_seed(0)
         policy.eval()
         exp, _ = probe.generator.rollout(policy, first_prompts(batch, 4), cfg, probe.reward_fn, device=device)
+        rollout["exp"] = exp
         # 1024-token chunks: the 4,096 response tokens span several chunks (recomputed in backward)
         return logprob_parity(policy, exp, probe.suppress_ids.to(device), device, chunk=1024)
 
+    def split() -> dict[str, Any]:  # 8 prompts x G=4: (a)'s 32 rows
+        inputs = prompt_inputs(probe.generator, first_prompts(batch, 8), device)
+        return diagnostics.decode_split(policy, probe.generator, inputs, device, 8 if args.tiny else 64, 4)
+
+    def profile() -> dict[str, Any]:
+        exp = rollout["exp"]
+        inputs = {
+            k: (v.to(device) if isinstance(v, torch.Tensor) else {a: b.to(device) for a, b in v.items()})
+            for k, v in exp.model_inputs().items()
+        }
+        return diagnostics.backward_profile(policy, inputs, probe.suppress_ids.to(device), device, 4096)
+
+    suppress = probe.suppress_ids.to(device)
+    check("sdpa_nan", lambda: diagnostics.sdpa_nan(policy, suppress, device, args.tiny))
     check("3b_decode", big_decode)
     vocab = policy.config.text_config.vocab_size
     check("sampling_cost", lambda: sampling_cost(vocab, device))
+    check("decode_split", split)
     tokens = 6 if args.tiny else 32
     check("3b_on_policy", lambda: on_policy_gap(probe, batch, "static", device, tokens))
     check("3b_logprobs", big_logprobs)
+    if "exp" in rollout:
+        check("backward_profile", profile)
     policy.train()
 
 
-def runs(report: Report, args: argparse.Namespace, policy: Any) -> None:
+def runs(report: Report, args: argparse.Namespace, policy: Any, tokenizer: Any) -> None:
     """Section 2: the plan's RL-step runs, most important first, while the budget lasts."""
     wanted = None if args.runs == "all" else set(args.runs.split(","))
     for case, path_name, side, warmup, steps in PLAN:
@@ -675,7 +724,28 @@ def runs(report: Report, args: argparse.Namespace, policy: Any) -> None:
             print(f"[bench_gpu] skip {key}: {report.doc['skipped'][key]}", flush=True)
             continue
         run = (case, path_name, side, warmup, steps, left)
-        report.guarded("runs", key, lambda run=run: measure_run(args, policy, *run))
+        if path_name in AUTOCAST_PATHS:
+            report.guarded("runs", key, lambda run=run: measure_fp32_run(args, policy, tokenizer, *run))
+        else:
+            report.guarded("runs", key, lambda run=run: measure_run(args, policy, *run))
+
+
+def measure_fp32_run(args: argparse.Namespace, shared: Any, tokenizer: Any, *run: Any) -> dict[str, Any]:
+    """A run on a policy with fp32 weights (the same random init as the shared one), dropped afterwards."""
+    import torch
+
+    device = next(shared.parameters()).device
+    policy = build_policy(args, tokenizer, device, dtype=torch.float32)
+    try:
+        return measure_run(args, policy, *run)
+    finally:
+        from papo.rollout.static_decode import release_graphs
+
+        release_graphs(policy)
+        del policy
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def main(argv: list[str]) -> None:
@@ -726,7 +796,7 @@ def main(argv: list[str]) -> None:
         correctness(report, args, probe, batch, device)
     probe.policy = None  # the probe's optimiser-free module is dropped; the policy is shared by the runs
     gc.collect()
-    runs(report, args, policy)
+    runs(report, args, policy, tokenizer)
 
     if cuda:
         rates.append(bench.matmul_rate(n=8192, reps=10, dtype="bfloat16", device="cuda"))

@@ -129,11 +129,28 @@ def correctness_lines(doc: dict[str, Any]) -> list[str]:
             if not isinstance(part, dict):
                 continue
             for k, v in part.items():
-                if k in ("decode", "logprobs", "graphs", "seconds", "traceback") or v is None:
+                if (
+                    k in ("decode", "logprobs", "graphs", "seconds", "traceback", "cases", "top_ops")
+                    or v is None
+                ):
                     continue
                 parts.append(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}")
+        parts += [_nan_case(key, case) for key, case in c.get("cases", {}).items()]
+        if c.get("top_ops"):
+            ops = ", ".join(f"`{o['op']}` {100 * o['share']:.0f}%" for o in c["top_ops"][:10])
+            parts.append(f"top ops by {c.get('profile_time')}: {ops}")
         lines.append(f"| {name} | {'; '.join(parts)} |")
     return lines
+
+
+def _nan_case(key: str, case: dict[str, Any]) -> str:
+    """One case of the ``sdpa_nan`` diagnostic: its gradient norm, or which layers' gradients are not finite."""
+    if "error" in case:
+        return f"{key}: error ({case['error'][:80]})"
+    text = f"{key}: loss {case['loss']:.4g}, grad norm {case['grad_norm']:.4g}"
+    if case.get("params_nonfinite"):
+        text += f" ({case['params_nonfinite']} params non-finite, text layers {case['layers_nonfinite']})"
+    return text
 
 
 def section(doc: dict[str, Any], source: str) -> str:
@@ -151,7 +168,7 @@ def section(doc: dict[str, Any], source: str) -> str:
         + ", ".join(f"`{o}`" for o in doc.get("paths", {}).get("old", []))
         + "; `new` = "
         + ", ".join(f"`{o}`" for o in doc.get("paths", {}).get("new", []))
-        + ".",
+        + "; `new-fp32` = `new` on fp32 weights under Lightning's `bf16-mixed` (the other runs: bf16 weights).",
         "",
         "| target | measured | |",
         "|---|---|---|",

@@ -1,8 +1,16 @@
-"""Registry: lookup, sorted error messages, duplicate registration, the package's registries."""
+"""Registry (the one registry class of papo.algos and papo.rewards): lookup, sorted error messages, duplicate
+registration, the package's registries."""
 
 import pytest
 
-from papo.algos import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, Registry
+from papo.algos import (
+    ADVANTAGE_ESTIMATORS,
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    Registry,
+    UnknownNameError,
+)
 
 
 def test_register_and_get():
@@ -52,3 +60,47 @@ def test_package_registries_and_errors():
         ADVANTAGE_ESTIMATORS.get("gae")
     with pytest.raises(ValueError, match="already registered"):
         KL_ESTIMATORS.register("k3")(lambda a, b: a)
+
+
+def test_lookup_by_subscript_iteration_and_unregister():
+    reg = Registry("widget")
+    for name in ("b", "a"):
+        reg.register(name)(lambda n=name: n)
+    assert reg["a"]() == "a" and list(reg) == ["a", "b"]
+    with pytest.raises(UnknownNameError) as err:
+        reg["q"]
+    # one error for both uses: a mapping lookup (KeyError) and a config value (ValueError)
+    assert isinstance(err.value, KeyError) and isinstance(err.value, ValueError)
+    assert str(err.value) == "Unknown widget 'q'. Valid names: ['a', 'b']"
+    reg.unregister("a")
+    assert reg.names() == ["b"] and "a" not in reg
+    with pytest.raises(UnknownNameError, match=r"Unknown widget 'a'. Valid names: \['b'\]"):
+        reg.unregister("a")
+
+
+def test_unhashable_name_is_an_unknown_name():
+    reg = Registry("widget")
+    reg.register("a")(lambda: 1)
+    assert ["a"] not in reg
+    with pytest.raises(UnknownNameError, match=r"Unknown widget \['a'\]"):
+        reg.get(["a"])
+
+
+def test_error_class_per_registry():
+    class UnknownWidget(UnknownNameError):
+        pass
+
+    reg = Registry("widget", error=UnknownWidget)
+    with pytest.raises(UnknownWidget):
+        reg.get("x")
+
+
+def test_rewards_use_the_same_registry_class():
+    from papo.rewards import REWARD_FUNCTIONS, UnknownRewardFunctionError, score_response
+
+    assert isinstance(REWARD_FUNCTIONS, Registry) and isinstance(ADVANTAGE_ESTIMATORS, Registry)
+    assert issubclass(UnknownRewardFunctionError, UnknownNameError)
+    with pytest.raises(UnknownRewardFunctionError, match=r"Unknown reward function 'maths'. Valid names: \["):
+        REWARD_FUNCTIONS["maths"]
+    with pytest.raises(ValueError, match="already registered"):
+        REWARD_FUNCTIONS.register("math")(score_response)

@@ -296,7 +296,7 @@ def test_non_string_answer_column() -> None:
 
 def test_question_longer_than_max_prompt_length_is_filtered_with_a_count(tiny_processor, caplog) -> None:
     """Exact token counts (the model's processor); over-long prompts are dropped at setup with a logged count."""
-    from papo.data.scan import PromptLength
+    from papo.rollout.prompt_length import PromptLength
 
     caplog.set_level(logging.INFO)
     ds = _text_rows("problem", "why? " * 400)

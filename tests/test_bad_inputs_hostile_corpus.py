@@ -16,7 +16,8 @@ import pytest
 from papo.data.datamodule import BadRowError, PapoDataModule
 from papo.data.hub import load_split
 from papo.data.masking import RandomPatchMask
-from papo.data.scan import PromptLength, scan_split
+from papo.data.scan import scan_split
+from papo.rollout.prompt_length import PromptLength
 
 _spec = importlib.util.spec_from_file_location(
     "hostile_corpus", Path(__file__).parent / "data" / "hostile_corpus.py"

@@ -102,12 +102,32 @@ def test_bench_gpu_tiny_dry_run(tmp_path: Path, cache_dir: Path, report_module) 
         assert c["decode"]["fallback"] is None and c["logprobs"]["chunked_head_used"]
         assert c["logprobs"]["logp_max_abs_diff"] < 1e-5 and c["logprobs"]["grad_relative_diff"] < 1e-5
     assert doc["correctness"]["3b_on_policy"]["max_abs"] < 1e-4
+    # the NaN diagnostic: every case ran; moving the padding behind the response changes no loss or gradient
+    nan = doc["correctness"]["sdpa_nan"]
+    assert nan["nan_cases"] == [] and set(nan["cases"]) == {
+        f"{b}/{a}" for b in ("default", "math") for a in ("aligned", "aligned_masked", "left_padded")
+    }
+    for backend in ("default", "math"):
+        aligned = nan["cases"][f"{backend}/aligned"]
+        assert aligned["params_nonfinite"] == 0 and aligned["grad_norm"] > 0
+        for other in ("aligned_masked", "left_padded"):
+            assert aligned["loss"] == pytest.approx(nan["cases"][f"{backend}/{other}"]["loss"], rel=1e-5)
+            assert aligned["grad_norm"] == pytest.approx(
+                nan["cases"][f"{backend}/{other}"]["grad_norm"], rel=1e-4
+            )
+    split = doc["correctness"]["decode_split"]
+    assert split["ms_per_token_replay"] > 0 and split["ms_per_token_step_rule"] > 0
+    assert split["ms_per_token_prefill_share"] > 0
+    prof = doc["correctness"]["backward_profile"]
+    assert prof["backward_s"] > 0 and any("mm" in o["op"] for o in prof["top_ops"])
     assert set(doc["runs"]) == {
         f"{c}/{p}/{s}" for c in "ab" for p in ("new", "old") for s in ("grpo", "papo")
-    }
+    } | {"a/new-fp32/grpo"}
+    fp32 = doc["runs"]["a/new-fp32/grpo"]
+    assert fp32["precision"] == "bf16-mixed" and fp32["weights_dtype"] == "torch.float32"
     for key, r in doc["runs"].items():
         assert r["step_s_median"] > 0 and r["decode_ms_per_token"] > 0 and r["response_tokens_per_s"] > 0, key
-        if key.split("/")[1] == "new":
+        if key.split("/")[1].startswith("new"):
             assert r["decode"]["fallback"] is None and r["decode"]["graphs"], key  # the static loop ran
     page = tmp_path / "gpu_performance.md"
     shutil.copy(ROOT / "docs" / "gpu_performance.md", page)

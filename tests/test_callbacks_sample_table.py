@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from papo.callbacks.sample_table import SampleTableCallback
-from papo.evaluation.samples import collect_samples
+from papo.evaluation.validation import ValidationOutput
 from test_eval_metrics import _batch, make_exp
 
 
@@ -36,9 +36,9 @@ def test_wandb_table_offline_keeps_the_images(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))  # artifact staging (table media)
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
     batch = _batch(2)
-    samples: list = []
-    collect_samples(batch, make_exp([1, 0], ["count"] * 2, ["high"] * 2), False, samples, 2)
-    collect_samples(batch, make_exp([0, 0], ["count"] * 2, ["high"] * 2), True, samples, 2)
+    outputs = ValidationOutput(
+        make_exp([1, 0], ["count"] * 2, ["high"] * 2), make_exp([0, 0], ["count"] * 2, ["high"] * 2)
+    )
     logger = WandbLogger(project="papo-test", save_dir=str(tmp_path), offline=True)
     cb = SampleTableCallback(num_samples=2, dirpath=str(tmp_path / "files"))
     trainer = SimpleNamespace(
@@ -49,7 +49,8 @@ def test_wandb_table_offline_keeps_the_images(tmp_path: Path, monkeypatch: pytes
         default_root_dir=str(tmp_path),
     )
     try:
-        cb.on_validation_end(trainer, SimpleNamespace(val_samples=samples))
+        cb.on_validation_batch_end(trainer, None, outputs, batch, 0)  # what validation_step returned
+        cb.on_validation_end(trainer, None)
         run_dir = Path(logger.experiment.dir).parent
     finally:
         wandb.finish()

@@ -43,9 +43,9 @@ BAD_VALUES = [
     ("loss.components.perception_kl._target_=papo.losses.Nope", "cannot be imported; valid loss components"),
     ("loss.components.perception_kl._target_=builtins.dict", "is not a LossComponent subclass"),
     # coefficients
-    ("loss.gamma=-0.1", "loss.gamma=-0.1 must be >= 0"),
-    ("loss.eta_real=-1", "loss.eta_real=-1 must be >= 0"),
-    ("loss.eta_masked=-0.03", "loss.eta_masked=-0.03 must be >= 0"),
+    ("loss.gamma=-0.1", "loss.gamma=-0.1 must be a number >= 0"),
+    ("loss.eta_real=-1", "loss.eta_real=-1 must be a number >= 0"),
+    ("loss.eta_masked=-0.03", "loss.eta_masked=-0.03 must be a number >= 0"),
     (
         "loss.components.perception_kl.gamma=-1",
         "loss.components.perception_kl.gamma=-1 must be a number >= 0",
@@ -55,9 +55,9 @@ BAD_VALUES = [
     ("loss.components.perception_kl.token_clip=0", "token_clip=0 must be a number > 0 or null"),
     ("algo.kl_coef=-0.01", "algo.kl_coef=-0.01 must be"),
     # mask probability / ratio
-    ("masking.mask_prob=1.5", "masking.mask_prob=1.5 must be in [0, 1]"),
-    ("masking.mask_prob=-0.1", "masking.mask_prob=-0.1 must be in [0, 1]"),
-    ("masking=exact_ratio masking.ratio=2", "masking.ratio=2 must be in [0, 1]"),
+    ("masking.mask_prob=1.5", "masking.mask_prob=1.5 must be a number in [0, 1]"),
+    ("masking.mask_prob=-0.1", "masking.mask_prob=-0.1 must be a number in [0, 1]"),
+    ("masking=exact_ratio masking.ratio=2", "masking.ratio=2 must be a number in [0, 1]"),
     ("masking.patch_size=0", "masking.patch_size=0 must be an integer >= 1"),
     ("masking=noise masking.std=-1", "masking.std=-1 must be a number >= 0"),
     # group size with group-normalised advantages
@@ -65,19 +65,19 @@ BAD_VALUES = [
     ("algo=rloo algo.group_size=1", "algo.group_size=1: group-normalised advantages need >= 2"),
     ("algo.group_size=0", "algo.group_size"),
     # clip values
-    ("algo.clip_low=1.5", "algo.clip_low=1.5 must be in [0, 1)"),
-    ("algo.clip_low=-0.1", "algo.clip_low=-0.1 must be in [0, 1)"),
-    ("algo.clip_high=-0.2", "algo.clip_high=-0.2 must be >= 0"),
-    ("algo.dual_clip=0.5", "algo.dual_clip=0.5 must be > 1 or null"),
-    ("optim.grad_clip=0", "optim.grad_clip=0 must be > 0"),
+    ("algo.clip_low=1.5", "algo.clip_low=1.5 must be a number in [0, 1)"),
+    ("algo.clip_low=-0.1", "algo.clip_low=-0.1 must be a number in [0, 1)"),
+    ("algo.clip_high=-0.2", "algo.clip_high=-0.2 must be a number >= 0"),
+    ("algo.dual_clip=0.5", "algo.dual_clip=0.5 must be a number > 1 or null (null disables)"),
+    ("optim.grad_clip=0", "optim.grad_clip=0 must be a number > 0"),
     # max lengths and sizes
-    ("rollout.max_new_tokens=0", "rollout.max_new_tokens=0 must be > 0"),
-    ("rollout.max_prompt_length=0", "rollout.max_prompt_length=0 must be > 0"),
-    ("rollout.max_prompt_length=-5", "rollout.max_prompt_length=-5 must be > 0"),
-    ("rollout.top_p=0", "rollout.top_p=0 must be in (0, 1]"),
+    ("rollout.max_new_tokens=0", "rollout.max_new_tokens=0 must be an integer >= 1"),
+    ("rollout.max_prompt_length=0", "rollout.max_prompt_length=0 must be an integer >= 1"),
+    ("rollout.max_prompt_length=-5", "rollout.max_prompt_length=-5 must be an integer >= 1"),
+    ("rollout.top_p=0", "rollout.top_p=0 must be a number in (0, 1]"),
     ("rollout.top_k=-1", "rollout.top_k=-1 must be an integer >= 0 (0 disables)"),
-    ("rollout.temperature=-1", "rollout.temperature=-1 must be >= 0"),
-    ("rollout.val_samples=0", "rollout.val_samples=0 must be >= 1"),
+    ("rollout.temperature=-1", "rollout.temperature=-1 must be a number >= 0"),
+    ("rollout.val_samples=0", "rollout.val_samples=0 must be an integer >= 1"),
     ("rollout.generation_batch_size=0", "rollout.generation_batch_size=0 must be an integer >= 1"),
     ("algo.overlong.enabled=true algo.overlong.buffer_length=100", "must be < rollout.max_new_tokens"),
     ("algo.dynamic_sampling.low=0.9 algo.dynamic_sampling.high=0.1", "need 0 <= low < high <= 1"),
@@ -89,7 +89,7 @@ BAD_VALUES = [
     # rewards, optimiser, checkpoints, warm start
     ("reward.format_weight=1.5", "reward.format_weight=1.5 must be a number in [0, 1]"),
     ("reward.timeout_s=0", "reward.timeout_s=0 must be a number > 0"),
-    ("optim.lr=0", "optim.lr=0 must be > 0"),
+    ("optim.lr=0", "optim.lr=0 must be a number > 0"),
     ("optim.weight_decay=-1", "optim.weight_decay=-1 must be a number >= 0"),
     ("optim.betas=[0.9,1.0]", "optim.betas.1=1.0 must be a number in [0, 1)"),
     ("optim.max_consecutive_skips=0", "optim.max_consecutive_skips=0 must be an integer >= 1 or null"),
@@ -188,9 +188,9 @@ def test_every_problem_is_reported_at_once_one_line_per_key() -> None:
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     assert err.value.problems == [
-        "algo.clip_low=1.5 must be in [0, 1)",
-        "loss.gamma=-1 must be >= 0",
-        "masking.mask_prob=2 must be in [0, 1]",
+        "algo.clip_low=1.5 must be a number in [0, 1)",
+        "loss.gamma=-1 must be a number >= 0",
+        "masking.mask_prob=2 must be a number in [0, 1]",
         "rollout.top_k=-1 must be an integer >= 0 (0 disables)",
         "optim.lr='abc' must be a number > 0",
     ]
@@ -200,7 +200,7 @@ def test_every_problem_is_reported_at_once_one_line_per_key() -> None:
     # one problem: the message is that one line
     with pytest.raises(ConfigError) as one:
         validate_config(_cfg("loss.gamma=-1"))
-    assert str(one.value) == "loss.gamma=-1 must be >= 0" and one.value.problems == [str(one.value)]
+    assert str(one.value) == "loss.gamma=-1 must be a number >= 0" and one.value.problems == [str(one.value)]
 
 
 def _entry_point(script: str, *overrides: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -225,8 +225,8 @@ def test_train_entry_point_prints_every_problem_without_traceback(tmp_path: Path
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     assert proc.stderr.strip().splitlines() == [
         "Invalid config (2 problems):",
-        "  loss.gamma=-1 must be >= 0",
-        "  masking.mask_prob=2 must be in [0, 1]",
+        "  loss.gamma=-1 must be a number >= 0",
+        "  masking.mask_prob=2 must be a number in [0, 1]",
     ]
 
 
@@ -245,8 +245,8 @@ BAD_EVAL_VALUES = [
         "eval.greedy=false eval.samples=0",
         "nothing to evaluate; set eval.greedy=true and/or eval.samples >= 1",
     ),
-    ("masking.mask_prob=1.5", "masking.mask_prob=1.5 must be in [0, 1]"),
-    ("rollout.max_new_tokens=0", "rollout.max_new_tokens=0 must be > 0"),
+    ("masking.mask_prob=1.5", "masking.mask_prob=1.5 must be a number in [0, 1]"),
+    ("rollout.max_new_tokens=0", "rollout.max_new_tokens=0 must be an integer >= 1"),
     (
         "rollout.decoder=fast",
         "rollout.decoder='fast' is unknown; valid: ['auto', 'static', 'lean', 'generate']",
@@ -302,7 +302,7 @@ def test_eval_entry_point_validates_before_anything_loads(tmp_path: Path) -> Non
         "Invalid config (3 problems):",
         "  eval.temperature=-1 must be a number > 0",
         "  eval.limit=0 must be an integer >= 1 or null (null = all)",
-        "  masking.mask_prob=2 must be in [0, 1]",
+        "  masking.mask_prob=2 must be a number in [0, 1]",
     ]
     assert not list(tmp_path.glob("eval_*"))
     proc = _entry_point("eval.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", "num_threads=1", tmp_path=tmp_path)

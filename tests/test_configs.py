@@ -46,6 +46,12 @@ OPTIONAL_PACKAGES = {
     ("trainer", "deepspeed_zero3"): "deepspeed",
 }
 
+#: options that name a user reward function the user must give (configs/reward/custom.yaml, combined.yaml)
+REQUIRED_USER_FUNCTION = {
+    ("reward", "custom"): r"reward\.fn is required",
+    ("reward", "combined"): r"reward\.components\.custom\.fn is required",
+}
+
 
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_every_config_composes(group: str, option: str) -> None:
@@ -62,6 +68,10 @@ def test_every_config_composes(group: str, option: str) -> None:
         return
     if (group, option) == ("data", "local_files"):  # composes; its source is required before anything loads
         with pytest.raises(ConfigError, match=r"data\.train_dataset\.source is required"):
+            validate_config(cfg)
+        return
+    if (group, option) in REQUIRED_USER_FUNCTION:  # composes; the user's reward function is required
+        with pytest.raises(ConfigError, match=REQUIRED_USER_FUNCTION[(group, option)]):
             validate_config(cfg)
         return
     validate_config(cfg)

@@ -20,7 +20,8 @@ from papo.data.digits import build_digits_split, compose_digits, digit_pools
 from papo.data.hub import load_split, resolve_source
 from papo.data.images import load_images
 from papo.data.masking import RandomPatchMask
-from papo.data.scan import PromptLength, image_size, scan_split
+from papo.data.scan import image_size, scan_split
+from papo.rollout.prompt_length import PromptLength
 
 
 def _png(color: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class TokenCountSpy(L.Callback):
-    """Subprocess side of the DDP test: records what ``PapoModule._update`` all-reduces with op ``sum``
+    """Subprocess side of the DDP test: records what ``PapoModule._update`` reduces over the ranks with op ``sum``
     (this rank's mini-batch token count, and the global count returned) and the logged
     ``train/num_tokens_global``; writes ``tokens<rank>.json`` to ``output_dir`` at the end."""
 
@@ -44,17 +44,15 @@ class TokenCountSpy(L.Callback):
         self.output_dir, self.calls, self.logged = output_dir, [], []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        from papo.models import papo_module
+        original = pl_module._reduce  # the strategy's reduction (trainer.strategy.reduce)
 
-        original = papo_module.all_reduce
-
-        def spy(value, op="sum", device=None):
-            out = original(value, op, device)
+        def spy(value, op):
+            out = original(value, op)
             if op == "sum":
                 self.calls.append([float(value), float(out)])
             return out
 
-        papo_module.all_reduce = spy  # the subprocess exits after fit: no need to restore
+        pl_module._reduce = spy  # the subprocess exits after fit: no need to restore
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         value = trainer.callback_metrics.get("train/num_tokens_global")
@@ -344,12 +342,15 @@ def _toy_problem(rank: int):
 def _pg_loss(model, inputs, distributed: bool) -> torch.Tensor:
     from papo.losses.base import LossInputs
     from papo.losses.policy_gradient import PolicyGradientLoss
-    from papo.utils.distributed import all_reduce, world_size
 
     feats, mask, adv, old = inputs
     logps = torch.nn.functional.logsigmoid(model(feats).squeeze(-1))  # (B, T)
     # what PapoModule._update passes: the mini-batch token count all-reduced over ranks, / world size
-    num_tokens = all_reduce(float(mask.sum()), "sum") / world_size() if distributed else float(mask.sum())
+    num_tokens = float(mask.sum())
+    if distributed:  # what trainer.strategy.reduce(..., "sum") does under DDP
+        total = torch.tensor(num_tokens, dtype=torch.float64)
+        torch.distributed.all_reduce(total)
+        num_tokens = float(total) / torch.distributed.get_world_size()
     inp = LossInputs(logps, old, adv, mask, agg_mode="token-mean", num_tokens=num_tokens)
     loss, _ = PolicyGradientLoss("ppo_clip", 0.2, 0.28, 3.0)(inp)
     return loss

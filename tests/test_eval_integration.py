@@ -41,14 +41,16 @@ def eval_cfg(overrides: list[str], out: Path, cache_dir: Path):
 
 
 @pytest.mark.slow
-def test_train_then_eval_checkpoint(make_cfg, tmp_path: Path, cache_dir: Path) -> None:
+def test_train_then_eval_checkpoint(
+    make_cfg, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     train(
         make_cfg(
             [
                 "logger=csv",
                 "validate_before=false",
                 "callbacks.sample_table.num_samples=2",
-                "callbacks.perception_diagnostics.kl_max_prompts=4",
+                "rollout.val_kl_max_prompts=4",
             ]
         )
     )
@@ -73,7 +75,16 @@ def test_train_then_eval_checkpoint(make_cfg, tmp_path: Path, cache_dir: Path) -
     assert md_files and "![](images/" in md_files[-1].read_text()  # no W&B: samples as Markdown
 
     out = tmp_path / "eval_out"
-    result = evaluate(eval_cfg([f"ckpt_path={ckpt}", "eval.split=val"], out, cache_dir))
+    # eval starts its loggers as training does (papo.utils.wandb_setup.start_loggers: W&B offline fallback)
+    from papo.utils import wandb_setup
+
+    started: list = []
+    start_loggers = wandb_setup.start_loggers
+    monkeypatch.setattr(wandb_setup, "start_loggers", lambda cfg: started.append(cfg) or start_loggers(cfg))
+    result = evaluate(eval_cfg([f"ckpt_path={ckpt}", "eval.split=val", "logger=csv"], out, cache_dir))
+    assert [list(c) for c in started] == [["csv"]]
+    with (out / "csv" / "metrics.csv").open() as f:
+        assert "eval/val/greedy/acc" in next(csv.reader(f))
     assert result["num_prompts"] == 6
     metrics = json.loads((out / "eval_val_last.json").read_text())["metrics"]
     for proto in ("greedy", "avg@2"):

@@ -15,6 +15,7 @@ from papo.callbacks.sample_table import SampleTableCallback, wandb_sample_table
 from papo.evaluation.evaluator import format_markdown, protocols_from_cfg
 from papo.evaluation.metrics import ValidationMetrics
 from papo.evaluation.samples import collect_samples, write_samples
+from papo.evaluation.validation import PromptBudget, ValidationOutput
 from papo.losses.base import LossInputs
 from papo.losses.perception_kl import PerceptionKLLoss
 from papo.rollout.experience import Experience
@@ -135,13 +136,31 @@ def test_perception_kl_logs_per_token_mean_max_var() -> None:
 
 
 def test_protocols_and_markdown() -> None:
-    protos = protocols_from_cfg({"greedy": True, "samples": 8, "temperature": 1.0}, 16)
+    from papo.config import ConfigError, EvalConfig, parse_group
+
+    ev = {
+        "split": "val",
+        "samples": 8,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "greedy": True,
+        "masked": True,
+        "kl_prcp": True,
+        "limit": None,
+        "max_new_tokens": None,
+        "num_samples_shown": 8,
+        "device": "auto",
+        "output_dir": None,
+        "write_to_run_dir": True,
+    }
+    protos = protocols_from_cfg(parse_group(EvalConfig, ev, "eval"), 16)
     assert [p.name for p in protos] == ["greedy", "avg@8"]
     assert protos[0].gen.temperature == 0 and protos[1].gen.num_samples == 8
-    with pytest.raises(ValueError, match="temperature"):
-        protocols_from_cfg({"greedy": False, "samples": 4, "temperature": 0.0}, 16)
-    with pytest.raises(ValueError, match="nothing to evaluate"):
-        protocols_from_cfg({"greedy": False, "samples": 0, "temperature": 1.0}, 16)
+    with pytest.raises(ConfigError, match=r"eval\.temperature=0\.0 must be a number > 0"):
+        parse_group(EvalConfig, {**ev, "greedy": False, "temperature": 0.0}, "eval")
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
+        parse_group(EvalConfig, {**ev, "greedy": False, "samples": 0}, "eval")
     m = ValidationMetrics(detailed=True)
     tasks, vds = ["count", "text"], ["high", "none"]
     m.update(make_exp([1, 0], tasks, vds), masked=False)
@@ -197,64 +216,31 @@ def test_samples_collect_write_and_tables(tmp_path: Path) -> None:
     assert table.columns[:2] == ["image", "image_masked"] and len(table.data) == 2
 
     cb = SampleTableCallback(num_samples=2, dirpath=str(tmp_path / "vs"))
-    module = SimpleNamespace()
-    cb.setup(None, module, "fit")
-    assert module.num_val_samples == 2
-    module.val_samples = samples
     trainer = SimpleNamespace(
         loggers=[], is_global_zero=True, sanity_checking=False, global_step=12, default_root_dir=str(tmp_path)
     )
-    cb.on_validation_end(trainer, module)
+    cb.on_validation_epoch_start(trainer, None)
+    for batch_idx in range(2):  # samples from what validation_step returns for the first batch only
+        exp = make_exp([1, 0, 1], ["count"] * 3, ["high"] * 3, texts=[f"r{batch_idx}{i}" for i in range(3)])
+        masked = make_exp(
+            [0, 0, 1], ["count"] * 3, ["high"] * 3, texts=[f"m{batch_idx}{i}" for i in range(3)]
+        )
+        cb.on_validation_batch_end(trainer, None, ValidationOutput(exp, masked), _batch(3), batch_idx)
+    assert [(s["response"], s["response_masked"]) for s in cb.samples] == [("r00", "m00"), ("r01", "m01")]
+    cb.on_validation_end(trainer, None)
     assert (tmp_path / "vs" / "step000012.md").exists() and (tmp_path / "vs" / "step000012.csv").exists()
 
 
-def test_validation_hook_kl_prompt_limit_and_samples(monkeypatch: pytest.MonkeyPatch) -> None:
-    """after_validation_generation: KL on the first kl_max_prompts prompts only; samples from batch 0."""
-    import papo.evaluation.validation as hook
-
-    rows: list[int] = []
-
-    def fake_kl(policy, exp, **kwargs):
-        rows.append(len(exp))
-        return torch.full((len(exp),), 2.0), torch.ones(len(exp))
-
-    monkeypatch.setattr(hook, "attach_masked_view", lambda processor, batch, exp: True)
-    monkeypatch.setattr(hook, "heldout_perception_kl", fake_kl)
-    module = SimpleNamespace(
-        processor=None,
-        policy=None,
-        suppress_ids=None,
-        rollout_cfg={"temperature": 1.0},
-        algo={"micro_batch_size": 4},
-        device="cpu",
-        val_metrics=ValidationMetrics(),
-        global_step=3,
-        num_val_samples=2,
-        val_kl_prcp_max_prompts=5,
-    )
-    for run in range(2):  # the limit restarts at every validation run
+def test_kl_prompt_budget_restarts_at_every_validation_run() -> None:
+    """PromptBudget: the held-out KL rows are those of the first val_kl_max_prompts prompts, every run alike."""
+    budget = PromptBudget(5)
+    for _run in range(2):
+        taken = []
         for batch_idx in range(3):
-            batch = _batch(3)
-            for masked in (False, True):
-                exp = make_exp(
-                    [1, 0, 1], ["count"] * 3, ["high"] * 3, texts=[f"{masked}{i}" for i in range(3)]
-                )
-                hook.after_validation_generation(module, batch, batch_idx, exp, masked)
-        assert rows == [3, 2] * (run + 1)
-    assert module.val_metrics.compute("val")["val/kl_prcp"] == pytest.approx(2.0)
-    assert [s["response_masked"] for s in module.val_samples] == ["True0", "True1"]
-    module.val_kl_prcp = False
-    hook.after_validation_generation(
-        module, _batch(3), 0, make_exp([1, 0, 1], ["c"] * 3, ["high"] * 3), False
-    )
-    assert rows == [3, 2, 3, 2]
-
-
-def test_perception_diagnostics_callback_sets_switches() -> None:
-    from papo.callbacks.perception_diagnostics import PerceptionDiagnosticsCallback
-
-    module = SimpleNamespace()
-    PerceptionDiagnosticsCallback(kl_prcp=False, kl_max_prompts=64).setup(None, module, "fit")
-    assert module.val_kl_prcp is False and module.val_kl_prcp_max_prompts == 64
-    with pytest.raises(ValueError, match="kl_max_prompts"):
-        PerceptionDiagnosticsCallback(kl_max_prompts=0)
+            rows = budget.take(batch_idx, 3, make_exp([1, 0, 1], ["count"] * 3, ["high"] * 3))
+            taken.append(None if rows is None else rows.group_ids.tolist())
+        assert taken == [[0, 1, 2], [0, 1], None]
+    unlimited = PromptBudget(None)
+    assert [len(unlimited.take(i, 3, make_exp([1, 0, 1], ["c"] * 3, ["high"] * 3))) for i in range(3)] == [
+        3
+    ] * 3

@@ -57,7 +57,6 @@ def test_split_to_count_halves_the_largest_micro_batches() -> None:
 def test_ranks_split_to_the_largest_count(make_cfg, monkeypatch, mixed_reward) -> None:
     """Under data parallelism every rank runs as many micro-batches as the rank that needs the most."""
     from papo.data.synthetic import synthetic_corpus
-    from papo.models import papo_module
     from papo.pipeline import build_module, resolve_model_dir
     from test_rollout_generation import _batch, _reward
 
@@ -66,8 +65,8 @@ def test_ranks_split_to_the_largest_count(make_cfg, monkeypatch, mixed_reward) -
     exp, _ = module.generator.rollout(module.policy, _batch(3), module._gen_cfg(train=True), _reward)
     assert len(module._micro_batches(exp)) == 1
     seen: list = []
-    monkeypatch.setattr(papo_module, "world_size", lambda: 2)
-    monkeypatch.setattr(papo_module, "all_reduce", lambda v, op, device: seen.append((v, op)) or 5)
+    monkeypatch.setattr(module, "_world_size", lambda: 2)
+    monkeypatch.setattr(module, "_reduce", lambda v, op: seen.append((v, op)) or 5)
     plan = module._micro_batches(exp)
     assert seen == [(1, "max")] and len(plan) == 5
     assert sorted(i for mb in plan for i in mb) == list(range(len(exp)))
@@ -172,7 +171,9 @@ def test_nograd_logps_come_back_in_the_rows_order(make_cfg, mixed_reward) -> Non
     plan = module._micro_batches(exp)
     assert len(plan) > 1 and [i for mb in plan for i in mb] != list(range(len(exp)))
     budget = module._logps_nograd(module.policy, exp)
-    module.algo["micro_batch_tokens"], module.algo["micro_batch_size"] = None, len(exp)
+    module.update.algo = module.algo.model_copy(
+        update={"micro_batch_tokens": None, "micro_batch_size": len(exp)}
+    )
     whole = module._logps_nograd(module.policy, exp)
     assert budget.shape == exp.response_ids.shape
     torch.testing.assert_close(budget, whole, atol=1e-5, rtol=1e-5)

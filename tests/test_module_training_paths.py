@@ -49,24 +49,27 @@ def _spy_module(monkeypatch: pytest.MonkeyPatch) -> dict:
 def _spy_advantage_inputs(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Record, for every rollout batch that reaches the update, the experience and the rewards the
     advantage estimator received."""
-    from papo.models import papo_module
+    from papo.models import papo_module, preparation
 
     records: list[dict] = []
     original = papo_module.PapoModule._prepare
+    estimators = preparation.ADVANTAGE_ESTIMATORS
 
     def spy_prepare(self, exp):
-        fn = self.advantage_fn
         rec: dict = {}
 
-        def advantage_fn(rewards, group_ids):
-            rec["rewards"] = rewards.clone()
-            return fn(rewards, group_ids)
+        def spy_get(name):
+            fn = estimators.get(name)
 
-        self.advantage_fn = advantage_fn
-        try:
+            def advantage_fn(rewards, group_ids):
+                rec["rewards"] = rewards.clone()
+                return fn(rewards, group_ids)
+
+            return advantage_fn
+
+        with monkeypatch.context() as m:
+            m.setattr(preparation, "ADVANTAGE_ESTIMATORS", SimpleNamespace(get=spy_get))
             original(self, exp)
-        finally:
-            self.advantage_fn = fn
         rec["exp"] = exp
         records.append(rec)
 
@@ -126,12 +129,14 @@ def _build(make_cfg, overrides: list[str] | None = None):
 
 
 def test_clip_ratio_is_the_fraction_truncated_at_max_new_tokens(make_cfg):
+    from papo.models.preparation import rollout_metrics
+
     module = _build(make_cfg, ["loss=none", "masking=none", "algo.kl_coef=0"])
     tok = module.processor.tokenizer
     # every end token of the model's generation config: <|im_end|> and <|endoftext|>, as Qwen2.5-VL
     assert module.generator.eos_ids == tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     eos, eos2 = module.generator.eos_ids
-    max_new = module.rollout_cfg["max_new_tokens"]
+    max_new = module.rollout_cfg.max_new_tokens
     other = (eos + 1) % 100
 
     def metrics(rows: list[list[int]]) -> dict[str, float]:
@@ -143,7 +148,7 @@ def test_clip_ratio_is_the_fraction_truncated_at_max_new_tokens(make_cfg):
             response_ids=ids, response_mask=mask, rewards=torch.zeros(n), accuracy=torch.zeros(n),
             format=torch.zeros(n),
         )  # fmt: skip
-        return module._rollout_metrics(exp, 0)
+        return rollout_metrics(exp, 0, module.generator.eos_ids, max_new)
 
     # three responses of the same length that all ended with EOS: none was cut
     assert metrics([[other, other, eos]] * 3)["train/response/clip_ratio"] == 0.0
@@ -222,8 +227,8 @@ def test_kl_in_reward_and_dr_grpo_constant_normaliser(
     cfg = make_cfg([*algo, "loss=none", "masking=none", "reward.name=scripted", "trainer.max_steps=4", *FAST])
     train(cfg)
     module = captured["module"]
-    assert module.kl_in_reward and module.reference is not None
-    assert [c.name for c in module.components] == ["pg"]  # no ref_kl term in the loss
+    assert module.algo.kl_in_reward and module.reference is not None
+    assert [c.name for c in module.update.components] == ["pg"]  # no ref_kl term in the loss
     assert norm_lens and set(norm_lens) == {8}
     assert len(records) == 2
     penalties = []

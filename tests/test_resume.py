@@ -77,16 +77,18 @@ def _train_rows(run_dir: Path, name: str = "metrics.csv") -> dict[int, dict[str,
         return {int(r["step"]): r for r in csv.DictReader(f) if r.get("train/reward/mean")}
 
 
-# DAPO + PAPO-D with a linear gamma schedule over the whole run and an LR warm-up through the resume: the
-# gamma-schedule state, DAPO's dynamic-sampling state (several rollout batches per optimiser step) and the LR
-# scheduler must all come back. The 3-step warm start of TINY_OVERRIDES never answers correctly, so DAPO's
-# filter would keep nothing: a 40-step warm start, 24-token responses and T = 0.5 give mixed groups.
+# DAPO + PAPO-D with a linear gamma schedule over the whole run and a cosine LR schedule (warm-up, then decay
+# through the resume): the gamma-schedule state, DAPO's dynamic-sampling state (several rollout batches per
+# optimiser step) and the LR scheduler must all come back. The 3-step warm start of TINY_OVERRIDES never
+# answers correctly, so DAPO's filter would keep nothing: a 40-step warm start, 24-token responses and T = 0.5
+# give mixed groups.
 DAPO_VARIANT = [
     "algo=dapo",
     "loss=papo_d",
     "loss.schedule=linear",
     "loss.anneal_fraction=1.0",
-    f"optim.warmup_steps={2 * N + 1}",
+    "optim.scheduler.name=cosine",
+    f"optim.warmup_steps={N - 1}",
     "warm_start.max_steps=40",
     "warm_start.batch_size=16",
     "rollout.max_new_tokens=24",
@@ -182,7 +184,7 @@ def test_sigkill_then_resume_is_bit_identical(variant: str, tmp_path: Path, cach
         for step, row in rows_b.items():
             assert {k for k in row if row[k] != ""} == {k for k in rows_a[step] if rows_a[step][k] != ""}
     else:  # the schedules and the dynamic sampling really moved during the resumed half
-        assert len(values("train/optim/lr")) == N, "the LR warm-up did not continue"
+        assert len(values("train/optim/lr")) == N, "the LR schedule did not continue"
         assert len(values("train/perception_kl/gamma")) == N, "gamma did not anneal"
         assert len(rows_b) > N and max(float(v) for v in values("train/dynamic_sampling/tries")) > 1
 
@@ -269,7 +271,8 @@ def test_module_resume_state_round_trip(make_cfg, tmp_path: Path) -> None:
         )
 
     a = module()
-    a._group_counter, a.skipped_steps, a.consecutive_skips, a.skipped_rows = 17, 2, 1, 5
+    a.resume_state.group_counter, a.resume_state.skipped_rows = 17, 5
+    a.guard.skipped_steps, a.guard.consecutive_skips = 2, 1
     test_exp = _tiny_experience()
     a.dynamic_sampler.tries, a.dynamic_sampler.buffer = 3, [test_exp]
     checkpoint: dict = {"state_dict": {}}
@@ -280,11 +283,11 @@ def test_module_resume_state_round_trip(make_cfg, tmp_path: Path) -> None:
     torch.manual_seed(1234)  # anything in between is overridden at the next step start
     b.on_load_checkpoint(torch.load(tmp_path / "c.ckpt", weights_only=True))
     assert (
-        b._group_counter,
+        b.resume_state.group_counter,
         b.dynamic_sampler.tries,
-        b.skipped_steps,
-        b.consecutive_skips,
-        b.skipped_rows,
+        b.guard.skipped_steps,
+        b.guard.consecutive_skips,
+        b.resume_state.skipped_rows,
     ) == (
         17,
         3,
@@ -296,7 +299,7 @@ def test_module_resume_state_round_trip(make_cfg, tmp_path: Path) -> None:
     assert len(buffer) == 1 and torch.equal(buffer[0].response_ids, test_exp.response_ids)
     b.on_train_batch_start({"skipped_rows": ["row 9: bad"]}, 0)
     assert torch.equal(torch.rand(3), after_save)
-    assert b.skipped_rows == 6
+    assert b.resume_state.skipped_rows == 6
 
 
 def _tiny_experience():

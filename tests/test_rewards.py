@@ -399,7 +399,8 @@ class TestRegistry:
     def test_unknown_name_lists_valid(self):
         with pytest.raises(UnknownRewardFunctionError) as info:
             get_reward_fn("maths")
-        assert str(info.value) == "unknown reward function 'maths'; valid names: ['math']"
+        # the project's one registry message (papo.algos.registry.Registry)
+        assert str(info.value) == "Unknown reward function 'maths'. Valid names: ['math']"
         assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
 
     def test_duplicate_registration(self):
@@ -415,6 +416,7 @@ class TestRegistry:
             "format_weight": 0.1,
             "timeout_s": 10.0,
             "on_error": "raise",
+            "components": {},
         }
         fn = get_reward_fn(cfg.name, format_weight=cfg.format_weight, timeout_s=cfg.timeout_s)
         assert fn(GOOD, "4") == {"overall": 1.0, "accuracy": 1.0, "format": 1.0}

@@ -14,12 +14,13 @@ import torch
 from PIL import Image
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+import papo.rollout.token_sampling as token_sampling
 from papo.models.loading import generation_suppress_token_ids, load_policy
 from papo.models.stand_in import ensure_stand_in
 from papo.rollout.collect import Generator
 from papo.rollout.hf_generate import GenerationConfig
 from papo.rollout.lean_decode import lean_generate
-from papo.rollout.token_sampling import StepRules, filter_logits, next_tokens, sample_tokens
+from papo.rollout.token_sampling import StepRules, filter_logits, next_tokens, nucleus_floor, sample_tokens
 from test_rollout_generation import _reward
 
 
@@ -46,6 +47,71 @@ def test_filter_logits_matches_hf_warpers(temperature: float, top_k: int, top_p:
     assert torch.allclose(ours[finite], ref[finite])
     if top_p < 1:
         assert int((~torch.isinf(ours[0])).sum()) == 1
+
+
+def _full_sort_floor(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The top-p rule by sorting every row over the whole vocabulary (HF's TopPLogitsWarper's cut)."""
+    ascending = torch.sort(probs, dim=-1).values
+    n_removed = (ascending.cumsum(-1) <= 1 - top_p).sum(-1, keepdim=True).clamp(max=probs.shape[-1] - 1)
+    return ascending.gather(-1, n_removed)
+
+
+def _logits_of_every_shape(vocab: int, seed: int, flat: bool = True) -> torch.Tensor:
+    """Rows from one dominant token to nearly flat (``flat``: else peaked ones only), with a suppressed block
+    (-inf) and a top-k cut."""
+    g = torch.Generator().manual_seed(seed)
+    scales = [12.0, 6.0, 3.0, 1.5, 0.6, 0.2, 0.05, 0.0] if flat else [16.0, 12.0, 9.0, 6.0]
+    scale = torch.tensor(scales).repeat(32 // len(scales))[:, None]  # (32, 1)
+    logits = torch.randn(32, vocab, generator=g) * scale
+    logits[:, vocab // 2 : vocab // 2 + 100] = float("-inf")  # suppressed ids
+    logits[5] = logits[5].masked_fill(logits[5] < logits[5].topk(40).values[-1], float("-inf"))  # top-k 40
+    return logits
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99, 0.999])
+def test_top_p_among_candidates_keeps_the_full_sorts_tokens(top_p: float, monkeypatch) -> None:
+    """The nucleus found among the most likely ids (a top-k) is the full sort's, row for row; only the rows
+    whose nucleus lies outside the candidates are sorted whole."""
+    sorts: list[int] = []
+    original = np.sort
+    monkeypatch.setattr(
+        token_sampling.np, "sort", lambda a, *r, **k: sorts.append(a.shape[0]) or original(a, *r, **k)
+    )
+    for seed in range(4):
+        probs = _logits_of_every_shape(3000, seed).softmax(-1)
+        expected = _full_sort_floor(probs, top_p)
+        mass = probs.topk(400).values.sum(-1)
+        inside, outside = mass >= top_p + 1e-4, mass < top_p - 1e-4
+        assert bool(inside.any()) and bool(outside.any())  # both kinds of rows in every call
+        del sorts[:]
+        got = nucleus_floor(probs[inside], top_p, 400)
+        assert sorts == []  # the candidates held every row's nucleus: no full sort
+        torch.testing.assert_close(got, expected[inside], rtol=0, atol=0)
+        got = nucleus_floor(probs, top_p, 400)
+        assert sorts == [int((probs.topk(400).values.sum(-1) < top_p).sum())]  # those rows sorted whole
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_sampled_tokens_equal_the_full_sort_rules_with_the_same_seed(monkeypatch) -> None:
+    """Decode steps over a 20,000-id vocabulary, T = 1.0, top-p 0.99: the same tokens, draw for draw, as the
+    step rule that sorts every row (steps of peaked rows take the candidates, steps with flat rows too the
+    fallback)."""
+    rules = StepRules(eos_ids=torch.tensor([1]), pad_id=0, suppress=torch.tensor([2, 3]), top_p=0.99)
+    sorts: list[int] = []
+    original = np.sort
+    monkeypatch.setattr(token_sampling.np, "sort", lambda *a, **k: sorts.append(1) or original(*a, **k))
+
+    def run() -> torch.Tensor:
+        torch.manual_seed(11)
+        unfinished = torch.ones(32, dtype=torch.bool)
+        steps = [_logits_of_every_shape(20_000, s, flat=s % 3 == 0) for s in range(9)]
+        return torch.stack([next_tokens(logits, s, unfinished, rules) for s, logits in enumerate(steps)])
+
+    fast = run()
+    assert len(sorts) == 3  # the three steps with flat rows sorted those rows, the six others sorted nothing
+    monkeypatch.setattr(token_sampling, "nucleus_floor", lambda probs, top_p: _full_sort_floor(probs, top_p))
+    assert torch.equal(fast, run())
+    assert len(set(fast.flatten().tolist())) > 50
 
 
 def test_filter_logits_rejects_greedy_temperature() -> None:

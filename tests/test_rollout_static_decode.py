@@ -122,10 +122,10 @@ def test_one_step_graph_per_row_bucket_reused_and_rebuilt(policy, monkeypatch) -
     assert step_graphs(model) == {}
 
 
-def test_autocast_steps_cast_the_live_weights_in_a_graph_of_their_own(policy) -> None:
+def test_autocast_steps_run_in_a_graph_of_their_own(policy) -> None:
     """Under autocast (Lightning's bf16-mixed) the static cache takes the prefill's dtypes (bf16 values; keys
-    promoted by the rope), the step runs under the same autocast without its cast cache, and the graph is keyed
-    by the autocast state."""
+    promoted by the rope), the step runs under the same autocast, and the graph is keyed by the autocast
+    state."""
     model, processor = policy
     release_graphs(model)
     inputs, gen = _inputs(processor)
@@ -141,6 +141,82 @@ def test_autocast_steps_cast_the_live_weights_in_a_graph_of_their_own(policy) ->
     static_generate(*args)  # no autocast: another state, a new static cache in fp32
     (sg,) = step_graphs(model).values()
     assert sg.cache.layers[0].values.dtype == torch.float32
+    release_graphs(model)
+
+
+class _WeightCasts(TorchDispatchMode):
+    """Counts the casts (``_to_copy``) whose source is one of ``params``' memory."""
+
+    def __init__(self, params) -> None:
+        super().__init__()
+        self.ptrs = {p.data_ptr() for p in params}
+        self.casts = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == "_to_copy" and args[0].data_ptr() in self.ptrs:
+            self.casts += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_fp32_weights_under_autocast_decode_from_bf16_copies_that_follow_the_optimiser(
+    policy, monkeypatch
+) -> None:
+    """fp32 master weights under bf16 autocast: the step reads bf16 copies of the linear weights (a step
+    casts no weight), refreshed at every call, so after an optimiser step (in place: the same graph) the
+    greedy tokens are the lean loop's with the updated weights, and the sampled ones those of the step that
+    casts every weight itself (in bf16 the static and lean loops' attention sums differ in the last bits,
+    which can move a draw that falls on a boundary of the cumulative distribution)."""
+    model, processor = policy
+    release_graphs(model)
+    inputs, gen = _inputs(processor)
+    special = (gen.eos_ids, gen.pad_id, gen.suppress_ids)
+    greedy = GenerationConfig(max_new_tokens=6, temperature=0.0)
+    sampled = GenerationConfig(max_new_tokens=6, temperature=1.0, top_p=0.9)
+    casts: list[int] = []
+    original = static_decode._StepGraph.step
+
+    def counted(self):
+        with _WeightCasts(model.parameters()) as mode:
+            out = original(self)
+        casts.append(mode.casts)
+        return out
+
+    monkeypatch.setattr(static_decode._StepGraph, "step", counted)
+
+    def both(cfg, G):
+        out = []
+        for decode in (lean_generate, static_generate):
+            torch.manual_seed(4)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out.append(decode(model, inputs, cfg, *special, G)[0])
+        return out
+
+    lean, static = both(greedy, 2)
+    assert torch.equal(static, lean) and casts and set(casts) == {0}
+    (sg,) = step_graphs(model).values()
+    copies = static_decode._COPIES[model]
+    assert sg.copies is copies and len(copies.slots) > 10
+    lm_head = model.get_output_embeddings()
+    assert lm_head.weight.dtype == torch.float32  # the layers hold their parameters again after the call
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(**{k: v for k, v in inputs.items()}, use_cache=False).logits
+    logits.float().logsumexp(-1).mean().backward()
+    opt.step()  # in place: same memory, so the same graph; the copies must take the new values
+    model.zero_grad(set_to_none=True)
+    lean2, static2 = both(greedy, 2)
+    assert not torch.equal(lean2, lean)  # the update changes the greedy tokens
+    assert torch.equal(static2, lean2) and step_graphs(model)[sg.rows] is sg
+    for _, _, src, copy in copies.slots:
+        assert torch.equal(copy, src.detach().to(torch.bfloat16))
+    _, static3 = both(sampled, 3)
+    assert set(casts) == {0}
+    monkeypatch.setattr(static_decode, "weight_copies", lambda m, a: None)
+    release_graphs(model)
+    _, casting = both(sampled, 3)
+    assert torch.equal(static3, casting) and max(casts) > 10  # without copies: the casts per step
     release_graphs(model)
 
 
@@ -202,7 +278,9 @@ def test_decode_step_and_step_rule_never_wait_for_the_host(policy) -> None:
 
     model, processor = policy
     sg, gen = _built_step_graph(model, processor)
-    rules = StepRules(torch.tensor(gen.eos_ids), gen.pad_id, torch.tensor(gen.suppress_ids), temperature=1.0, top_k=5)
+    rules = StepRules(
+        torch.tensor(gen.eos_ids), gen.pad_id, torch.tensor(gen.suppress_ids), temperature=1.0, top_k=5
+    )
     unfinished = torch.ones(sg.rows, dtype=torch.bool)
     with torch.no_grad(), _HostSyncs() as syncs:
         logits = sg.step()

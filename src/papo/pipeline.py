@@ -19,7 +19,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from papo.config_validation import ConfigError, validate_config
+from papo.config import ConfigError, TrainRunConfig, validate_config
+from papo.run_setup import attach_prompt_filter, instantiate_list, instantiate_masking, resolve_model_dir
 from papo.utils.checkpointing import CheckpointNotFoundError, preserve_csv_log, resolve_ckpt_path
 from papo.utils.finished_runs import (
     FINAL_METRICS_FILE,
@@ -30,6 +31,7 @@ from papo.utils.finished_runs import (
 from papo.utils.provenance import provenance
 from papo.utils.secrets import redact_secrets
 from papo.utils.wandb_resume import continue_wandb_run
+from papo.utils.wandb_setup import start_loggers
 from papo.utils.wrappers import task_wrapper
 
 log = logging.getLogger(__name__)
@@ -41,46 +43,7 @@ warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the s
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
-def resolve_model_dir(model_cfg: DictConfig, corpus_fn: Any = None) -> Path | str:
-    """``model.path`` if set (local dir or hub id), else the embedded tiny VLM (built on first use).
-
-    ``model.stand_in`` (tiny | small) replaces ``model.path`` by the embedded stand-in of ``model.family``
-    (qwen2_5_vl | qwen3_vl; papo.models.stand_in): same classes as the hub model, tiny and built offline.
-    """
-    stand_in = model_cfg.get("stand_in")
-    if model_cfg.get("path") and not stand_in:
-        return model_cfg.path
-    from papo.models.stand_in import ensure_stand_in
-
-    return ensure_stand_in(
-        model_cfg.get("family") or "qwen2_5_vl",
-        model_cfg.cache_dir,
-        size=stand_in or model_cfg.get("size") or "tiny",
-        corpus_fn=corpus_fn,
-        seed=model_cfg.get("seed", 0),
-        min_pixels=model_cfg.get("min_pixels"),
-        max_pixels=model_cfg.get("max_pixels"),
-    )
-
-
-def attach_prompt_filter(datamodule: Any, model_dir: Path | str, cfg: DictConfig) -> None:
-    """Let the datamodule drop prompts longer than ``rollout.max_prompt_length`` (exact token counts from the
-    model's processor, papo.data.scan.PromptLength); ``+rollout.filter_overlong_prompts=false`` turns it off."""
-    if not hasattr(datamodule, "prompt_length_fn") or not cfg.rollout.get("filter_overlong_prompts", True):
-        return
-    from papo.data.scan import PromptLength
-
-    m = cfg.model
-    datamodule.prompt_length_fn = PromptLength.from_pretrained(
-        str(model_dir),
-        m.get("min_pixels"),
-        m.get("max_pixels"),
-        trust_remote_code=bool(m.get("trust_remote_code", False)),
-    )
-    datamodule.max_prompt_length = int(cfg.rollout.max_prompt_length)
-
-
-def resolve_resume(cfg: DictConfig) -> str | None:
+def resolve_resume(cfg: DictConfig, ckpt_path: str | None) -> str | None:
     """The checkpoint file ``cfg.ckpt_path`` names (papo.utils.checkpointing.resolve_ckpt_path), or None.
 
     ``last`` is the newest checkpoint of THIS run's checkpoint dir: resume a run by re-using its directory,
@@ -89,40 +52,12 @@ def resolve_resume(cfg: DictConfig) -> str | None:
     mc = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
     ckpt_dir = mc.get("dirpath") or Path(cfg.paths.output_dir, "checkpoints")
     try:
-        ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), ckpt_dir)
+        ckpt = resolve_ckpt_path(ckpt_path, ckpt_dir)
     except CheckpointNotFoundError as err:
         raise ConfigError(str(err)) from None
     if ckpt is not None:
         log.info("resuming from %s", ckpt)
     return ckpt
-
-
-def instantiate_list(cfg: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a dict config that has a ``_target_`` (callbacks, loggers)."""
-    out = []
-    for name, conf in (cfg or {}).items():
-        if isinstance(conf, DictConfig) and "_target_" in conf:
-            log.info("Instantiating %s <%s>", name, conf._target_)
-            out.append(hydra.utils.instantiate(conf))
-    return out
-
-
-def instantiate_masking(cfg: DictConfig | None) -> Any:
-    """The masked-view generator of ``configs/masking`` (None when masking is disabled)."""
-    if cfg is None or not cfg.get("_target_"):
-        return None
-    return hydra.utils.instantiate(cfg)
-
-
-#: the config groups of the non-loss method blocks (papo.blocks.composition.MethodBlocks' arguments)
-BLOCK_GROUPS = ("sensitivity", "token_selection", "advantage_shaping", "rollout_view")
-
-
-def instantiate_block(cfg: DictConfig | None) -> Any:
-    """A method block of ``configs/<group>`` (None when the group is ``none``: ``_target_: null``)."""
-    if cfg is None or not cfg.get("_target_"):
-        return None
-    return hydra.utils.instantiate(cfg)
 
 
 def format_comparison(before: dict[str, float], after: dict[str, float]) -> str:
@@ -146,29 +81,40 @@ def format_comparison(before: dict[str, float], after: dict[str, float]) -> str:
 
 
 def build_module(cfg: DictConfig, policy_dir: Path | str, total_steps: int) -> Any:
-    """The RL LightningModule for ``cfg``: loss components from ``cfg.loss.components`` (Hydra targets),
-    the algo/rollout/reward/optim/model groups as plain dicts. Shared by training and the benchmark."""
+    """The RL LightningModule for ``cfg``: loss components from ``cfg.loss.components``, the optimiser, LR schedule
+    and rollout backend from their ``_partial_`` targets, the groups validated by the module's typed configs.
+    Shared by training and the benchmark."""
     from papo.blocks.composition import MethodBlocks
     from papo.models.papo_module import PapoModule
 
     components = {name: hydra.utils.instantiate(c) for name, c in (cfg.loss.get("components") or {}).items()}
     # the method's non-loss blocks: one option of each group, none = no block (configs/<group>/none.yaml)
     blocks = MethodBlocks(**{g: instantiate_block(cfg.get(g)) for g in BLOCK_GROUPS})
-    groups = {
-        k: OmegaConf.to_container(cfg[k], resolve=True)
-        for k in ("model", "algo", "rollout", "reward", "optim")
-    }
     return PapoModule(
         policy_path=str(policy_dir),
-        model_cfg=groups["model"],
-        algo=groups["algo"],
-        rollout=groups["rollout"],
-        reward=groups["reward"],
-        optim=groups["optim"],
+        model_cfg=cfg.model,
+        algo=cfg.algo,
+        rollout=cfg.rollout,
+        reward=cfg.reward,
+        optim=cfg.optim,
         components=components,
         total_steps=total_steps,
+        optimizer=hydra.utils.instantiate(cfg.optim.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.optim.scheduler),
+        rollout_backend=hydra.utils.instantiate(cfg.rollout.backend),
         blocks=blocks,
     )
+
+
+#: the config groups of the non-loss method blocks (papo.blocks.composition.MethodBlocks' arguments)
+BLOCK_GROUPS = ("sensitivity", "token_selection", "advantage_shaping", "rollout_view")
+
+
+def instantiate_block(cfg: DictConfig | None) -> Any:
+    """A method block of ``configs/<group>`` (None when the group is ``none``: ``_target_: null``)."""
+    if cfg is None or not cfg.get("_target_"):
+        return None
+    return hydra.utils.instantiate(cfg)
 
 
 DROPPED_ROWS_FILE = "dropped_rows.jsonl"
@@ -215,49 +161,44 @@ class LogSetupDrops(L.Callback):
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, float]:
     """Warm start (if enabled) then RL. Returns val metrics after RL (plus ``before/...`` keys)."""
-    validate_config(cfg)
-    # a mandatory value left at ??? (e.g. the continued-SFT arm's warm_start.continue_steps) reads as None
-    # through .get(): an error naming the key, not a silently different run
-    missing = _missing_keys(cfg)
-    if missing:
-        raise ConfigError([f"{k}=??? must be given (e.g. {k}=<value> on the command line)" for k in missing])
-    if cfg.get("skip_finished", False):  # re-run sweeps resume: a finished job returns its saved metrics
+    run: TrainRunConfig = validate_config(cfg)  # every problem at once, before anything loads
+    if run.skip_finished:  # re-run sweeps resume: a finished job returns its saved metrics
         final = load_final_metrics(cfg.paths.output_dir)
         if final is not None:
             log.info("finished earlier (%s): skipped", Path(cfg.paths.output_dir, FINAL_METRICS_FILE))
             return returned_metrics(final)
-        if cfg.get("ckpt_path") is None and rank_zero_only.rank == 0:
+        if run.ckpt_path is None and rank_zero_only.rank == 0:
             set_aside_incomplete(cfg.paths.output_dir)
-    ckpt = resolve_resume(cfg)  # before any model loads: a bad ckpt_path fails now
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
-    L.seed_everything(cfg.seed, workers=True)
+    ckpt = resolve_resume(cfg, run.ckpt_path)  # before any model loads: a bad ckpt_path fails now
+    if run.num_threads:
+        torch.set_num_threads(run.num_threads)
+    L.seed_everything(run.seed, workers=True)
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
     datamodule = hydra.utils.instantiate(cfg.data, masking=instantiate_masking(cfg.get("masking")))
 
     from papo.data.synthetic import synthetic_corpus
 
-    base_dir = resolve_model_dir(cfg.model, corpus_fn=synthetic_corpus)
-    attach_prompt_filter(datamodule, base_dir, cfg)
+    base_dir = resolve_model_dir(run.model, corpus_fn=synthetic_corpus)
+    attach_prompt_filter(datamodule, base_dir, run.model, run.rollout)
     try:
         datamodule.setup("fit")
     finally:  # also when every row is bad: the error points at this file
         dropped = write_dropped_rows(datamodule, cfg.paths.output_dir)
     policy_dir = base_dir
-    if cfg.warm_start.get("enabled", False):
+    if run.warm_start.enabled:
         from papo.warm_start import ensure_warm_start
 
         policy_dir = ensure_warm_start(cfg, Path(base_dir), datamodule.train_set)
-        if cfg.warm_start.get(
-            "continue_steps"
+        if (
+            run.warm_start.continue_steps
         ):  # continued-SFT control (configs/experiment/repro/sft_continued.yaml)
             from papo.warm_start.continued import continue_warm_start
 
             policy_dir = continue_warm_start(cfg, policy_dir, datamodule.train_set)
-        L.seed_everything(cfg.seed, workers=True)  # RL seed independent of whether SFT just ran
+        L.seed_everything(run.seed, workers=True)  # RL seed independent of whether SFT just ran
 
-    module = build_module(cfg, policy_dir, total_steps=cfg.trainer.max_steps)
+    module = build_module(cfg, policy_dir, total_steps=run.trainer.max_steps)
     container = {
         k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
         for k in cfg
@@ -270,8 +211,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     if ckpt is not None and continue_wandb_run(cfg.get("logger")):  # one W&B run across a resume
         log.info("resuming W&B run %s", cfg.logger.wandb.id)
-    from papo.utils.wandb_setup import start_loggers
-
     loggers = start_loggers(cfg.get("logger"))  # W&B unreachable: offline, with one warning
     if ckpt is not None:  # resuming in the same run dir: keep the CSV log Lightning would delete
         for lg in loggers:
@@ -284,10 +223,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     before: dict[str, float] = {}
     before_file = Path(cfg.paths.output_dir, "val_before.json")  # a resumed run reuses it, not re-validates
-    if cfg.get("validate_before", True) and ckpt is not None and before_file.exists():
+    if run.validate_before and ckpt is not None and before_file.exists():
         before = json.loads(before_file.read_text())
         log.info("val before RL: from %s (resumed run)", before_file)
-    elif cfg.get("validate_before", True):
+    elif run.validate_before:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         before = dict(module.last_val)
         if trainer.is_global_zero:
@@ -303,7 +242,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     after: dict[str, float] = dict(module.last_val)
     # the trainer's own validation (val_check_interval) may already have run on the final weights
     validated_final = module.last_val_fit_step == trainer.global_step and bool(after)
-    if cfg.get("validate_after", True) and not validated_final:
+    if run.validate_after and not validated_final:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         after = dict(module.last_val)
     if before or after:
@@ -314,7 +253,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.is_global_zero
     ):  # a run with this file is finished (papo.utils.finished_runs; scripts/ read it)
         final = {"after": after, "before": before, "rl_seconds": rl_seconds, "rl_steps": trainer.global_step}
-        final.update(seed=int(cfg.seed), policy_dir=str(policy_dir), provenance=provenance(_hydra_command()))
+        final.update(seed=run.seed, policy_dir=str(policy_dir), provenance=provenance(_hydra_command()))
         Path(cfg.paths.output_dir, FINAL_METRICS_FILE).write_text(json.dumps(final, indent=2) + "\n")
     metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
@@ -322,19 +261,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update(after)
     metrics.update({f"before/{k}": v for k, v in before.items()})
     return metrics
-
-
-def _missing_keys(cfg: DictConfig) -> list[str]:
-    """Dotted keys whose value is ``???``, outside Hydra's own node (which holds job-time-only values)."""
-    out = []
-    for key in cfg:
-        if key == "hydra":
-            continue
-        if OmegaConf.is_missing(cfg, key):
-            out.append(str(key))
-        elif OmegaConf.is_config(cfg[key]):
-            out += [f"{key}.{k}" for k in OmegaConf.missing_keys(cfg[key])]
-    return sorted(out)
 
 
 def _hydra_command() -> str | None:

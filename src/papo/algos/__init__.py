@@ -29,6 +29,7 @@ from papo.algos.registry import (
     KL_ESTIMATORS,
     POLICY_LOSSES,
     Registry,
+    UnknownNameError,
 )
 from papo.algos.sampling import dynamic_sampling_keep, overlong_penalty
 
@@ -67,6 +68,7 @@ __all__ = [
     "LOSS_NORMALIZERS",
     "POLICY_LOSSES",
     "Registry",
+    "UnknownNameError",
     "aggregate_loss",
     "clipped_policy_loss",
     "dynamic_sampling_keep",

@@ -13,25 +13,22 @@ detector; this one watches the four signals in the training metrics:
 
 "Smoothed" is a fast EMA (weight ``fast_alpha`` on the new value); the "running level" is a slow EMA
 (``slow_alpha``) that is frozen while its signal is active (with ``freeze_on_any``, while ANY signal is
-active), so a sustained or gradual rise is not absorbed into the baseline: on the embedded model KL_prcp
-hacking is gradual (kl_prcp 0.04 -> 0.2 over ~15 steps, entropy and accuracy moving first), which a
-baseline that keeps tracking the metric never sees as a jump. Nothing is checked during the first
+active), so a sustained or gradual rise is not absorbed into the baseline: KL_prcp hacking can build up over
+several steps, with entropy and accuracy moving first, which a baseline that keeps tracking the metric never
+sees as a jump. Nothing is checked during the first
 ``warmup_steps`` updates. A collapse is declared on either of two paths:
 
 * the KL path: at least ``min_signals`` signals hold (``kl_jump`` among them when ``require_kl``) for
   ``patience`` consecutive updates;
 * the sustained path (``sustained_steps`` > 0): every watched entropy above ``sustained_entropy_factor`` x
   its running level and above it by more than ``sustained_entropy_min_rise`` (absolute), AND ``acc_falling``,
-  together, for ``sustained_steps`` consecutive updates, whatever kl_prcp does. On the embedded model a
-  gamma=2 run collapses (accuracy and format -> 0, entropy 0.09 -> 1.4, junk responses) while the smoothed
-  kl_prcp never exceeds ~2.9x its running level (it starts at ~0.09, so the hacking only doubles or triples
-  it, and it falls again once the responses are junk):
-  ``kl_jump`` never holds, and healthy PAPO runs' kl_prcp drifts up 2-4x over training anyway, so a lower
-  factor or an early baseline does not separate the two. A doubled entropy with accuracy falling for 3
-  steps does: on the stored healthy runs the entropy never exceeded 2.2x its level while accuracy fell, and
-  never 2x for two steps in a row; the absolute floor keeps a tiny entropy doubling (0.05 -> 0.10 late in
-  the default 400-step run) from counting (see docs/evaluation.md). The reason then also reports kl_prcp's
-  ratio.
+  together, for ``sustained_steps`` consecutive updates, whatever kl_prcp does. Why a second path: on a small
+  model the hacking can drive accuracy and format to 0 while the smoothed kl_prcp stays within a few times
+  its running level (it starts high and falls again once the responses are junk), and healthy PAPO runs'
+  kl_prcp drifts up as much over training, so no KL threshold separates the two; a doubled entropy while
+  accuracy falls does. The absolute floor keeps a tiny entropy doubling late in a healthy run from counting.
+  The reason then also reports kl_prcp's ratio. The runs that set these thresholds, and the healthy runs
+  replayed against them: docs/evaluation.md, "Collapse detector".
 
 Missing or non-finite metrics are skipped.
 

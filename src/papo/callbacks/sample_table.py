@@ -8,8 +8,8 @@ unless the run is online, while media keys are written to ``files/media/images/`
 ``wandb sync``. Files (``write_files``: ``auto`` = only without W&B, or
 true / false): ``<dirpath>/step<N>.md`` with the images as PNGs under ``<dirpath>/images/`` and
 ``step<N>.csv``. The samples are the first response of the first ``num_samples`` prompts of the first
-val batch, kept by ``PapoModule.validation_step`` (:mod:`papo.evaluation.validation`) in
-``module.val_samples`` once this callback sets ``module.num_val_samples``.
+val batch, read from what ``PapoModule.validation_step`` returns for it
+(:class:`papo.evaluation.validation.ValidationOutput`: the real- and masked-image generations).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from papo.evaluation.samples import SAMPLE_COLUMNS, write_samples
+from papo.evaluation.samples import SAMPLE_COLUMNS, collect_samples, write_samples
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,31 @@ class SampleTableCallback(Callback):
         self.dirpath = dirpath
         self.write_files = write_files
         self.key = key
+        self.samples: list[dict[str, Any]] = []
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        pl_module.num_val_samples = self.num_samples
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.samples = []
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep the first ``num_samples`` prompts of the first val batch: each prompt's first response with the
+        real image and, when there is a masked view, with the masked one (``outputs``: a ValidationOutput)."""
+        if batch_idx != 0 or self.num_samples <= 0 or outputs is None:
+            return
+        step = int(trainer.global_step)
+        collect_samples(batch, outputs.real, False, self.samples, self.num_samples, step=step)
+        if outputs.masked is not None:
+            collect_samples(batch, outputs.masked, True, self.samples, self.num_samples, step=step)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        samples = getattr(pl_module, "val_samples", None)
+        samples = self.samples
         if not samples or not trainer.is_global_zero or trainer.sanity_checking:
             return
         step = int(trainer.global_step)

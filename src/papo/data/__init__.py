@@ -7,7 +7,7 @@
 - :mod:`papo.data.datamodule` ``PapoDataModule``: batches of prompts + images + seeded masked views
 """
 
-from papo.data.datamodule import EpochShuffleSampler, PapoDataModule, ResumableDataLoader
+from papo.data.datamodule import EpochOrder, EpochShuffleSampler, PapoDataModule
 from papo.data.images import ImageLoadError, load_image, load_images
 from papo.data.masking import (
     VIEWS,
@@ -32,6 +32,7 @@ __all__ = [
     "PROMPT_TEMPLATES",
     "VIEWS",
     "BlankView",
+    "EpochOrder",
     "EpochShuffleSampler",
     "ExactRatioPatchMask",
     "GaussianNoiseView",
@@ -40,7 +41,6 @@ __all__ = [
     "ImageView",
     "PapoDataModule",
     "RandomPatchMask",
-    "ResumableDataLoader",
     "ShuffledImageView",
     "SyntheticTaskConfig",
     "build_prompt",

@@ -20,10 +20,11 @@ are identical at every evaluation. The released code draws masks from numpy's gl
 
 Training order comes from :class:`EpochShuffleSampler` (a seeded permutation per epoch, sharded over ranks)
 whose items are ``(epoch, row)`` pairs, so the epoch reaches the collate function even in worker processes.
-The train loader is a :class:`ResumableDataLoader`: its ``state_dict()`` records the epoch and the number of
-samples CONSUMED (not merely prefetched by workers), and Lightning stores it in checkpoints and restores it on
-resume (its fit loop saves the state of any loader with ``state_dict``/``load_state_dict``), so a resumed
-run continues with exactly the next prompts and the same masks. For multi-GPU runs, set
+The train loader is torchdata's ``StatefulDataLoader``: its ``state_dict()`` holds the sampler pass's
+:class:`EpochOrder` state as of the last batch handed to training (not merely prefetched by workers), and
+Lightning stores it in checkpoints and restores it on resume (its fit loop saves the state of any loader
+with ``state_dict``/``load_state_dict``), so a resumed run continues with exactly the next prompts and the
+same masks. For multi-GPU runs, set
 ``Trainer(use_distributed_sampler=False)``: the sampler shards by itself using the trainer's world size / rank.
 """
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,10 +40,13 @@ from typing import Any
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from papo.data.images import ImageLoadError, load_images, pixel_range_size, resize_into_pixel_range
 from papo.data.masking import ImageView
 from papo.data.prompts import build_prompt
+from papo.data.rows import no_image_reason, text_field
+from papo.data.scan import scan_split
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +55,11 @@ __all__ = [
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
     "BadRowError",
+    "EpochOrder",
     "EpochShuffleSampler",
     "PapoDataModule",
     "PromptCollator",
     "PromptDataset",
-    "ResumableDataLoader",
     "no_image_reason",
     "text_field",
 ]
@@ -204,45 +209,8 @@ class PromptDataset(Dataset):
         }
 
 
-def no_image_reason(images: Any) -> str | None:
-    """Why a row counts as having no image (None or an empty list), or None when it has one."""
-    if images is None or (isinstance(images, list | tuple) and len(images) == 0):
-        return (
-            "the row has no image (a vision dataset); set data.allow_text_only=true to train on text-only "
-            "rows (counted as data/text_only_rows)"
-        )
-    return None
-
-
 class BadRowError(ValueError):
     """A dataset row cannot be used; the message names the dataset, split, row and the reason."""
-
-
-def text_field(value: Any, column: str) -> tuple[str | None, str | None]:
-    """``(text, None)`` for a usable ``problem`` / ``answer`` value, else ``(None, reason)``.
-
-    Usable: a non-empty str, UTF-8 bytes (binary columns), or a finite number (answers such as ``3``).
-    The setup scan (:mod:`papo.data.scan`) and :class:`PromptDataset` apply the same rules.
-    """
-    if value is None:
-        return None, f"{column} is missing (None)"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        try:
-            value = bytes(value).decode("utf-8")
-        except UnicodeDecodeError as err:
-            return None, f"{column} is not valid UTF-8 ({err.reason} at byte {err.start})"
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None, f"{column} must be a string (or a number), got {type(value).__name__}"
-    if isinstance(value, float) and not np.isfinite(value):
-        return None, f"{column} is {value}"
-    text = str(value)
-    if not text.strip():
-        return None, f"{column} is empty"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:  # lone surrogates smuggled in by surrogateescape decoding
-        return None, f"{column} is not valid UTF-8 ({err.reason})"
-    return text, None
 
 
 def _text_field(value: Any, column: str, context: str) -> str:
@@ -344,13 +312,12 @@ class PromptCollator:
 
 
 class EpochShuffleSampler(Sampler):
-    """Seeded per-epoch shuffle yielding ``(epoch, row)``; resumable mid-epoch via ``state_dict``.
+    """Seeded per-epoch shuffle yielding ``(epoch, row)``, sharded over ranks.
 
     The order of epoch e is ``default_rng([seed, e]).permutation(num_samples)`` (identity when
     ``shuffle=False``), truncated to a multiple of ``num_replicas`` and strided by ``rank``. Lightning calls
-    :meth:`set_epoch` at each epoch start. ``state_dict()`` is ``{"epoch", "position", "seed",
-    "num_samples"}`` where position counts the samples this sampler has yielded in the current epoch;
-    after ``load_state_dict`` the next iteration resumes the same epoch at that position (once).
+    :meth:`set_epoch` at each epoch start. The position inside an epoch is not kept here: each iteration is an
+    :class:`EpochOrder`, whose state the ``StatefulDataLoader`` saves and restores.
     """
 
     def __init__(
@@ -363,8 +330,6 @@ class EpochShuffleSampler(Sampler):
         self.num_samples, self.seed, self.shuffle = int(num_samples), int(seed), shuffle
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
-        self.position = 0  # samples yielded so far in this epoch
-        self._resume_at = 0  # where the next __iter__ starts (non-zero only after load_state_dict)
 
     def order(self, epoch: int) -> np.ndarray:
         """This rank's rows for ``epoch``."""
@@ -377,66 +342,61 @@ class EpochShuffleSampler(Sampler):
         return rows[:usable][self.rank :: self.num_replicas]
 
     def set_epoch(self, epoch: int) -> None:
-        if int(epoch) != self.epoch:
-            self.epoch, self.position, self._resume_at = int(epoch), 0, 0
+        self.epoch = int(epoch)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        start, self._resume_at = self._resume_at, 0
-        epoch, rows = self.epoch, self.order(self.epoch)
-        self.position = start
-        for row in rows[start:]:
-            self.position += 1
-            yield epoch, int(row)
+    def __iter__(self) -> EpochOrder:
+        return EpochOrder(self)
 
     def __len__(self) -> int:
         return self.num_samples // self.num_replicas
 
+
+class EpochOrder(Iterator[tuple[int, int]]):
+    """One pass of an :class:`EpochShuffleSampler`: ``(epoch, row)`` pairs, resumable at any position.
+
+    The epoch is read from the sampler at the first item (Lightning may create the iterator before it calls
+    ``set_epoch``). ``state_dict()`` is ``{"epoch", "yielded", "seed", "num_samples"}``; torchdata's
+    ``StatefulDataLoader`` stores it (as of the last batch handed to training, not the batches its workers
+    prefetched) and, on resume, builds a new pass and loads it, which continues that epoch after ``yielded``
+    rows. A state from another seed or dataset size is refused: it would not reproduce the data order.
+    """
+
+    def __init__(self, sampler: EpochShuffleSampler) -> None:
+        self.sampler = sampler
+        self.epoch: int | None = None
+        self.yielded = 0
+        self._rows: np.ndarray | None = None
+
+    def __iter__(self) -> EpochOrder:
+        return self
+
+    def __next__(self) -> tuple[int, int]:
+        if self._rows is None:
+            self.epoch = self.sampler.epoch if self.epoch is None else self.epoch
+            self._rows = self.sampler.order(self.epoch)
+        if self.yielded >= len(self._rows):
+            raise StopIteration
+        row = int(self._rows[self.yielded])
+        self.yielded += 1
+        return self.epoch, row
+
     def state_dict(self) -> dict[str, int]:
+        epoch = self.sampler.epoch if self.epoch is None else self.epoch
         return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "num_samples": self.num_samples,
+            "epoch": epoch,
+            "yielded": self.yielded,
+            "seed": self.sampler.seed,
+            "num_samples": self.sampler.num_samples,
         }
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         for key in ("seed", "num_samples"):
-            if key in state and int(state[key]) != getattr(self, key):
+            if int(state[key]) != getattr(self.sampler, key):
                 raise ValueError(
-                    f"sampler state has {key}={state[key]} but this sampler has {key}={getattr(self, key)}; "
-                    "resuming would not reproduce the data order"
+                    f"data-order state has {key}={state[key]} but this sampler has "
+                    f"{key}={getattr(self.sampler, key)}; resuming would not reproduce the data order"
                 )
-        self.epoch = int(state["epoch"])
-        self.position = self._resume_at = int(state["position"])
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader over an :class:`EpochShuffleSampler` whose state counts CONSUMED batches.
-
-    Worker prefetching runs the sampler ahead of training; this loader instead counts the batches it has
-    handed out, so ``state_dict()["position"]`` is exactly where a resumed run must continue.
-    """
-
-    def __iter__(self) -> Iterator[Any]:
-        sampler = self.sampler
-        epoch, start = sampler.epoch, sampler._resume_at
-        self._progress = (epoch, start, 0)
-        for batch in super().__iter__():
-            self._progress = (epoch, start, self._progress[2] + 1)
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        sampler = self.sampler
-        state = sampler.state_dict()
-        progress = getattr(self, "_progress", None)
-        if progress is not None and progress[0] == sampler.epoch:
-            _, start, batches = progress
-            state["position"] = start + batches * int(self.batch_size)
-        return state
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        self.sampler.load_state_dict(state)
-        self._progress = None
+        self.epoch, self.yielded, self._rows = int(state["epoch"]), int(state["yielded"]), None
 
 
 def _as_view(masking: Any) -> ImageView | None:
@@ -522,7 +482,7 @@ class PapoDataModule(L.LightningDataModule):
         max_pixels: decompression-bomb limit for :func:`~papo.data.images.load_image`.
         on_bad_row: "error" (a bad row raises, naming it) or "skip" (dropped in ``setup``, counted, logged).
         max_prompt_length / prompt_length_fn: drop prompts longer than this many tokens in ``setup``
-            (``prompt_length_fn(prompts, image_sizes) -> lengths``, e.g. :class:`papo.data.scan.PromptLength`;
+            (``prompt_length_fn(prompts, image_sizes) -> lengths``, e.g. :class:`papo.rollout.prompt_length.PromptLength`;
             the pipeline sets both from the model's processor and ``rollout.max_prompt_length``).
         max_aspect_ratio: rows with an image whose long/short side ratio reaches this are bad rows (Qwen-VL
             processors raise at 200); ``None`` disables. Decode-time bad rows with ``on_bad_row="skip"`` are
@@ -620,8 +580,6 @@ class PapoDataModule(L.LightningDataModule):
             # nothing to filter (a bad image still raises, naming its row, when drawn); or PromptDataset
             # reports the missing columns
             return hf
-        from papo.data.scan import scan_split
-
         report = scan_split(
             hf,
             dataset_name=self.dataset_name,
@@ -693,7 +651,7 @@ class PapoDataModule(L.LightningDataModule):
         return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
 
     # ---- loaders --------------------------------------------------------------------------------------------
-    def train_dataloader(self) -> ResumableDataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         dataset = self._get("train")
         if self.train_sampler is None:
             trainer = getattr(self, "trainer", None)
@@ -704,14 +662,16 @@ class PapoDataModule(L.LightningDataModule):
                 f"Dataset {self.dataset_name!r}: train split has {len(self.train_sampler)} rows per rank, fewer "
                 f"than batch_size={self.batch_size} (the train loader drops the last incomplete batch)"
             )
-        return ResumableDataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=self.train_sampler,
-            drop_last=True,
-            collate_fn=self._collator(dataset),
-            **self._loader_kwargs(),
-        )
+        with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, deprecated in torch >= 2.9
+            warnings.filterwarnings("ignore", message=".*set_vital.* is deprecated", category=UserWarning)
+            return StatefulDataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                sampler=self.train_sampler,
+                drop_last=True,
+                collate_fn=self._collator(dataset),
+                **self._loader_kwargs(),
+            )
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self._get(split)

@@ -2,7 +2,7 @@
 
 :func:`scan_split` reads every row once (in Arrow batches, images NOT decoded: only their headers are
 opened for the size), and returns the rows to keep plus a :class:`ScanReport`. A row is *bad* when its
-``problem`` or ``answer`` is missing, empty or not text (``papo.data.datamodule.text_field``; a value the
+``problem`` or ``answer`` is missing, empty or not text (``papo.data.rows.text_field``; a value the
 loader could not represent as text is named in the ``bad_value`` column), when it has no image and text-only
 rows are not allowed (``allow_text_only``), when an image cannot be opened, or when ANY exception is raised
 while measuring or preparing it (e.g. the processor refusing an image's aspect ratio while counting its
@@ -12,10 +12,9 @@ reason; with ``"skip"`` bad rows are dropped, counted and logged (the first few 
 :meth:`ScanReport.dropped_rows` lists every dropped row (the pipeline writes the list to
 ``<output_dir>/dropped_rows.jsonl`` and logs the count as ``data/dropped_rows_setup``). Never silently.
 
-Prompt lengths are exact token counts of what the rollout feeds the model (:class:`PromptLength`): the
-processor's chat template around the templated prompt, tokenised, plus each image's token count from the
-image processor's own resize rule (``get_number_of_image_patches`` / merge size, so Qwen2.5-VL's 28-px and
-Qwen3-VL's 32-px grids and the configured ``min_pixels`` / ``max_pixels`` are honoured). Prompts longer than
+Prompt lengths come from the caller as a callable ``prompt_length_fn(prompts, image_sizes) -> [int]`` (the
+pipeline passes :class:`papo.rollout.prompt_length.PromptLength`, exact token counts of what the rollout
+feeds the model), so this module needs no processor, model or rollout code. Prompts longer than
 ``max_prompt_length`` are dropped with a logged count, as verl/EasyR1's ``filter_overlong_prompts`` does
 (the released code filters with the same rule, but decodes every image to count).
 """
@@ -33,13 +32,13 @@ import numpy as np
 from PIL import Image
 
 from papo.data.prompts import build_prompt
+from papo.data.rows import no_image_reason, text_field
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ON_BAD_ROW", "PromptLength", "ScanReport", "image_size", "scan_split"]
+__all__ = ["ON_BAD_ROW", "ScanReport", "image_size", "scan_split"]
 
 ON_BAD_ROW = ("error", "skip")
-_SENTINEL = "\x00PAPO_PROMPT\x00"
 
 
 def image_size(obj: Any, max_pixels: int = 64_000_000) -> tuple[int, int]:
@@ -79,67 +78,6 @@ def image_size(obj: Any, max_pixels: int = 64_000_000) -> tuple[int, int]:
     if size[0] * size[1] > max_pixels:
         raise ValueError(f"{size[0]}x{size[1]} pixels exceeds the decompression-bomb limit {max_pixels}")
     return size
-
-
-class PromptLength:
-    """Exact prompt token counts for a processor: ``fn(prompts, image_sizes) -> [int]``.
-
-    ``prompts`` are templated user prompts; ``image_sizes[i]`` lists ``(width, height)`` of prompt i's images.
-    The chat text is the processor's template rendered once per image count with a sentinel in place of the
-    prompt (so one template render serves every row), then tokenised in batches.
-    """
-
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor
-        self.tokenizer = getattr(processor, "tokenizer", processor)
-        ip = getattr(processor, "image_processor", None)
-        self.image_processor = ip
-        self.merge = int(getattr(ip, "merge_size", 1) or 1) if ip is not None else 1
-        self._templates: dict[int, str] = {}
-
-    @classmethod
-    def from_pretrained(
-        cls, path: str, min_pixels: int | None = None, max_pixels: int | None = None, **kwargs: Any
-    ) -> PromptLength:
-        """Load only the processor of ``path`` (hub id or directory) with the model's pixel bounds."""
-        from pathlib import Path
-
-        from transformers import AutoProcessor
-
-        from papo.models.loading import set_pixel_bounds
-
-        local = Path(str(path)).expanduser().is_dir()
-        processor = AutoProcessor.from_pretrained(str(path), local_files_only=local, **kwargs)
-        set_pixel_bounds(processor, min_pixels, max_pixels)
-        return cls(processor)
-
-    def _template(self, num_images: int) -> str:
-        if num_images not in self._templates:
-            from papo.rollout.inputs import chat_texts
-
-            text = chat_texts(self.processor, [_SENTINEL], [num_images])[0]
-            if text.count(_SENTINEL) != 1:
-                raise RuntimeError("the chat template does not copy the prompt text verbatim")
-            self._templates[num_images] = text
-        return self._templates[num_images]
-
-    def image_tokens(self, width: int, height: int) -> int:
-        """Tokens one image of this size becomes (after the processor's smart resize and patch merge)."""
-        if self.image_processor is None:
-            raise ValueError("this processor has no image processor but the prompt has images")
-        patches = self.image_processor.get_number_of_image_patches(height, width, {})
-        return int(patches) // (self.merge**2)
-
-    def __call__(self, prompts: list[str], image_sizes: list[list[tuple[int, int]]]) -> list[int]:
-        texts = [
-            self._template(len(s)).replace(_SENTINEL, p) for p, s in zip(prompts, image_sizes, strict=True)
-        ]
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        # each image is one <|image_pad|> in the text; the processor expands it to image_tokens(...) tokens
-        return [
-            len(i) + sum(self.image_tokens(w, h) - 1 for w, h in sizes)
-            for i, sizes in zip(ids, image_sizes, strict=True)
-        ]
 
 
 @dataclass
@@ -196,9 +134,7 @@ class ScanReport:
 
 def _row_problem(record: Mapping[str, Any], allow_text_only: bool) -> str | None:
     """Why the text fields or the image list are bad, or None (the rules of
-    ``papo.data.datamodule.text_field``: None, empty, not text or not UTF-8; numbers are fine answers)."""
-    from papo.data.datamodule import no_image_reason, text_field
-
+    ``papo.data.rows.text_field``: None, empty, not text or not UTF-8; numbers are fine answers)."""
     if record.get("bad_value"):
         return str(record["bad_value"])
     reason = text_field(record["problem"], "problem")[1] or text_field(record["answer"], "answer")[1]

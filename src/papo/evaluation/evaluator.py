@@ -8,7 +8,7 @@ type and per vision-dependency level, the vision-reliance gaps, and the held-out
 (``kl_prcp``, on the real-image responses). Results go to ``eval_<split>.json`` and ``eval_<split>.md``.
 
 The policy is either a Lightning checkpoint of an RL run (``ckpt_path``: its ``policy.*`` weights are
-loaded into the architecture and processor of the model that :func:`papo.pipeline.resolve_model_dir`
+loaded into the architecture and processor of the model that :func:`papo.run_setup.resolve_model_dir`
 resolves, i.e. the same ``model`` config as training) or a Hugging Face model directory / hub id
 (``model.path``); with neither, the policy an RL run would start from (the embedded model after the
 cached warm start): the "before RL" baseline.
@@ -19,12 +19,10 @@ any split of any dataset the datamodule reads, with HF ``generate``.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +30,18 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from papo.config import EvalConfig, EvalRunConfig, validate_eval_config
 from papo.evaluation.metrics import ValidationMetrics
 from papo.evaluation.perception import attach_masked_view, heldout_perception_kl
 from papo.evaluation.samples import collect_samples, write_samples
 from papo.models.loading import (
-    end_token_ids,
-    generation_suppress_token_ids,
     load_policy,
     output_vocab_size,
     padded_vocab_ids,
 )
-from papo.rewards import get_reward_fn
 from papo.rollout.collect import Generator
 from papo.rollout.hf_generate import GenerationConfig
+from papo.run_setup import attach_prompt_filter, instantiate_masking, resolve_model_dir
 from papo.utils.wrappers import task_wrapper
 
 log = logging.getLogger(__name__)
@@ -58,21 +55,14 @@ class Protocol:
     gen: GenerationConfig
 
 
-def protocols_from_cfg(ev: DictConfig | dict, max_new_tokens: int) -> list[Protocol]:
-    """``greedy`` (if ``ev.greedy``) and ``avg@<samples>`` at ``ev.temperature`` (if ``ev.samples`` > 0)."""
+def protocols_from_cfg(ev: EvalConfig, max_new_tokens: int) -> list[Protocol]:
+    """``greedy`` (if ``eval.greedy``) and ``avg@<samples>`` at ``eval.temperature`` (if ``eval.samples`` > 0)."""
     out = []
-    if ev.get("greedy", True):
+    if ev.greedy:
         out.append(Protocol("greedy", GenerationConfig(max_new_tokens, 0.0, 1.0, 0, 1)))
-    k = int(ev.get("samples", 0) or 0)
-    if k > 0:
-        if float(ev["temperature"]) <= 0:
-            raise ValueError(f"eval.temperature={ev['temperature']} must be > 0 for avg@{k} (use greedy)")
-        gen = GenerationConfig(
-            max_new_tokens, float(ev["temperature"]), float(ev.get("top_p", 1.0)), int(ev.get("top_k", 0)), k
-        )
-        out.append(Protocol(f"avg@{k}", gen))
-    if not out:
-        raise ValueError("nothing to evaluate: set eval.greedy=true and/or eval.samples > 0")
+    if ev.samples > 0:
+        gen = GenerationConfig(max_new_tokens, ev.temperature, ev.top_p, ev.top_k, ev.samples)
+        out.append(Protocol(f"avg@{ev.samples}", gen))
     return out
 
 
@@ -103,13 +93,8 @@ class Evaluator:
         self.policy = policy.to(device).eval()
         self.processor = processor
         self.reward_fn = reward_fn
-        self.generator = Generator(
-            processor,
-            generation_suppress_token_ids(processor, vocab_size=output_vocab_size(policy)),
-            max_prompt_length,
-            generation_batch_size,
-            decoder,
-            eos_ids=end_token_ids(policy.generation_config, processor),
+        self.generator = Generator.for_policy(
+            policy, processor, max_prompt_length, generation_batch_size, decoder
         )
         # log-probs are scored over every tokenizer id; only the untrained padded rows are excluded
         padded = padded_vocab_ids(processor, output_vocab_size(policy))
@@ -235,12 +220,6 @@ def format_markdown(result: dict[str, Any], protocols: list[str], title: str) ->
 
 
 # ---------------------------------------------------------------------------------------------- policy
-def _load_kwargs(model_cfg: DictConfig) -> dict[str, Any]:
-    """The keys of ``model_cfg`` that :func:`load_policy` accepts (dtype, attention, pixel bounds, ...)."""
-    accepted = set(inspect.signature(load_policy).parameters) - {"path", "gradient_checkpointing"}
-    return {k: model_cfg[k] for k in accepted if k in model_cfg}
-
-
 def _run_dir(ckpt: Path) -> Path:
     """The training run a checkpoint belongs to (``<run>/checkpoints/<name>.ckpt``)."""
     ckpt = ckpt.resolve()
@@ -256,14 +235,15 @@ def _run_overrides(ckpt: Path) -> list[str]:
 
 
 def load_eval_policy(
-    cfg: DictConfig, base_dir: Path | str, ckpt: str | None, datamodule: Any = None
+    cfg: DictConfig, run: EvalRunConfig, base_dir: Path | str, ckpt: str | None, datamodule: Any = None
 ) -> tuple[torch.nn.Module, Any, str]:
     """The policy to evaluate, its processor and a description of where it came from (see module doc).
 
-    ``base_dir``: the model :func:`papo.pipeline.resolve_model_dir` resolves; ``ckpt``: a checkpoint file
+    ``base_dir``: the model :func:`papo.run_setup.resolve_model_dir` resolves; ``ckpt``: a checkpoint file
     (its ``policy.*`` weights replace every weight of ``base_dir``'s model) or None.
     """
-    kwargs = _load_kwargs(cfg.model)
+    kwargs = run.model.load_kwargs()
+    kwargs.pop("gradient_checkpointing")  # evaluation only: no backward
     if ckpt:
         path = Path(ckpt)
         policy, processor = load_policy(base_dir, **kwargs)
@@ -286,7 +266,7 @@ def load_eval_policy(
             )
         return policy, processor, f"checkpoint {path} (architecture from {base_dir})"
     policy_dir = base_dir
-    if not cfg.model.get("path") and cfg.get("warm_start") and cfg.warm_start.get("enabled", False):
+    if not run.model.path and run.warm_start.enabled:
         from papo.warm_start import ensure_warm_start
 
         datamodule.setup("fit")
@@ -302,43 +282,37 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     import hydra
 
     from papo.data.synthetic import synthetic_corpus
-    from papo.pipeline import attach_prompt_filter, instantiate_list, instantiate_masking, resolve_model_dir
     from papo.utils.checkpointing import resolve_ckpt_path
+    from papo.utils.wandb_setup import start_loggers
 
-    ev = cfg.eval
-    if ev.split not in ("train", "val", "test"):
-        raise ValueError(f"eval.split={ev.split!r}; valid: train, val, test")
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
-    L.seed_everything(cfg.seed, workers=True)
+    run = validate_eval_config(cfg)
+    ev = run.eval
+    if run.num_threads:
+        torch.set_num_threads(run.num_threads)
+    L.seed_everything(run.seed, workers=True)
     # a .ckpt file or a run directory (its newest checkpoint)
-    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.output_dir, "checkpoints"))
+    ckpt = resolve_ckpt_path(run.ckpt_path, Path(cfg.paths.output_dir, "checkpoints"))
     datamodule = hydra.utils.instantiate(cfg.data, masking=instantiate_masking(cfg.get("masking")))
-    base_dir = resolve_model_dir(cfg.model, corpus_fn=synthetic_corpus)
-    attach_prompt_filter(datamodule, base_dir, cfg)  # the prompts training-time validation sees
-    policy, processor, source = load_eval_policy(cfg, base_dir, ckpt, datamodule)
-    L.seed_everything(cfg.seed, workers=True)  # sampling independent of whether a warm start was built
-    device = ev.get("device") or "auto"
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    reward_fn = partial(
-        get_reward_fn(cfg.reward.name), format_weight=cfg.reward.format_weight, timeout_s=cfg.reward.timeout_s
-    )
+    base_dir = resolve_model_dir(run.model, corpus_fn=synthetic_corpus)
+    attach_prompt_filter(datamodule, base_dir, run.model, run.rollout)  # the prompts validation sees
+    policy, processor, source = load_eval_policy(cfg, run, base_dir, ckpt, datamodule)
+    L.seed_everything(run.seed, workers=True)  # sampling independent of whether a warm start was built
+    device = ev.device if ev.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     evaluator = Evaluator(
         policy,
         processor,
-        reward_fn,
-        max_prompt_length=cfg.rollout.max_prompt_length,
-        generation_batch_size=cfg.rollout.generation_batch_size,
-        decoder=cfg.rollout.get("decoder", "lean"),
-        on_error=cfg.reward.get("on_error", "raise"),
+        run.reward.reward_fn(),
+        max_prompt_length=run.rollout.max_prompt_length,
+        generation_batch_size=run.rollout.generation_batch_size,
+        decoder=run.rollout.decoder,
+        on_error=run.reward.on_error,
         device=device,
-        kl_prcp=bool(ev.get("kl_prcp", True)),
-        kl_temperature=float(cfg.rollout.temperature),
+        kl_prcp=ev.kl_prcp,
+        kl_temperature=run.rollout.temperature,
         micro_batch_size=int(cfg.algo.micro_batch_size) if cfg.get("algo") else 64,
-        num_samples_shown=int(ev.get("num_samples_shown", 8)),
+        num_samples_shown=ev.num_samples_shown,
     )
-    protocols = protocols_from_cfg(ev, int(ev.get("max_new_tokens") or cfg.rollout.max_new_tokens))
+    protocols = protocols_from_cfg(ev, ev.max_new_tokens or run.rollout.max_new_tokens)
     loader = {"train": datamodule.train_dataloader, "val": datamodule.val_dataloader}.get(
         ev.split, datamodule.test_dataloader
     )()
@@ -349,7 +323,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ev.split,
         [p.name for p in protocols],
     )
-    result = evaluator.run(loader, protocols, masked=bool(ev.get("masked", True)), limit=ev.get("limit"))
+    result = evaluator.run(loader, protocols, masked=ev.masked, limit=ev.limit)
     samples = result.pop("samples")
     result.update(
         source=source,
@@ -358,13 +332,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         split=ev.split,
         protocols={p.name: vars(p.gen) for p in protocols},
         masking=OmegaConf.to_container(cfg.masking, resolve=True) if cfg.get("masking") else None,
-        seed=int(cfg.seed),
+        seed=run.seed,
     )
     title = f"Evaluation of {source} on {result['dataset']}/{ev.split}"
     table = format_markdown(result, [p.name for p in protocols], title)
     print("\n" + table, flush=True)
-    out_dirs = [Path(ev.get("output_dir") or cfg.paths.output_dir)]
-    if ckpt and ev.get("write_to_run_dir", True):  # also next to the training run
+    out_dirs = [Path(ev.output_dir or cfg.paths.output_dir)]
+    if ckpt and ev.write_to_run_dir:  # also next to the training run
         out_dirs.append(_run_dir(Path(ckpt)) / "eval")
     stem = f"eval_{ev.split}" + (f"_{Path(ckpt).stem}" if ckpt else "")
     for out in out_dirs:
@@ -374,8 +348,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if samples:
             write_samples(samples, out / f"{stem}_samples", "samples", title=f"Samples: {title}")
         log.info("wrote %s and %s", out / f"{stem}.json", out / f"{stem}.md")
-    loggers = instantiate_list(cfg.get("logger"))
-    for lg in loggers:
+    for lg in start_loggers(cfg.get("logger")):  # W&B unreachable: offline, with one warning (as training)
         lg.log_metrics({f"eval/{ev.split}/{k}": v for k, v in result["metrics"].items()}, step=0)
         from lightning.pytorch.loggers import WandbLogger
 

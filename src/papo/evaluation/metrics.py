@@ -6,7 +6,8 @@ greedy responses; see :mod:`papo.evaluation.perception`).
 avg@k: with k samples per prompt every sample is one row, so the row mean is avg@k accuracy.
 
 Keys (``{prefix}/...``, ``sfx`` is ``""`` for the real image and ``"_masked"`` for the masked one):
-``acc{sfx}``, ``reward{sfx}``, ``format{sfx}``, ``response_length{sfx}``, ``acc{sfx}_by_task/<t>``,
+``acc{sfx}``, ``reward{sfx}``, ``reward{sfx}/<component>`` (each named reward component,
+:mod:`papo.rewards.components`), ``format{sfx}``, ``response_length{sfx}``, ``acc{sfx}_by_task/<t>``,
 ``acc{sfx}_by_vd/<v>``, ``vision_gap`` (= acc - acc_masked), ``kl_prcp`` (token mean) and
 ``kl_prcp_by_vd/<v>`` when :meth:`ValidationMetrics.update_kl` was called. ``detailed=True`` (eval.py)
 adds ``reward{sfx}_by_task|vd/<x>``, ``format{sfx}_by_task|vd/<x>``, ``vision_gap_by_task|vd/<x>`` and
@@ -68,6 +69,8 @@ class ValidationMetrics:
         self._update(f"reward{sfx}", exp.rewards)
         self._update(f"format{sfx}", exp.format)
         self._update(f"response_length{sfx}", exp.response_mask.sum(1))
+        for name, values in exp.reward_terms.items():  # each named reward component: reward{sfx}/<name>
+            self._update(f"reward{sfx}/{name}", values)
         per_group = [("acc", exp.accuracy)]
         if self.detailed:
             per_group += [("reward", exp.rewards), ("format", exp.format)]

@@ -2,8 +2,16 @@
 
 The sequence is ``[left-padded prompt (P)] + [right-padded response (T)]``. The LM head is applied only
 to the positions that predict response tokens, not to prompt/image positions, and columns that are padding
-for every row of the micro-batch are trimmed first. Each distinct image of the micro-batch goes through the
-vision tower once (a group's G rows share their prompt's image), when the model accepts precomputed image
+for every row of the micro-batch are trimmed first. For the Qwen-VL families, whose position ids come from the
+attention mask (:data:`MASK_POSITION_MODEL_TYPES`), each row's prompt padding is then moved behind its response
+(:func:`align_rows_left`): same positions, same attended keys, but no query position whose keys are all
+padding. A left-padded row's first positions attend to nothing: SDPA returns zeros there in forward, but
+fully masked rows are where attention backward kernels have produced NaN gradients (cuDNN's SDPA backward
+on H100/H200 from torch 2.11 with a mask and a length of 64 mod 128, pytorch/pytorch#196678; the GPU check's
+``sdpa_nan`` diagnostic tests each backend with and without them, docs/gpu_performance.md). With the padding
+trailing, the causal mask alone is exact for every token that is read, so the model gets an all-ones mask
+and its attention runs as causal SDPA without a materialised mask. Each distinct image of the micro-batch
+goes through the vision tower once (a group's G rows share their prompt's image), when the model accepts precomputed image
 features (``mm_encoder_outputs``: Qwen2.5-VL, Qwen3-VL); otherwise, and under FSDP, its pixels are repeated
 per row as the model's own forward expects.
 
@@ -33,6 +41,9 @@ from papo.models.loading import forward_accepts, hf_model
 #: model types whose ``...ForConditionalGeneration.forward`` is ``lm_head(model(...)[0])`` (nothing between the
 #: base model's last hidden state and the LM head), so the chunked head gives the forward's log-probs
 CHUNKED_HEAD_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+#: model types whose forward computes the position ids from the 2D attention mask (the Qwen-VL rope index, or
+#: its cumulative-sum fallback), so a row's padding may sit after its tokens with every position unchanged
+MASK_POSITION_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
 
 def token_logps_from_logits(
@@ -69,6 +80,77 @@ def trim_padding(
     )
 
 
+def align_rows_left(shift: Tensor, *tensors: Tensor) -> list[Tensor]:
+    """Each row of each (N, L) tensor rotated left by its ``shift`` (N,) long: a row that starts with
+    ``shift[i]`` padding columns starts with its tokens instead, the padding at its end; order is kept."""
+    L = tensors[0].shape[1]
+    index = (torch.arange(L, device=shift.device)[None, :] + shift[:, None]) % L  # (N, L)
+    return [x.gather(1, index.to(x.device)) for x in tensors]
+
+
+def padding_trails(mask: Tensor) -> bool:
+    """Whether every row of the (N, L) 0/1 ``mask`` is its ones followed by its zeros (one host read)."""
+    return bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
+def aligns_rows(model: torch.nn.Module) -> bool:
+    """Whether :func:`response_logps` moves each row's prompt padding behind its response (the model computes
+    position ids from the attention mask: :data:`MASK_POSITION_MODEL_TYPES`)."""
+    return getattr(hf_model(model).config, "model_type", None) in MASK_POSITION_MODEL_TYPES
+
+
+def _forward_inputs(
+    model: torch.nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    visual: dict[str, Tensor],
+    extra: dict[str, Tensor] | None,
+) -> tuple[Tensor, Tensor, dict[str, object], Tensor, Tensor, Tensor, Tensor]:
+    """The model's inputs for the response passes: ``(input_ids, attention_mask, kwargs, before, r_ids, r_mask,
+    shift)``. ``before`` (N, T): the column whose output predicts response token t of row i; ``shift`` (N,): the
+    prompt padding moved behind each row's response (module docstring)."""
+    N = response_ids.shape[0]
+    P_full = prompt_ids.shape[1]
+    p_ids, p_mask, r_ids, r_mask, T = trim_padding(prompt_ids, prompt_mask, response_ids, response_mask)
+    P = p_ids.shape[1]
+    input_ids = torch.cat([p_ids, r_ids], dim=1)  # (N, P' + T)
+    attention_mask = torch.cat([p_mask, r_mask], dim=1).long()  # (N, P' + T)
+    kwargs = visual_model_kwargs(model, visual)
+    aligned = {}
+    if extra:
+        for k, v in extra.items():  # prompt-aligned (N, P_full) -> trimmed + zero for response positions
+            v = v[:, P_full - P :]
+            aligned[k] = torch.cat([v, torch.zeros_like(v[:, :1]).expand(N, T)], dim=1)
+    # each row's prompt padding moved behind its response (module docstring); shift = its padding columns
+    shift = (P - p_mask.sum(1)).long() if aligns_rows(model) else torch.zeros(N, dtype=torch.long)
+    shift = shift.to(input_ids.device)
+    if bool(shift.any()):
+        names = list(aligned)
+        input_ids, attention_mask, *rest = align_rows_left(
+            shift, input_ids, attention_mask, *aligned.values()
+        )
+        aligned = dict(zip(names, rest, strict=True))
+    if aligns_rows(model) and padding_trails(attention_mask):
+        # every row's padding now trails its tokens: the causal mask alone gives each token the keys it
+        # attends to (its row's earlier tokens, none of them padding), and the padding's own outputs are never
+        # read; an all-ones mask keeps every position (they come from the mask) and lets the attention run
+        # as plain causal SDPA (no (N, 1, L, L) mask; on CUDA a causal kernel instead of a masked one)
+        attention_mask = torch.ones_like(attention_mask)
+    kwargs.update(aligned)
+    # response token t of row i sits at column P' - shift_i + t; the position before it predicts it
+    before = (P - 1 - shift)[:, None] + torch.arange(T, device=shift.device)[None, :]  # (N, T)
+    return input_ids, attention_mask, kwargs, before, r_ids, r_mask, shift
+
+
+def _pad_to(x: Tensor, width: int) -> Tensor:
+    """``x`` (N, T, ...) with zeros appended along dim 1 up to ``width``."""
+    if x.shape[1] >= width:
+        return x
+    return torch.cat([x, x.new_zeros(x.shape[0], width - x.shape[1], *x.shape[2:])], dim=1)
+
+
 def response_logps(
     model: torch.nn.Module,
     prompt_ids: Tensor,
@@ -94,19 +176,20 @@ def response_logps(
     ``(logps, entropies)``, both (N, T), 0 at padding.
     """
     N, T_full = response_ids.shape
-    p_ids, p_mask, r_ids, r_mask, T = trim_padding(prompt_ids, prompt_mask, response_ids, response_mask)
-    input_ids, attention_mask, kwargs = _forward_inputs(
-        model, prompt_ids.shape[1], p_ids, p_mask, r_ids, r_mask, visual, extra
+    input_ids, attention_mask, kwargs, before, r_ids, r_mask, shift = _forward_inputs(
+        model, prompt_ids, prompt_mask, response_ids, response_mask, visual, extra
     )
+    T = r_ids.shape[1]
+    entropies = None
     if chunk_tokens and chunked_head_supported(model):
         hf = hf_model(model)
         out = hf.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
-        P = p_ids.shape[1]
-        hidden = out.last_hidden_state[:, P - 1 : P - 1 + T]  # (N, T, H): position P'-1+t predicts token t
         live = r_mask.bool()  # (N, T)
+        rows = torch.arange(N, device=live.device)[:, None].expand(N, T)[live]  # (M,)
+        hidden = out.last_hidden_state[rows, before.to(live.device)[live]]  # (M, H) one per response token
         picked = chunked_token_logps(
             hf.get_output_embeddings(),
-            hidden[live],
+            hidden,
             r_ids[live],
             temperature,
             suppress_ids,
@@ -118,46 +201,29 @@ def response_logps(
             entropies = torch.zeros(N, T, dtype=ent.dtype, device=ent.device).masked_scatter(live, ent)
         logps = torch.zeros(N, T, dtype=picked.dtype, device=picked.device).masked_scatter(live, picked)
     else:
+        most = int(shift.max())  # the kept logits span every row's response: T + 1 + the largest shift
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             use_cache=False,
-            logits_to_keep=T + 1,
+            logits_to_keep=T + 1 + most,
             **kwargs,
         )
-        logits = out.logits[:, :-1, :]  # (N, T, V): position P'-1+t predicts response token t
-        logps = token_logps_from_logits(logits, r_ids, temperature, suppress_ids)  # (N, T)
+        # (N, T + most, V): kept position k predicts the input token at column P' + T - most - 1 + k + 1
+        window = out.logits[:, :-1, :]
+        targets = input_ids[:, input_ids.shape[1] - window.shape[1] :]  # (N, T + most)
+        logps = token_logps_from_logits(window, targets, temperature, suppress_ids)  # (N, T + most)
+        if with_entropy:
+            entropies = entropy_from_logits(window, temperature, suppress_ids)  # (N, T + most)
+        if most:
+            first = before[:, :1] + shift[:, None] - most  # (N, 1): P' - 1 - most, the first kept column
+            logps = logps.gather(1, before - first)  # (N, T): each row's response columns
+            if with_entropy:
+                entropies = entropies.gather(1, before - first)
         logps = logps.masked_fill(r_mask == 0, 0.0)  # padding (possibly a suppressed id: -inf) -> 0
         if with_entropy:
-            entropies = entropy_from_logits(logits, temperature, suppress_ids).masked_fill(r_mask == 0, 0.0)
-    if T_full > T:
-        logps = torch.cat([logps, logps.new_zeros(N, T_full - T)], dim=1)  # (N, T_full)
-        if with_entropy:
-            entropies = torch.cat([entropies, entropies.new_zeros(N, T_full - T)], dim=1)  # (N, T_full)
-    return (logps, entropies) if with_entropy else logps
-
-
-def _forward_inputs(
-    model: torch.nn.Module,
-    P_full: int,
-    p_ids: Tensor,
-    p_mask: Tensor,
-    r_ids: Tensor,
-    r_mask: Tensor,
-    visual: dict[str, Tensor],
-    extra: dict[str, Tensor] | None,
-) -> tuple[Tensor, Tensor, dict[str, object]]:
-    """input ids (N, P' + T), attention mask and the model's image / extra arguments of a trimmed batch."""
-    N, T = r_ids.shape
-    input_ids = torch.cat([p_ids, r_ids], dim=1)  # (N, P' + T)
-    attention_mask = torch.cat([p_mask, r_mask], dim=1).long()  # (N, P' + T)
-    kwargs = visual_model_kwargs(model, visual)
-    if extra:
-        P = p_ids.shape[1]
-        for k, v in extra.items():  # prompt-aligned (N, P_full) -> trimmed + zero for response positions
-            v = v[:, P_full - P :]
-            kwargs[k] = torch.cat([v, torch.zeros_like(v[:, :1]).expand(N, T)], dim=1)
-    return input_ids, attention_mask, kwargs
+            entropies = entropies.masked_fill(r_mask == 0, 0.0)
+    return (_pad_to(logps, T_full), _pad_to(entropies, T_full)) if with_entropy else _pad_to(logps, T_full)
 
 
 def response_hidden(
@@ -183,17 +249,14 @@ def response_hidden(
             f"weights (model types {list(CHUNKED_HEAD_MODEL_TYPES)}); use a sampled-token sensitivity signal"
         )
     N, T_full = response_ids.shape
-    p_ids, p_mask, r_ids, r_mask, T = trim_padding(prompt_ids, prompt_mask, response_ids, response_mask)
-    input_ids, attention_mask, kwargs = _forward_inputs(
-        model, prompt_ids.shape[1], p_ids, p_mask, r_ids, r_mask, visual, extra
+    input_ids, attention_mask, kwargs, before, _, r_mask, _ = _forward_inputs(
+        model, prompt_ids, prompt_mask, response_ids, response_mask, visual, extra
     )
     out = hf_model(model).model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
-    P = p_ids.shape[1]
-    hidden = out.last_hidden_state[:, P - 1 : P - 1 + T]  # (N, T, H)
+    rows = torch.arange(N, device=before.device)[:, None].expand_as(before)  # (N, T)
+    hidden = out.last_hidden_state[rows, before]  # (N, T, H)
     hidden = hidden * r_mask.unsqueeze(-1).to(hidden.dtype)  # 0 at padding
-    if T_full > T:
-        hidden = torch.cat([hidden, hidden.new_zeros(N, T_full - T, hidden.shape[-1])], dim=1)
-    return hidden  # (N, T_full, H)
+    return _pad_to(hidden, T_full)  # (N, T_full, H)
 
 
 def chunked_token_logps(

@@ -20,7 +20,7 @@ class RolloutPasses:
 
     def __init__(self, module: Any, micro: Experience) -> None:
         self.module, self.micro = module, micro
-        self.temperature = float(module.rollout_cfg["temperature"])
+        self.temperature = float(module.rollout_cfg.temperature)
 
     @torch.no_grad()
     def logps(self, masked: bool) -> Tensor:

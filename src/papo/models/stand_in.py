@@ -28,9 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
@@ -40,6 +37,7 @@ from typing import Any
 import torch
 
 from papo.models.special_tokens import ENDOFTEXT, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START
+from papo.utils.atomic_dir import build_dir_once, is_complete
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +284,8 @@ def ensure_stand_in(
 
     ``qwen2_5_vl`` delegates to :func:`papo.models.tiny_vlm.ensure_tiny_vlm` (same cache). ``qwen3_vl`` is cached
     under ``qwen3_vl-<size>-<hash>`` (hash of builder version, spec, seed, pixel bounds, corpus) and built in a
-    temporary sibling directory renamed into place, so concurrent builders (DDP ranks) cannot clash.
+    temporary sibling directory renamed into place (:func:`papo.utils.atomic_dir.build_dir_once`), so
+    concurrent builders (DDP ranks) cannot clash.
     """
     if family == "qwen2_5_vl":
         from papo.models.tiny_vlm import ensure_tiny_vlm
@@ -313,22 +312,10 @@ def ensure_stand_in(
         sort_keys=True,
     )
     target = Path(cache_dir) / f"qwen3_vl-{size}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    if (target / "config.json").is_file():
+    if is_complete(target):
         log.info("reusing cached Qwen3-VL stand-in %r at %s", size, target)
         return target
     if corpus is None and corpus_fn is not None:
         corpus = list(corpus_fn())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-    try:
-        build_tiny_qwen3_vl(tmp, size, corpus, seed, lo, hi, **overrides)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    build_dir_once(target, lambda tmp: build_tiny_qwen3_vl(tmp, size, corpus, seed, lo, hi, **overrides))
     return target

@@ -31,9 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
@@ -54,6 +51,8 @@ from papo.models.special_tokens import (
     VISION_END,
     VISION_START,
 )
+from papo.models.vision_tower import vision_tower
+from papo.utils.atomic_dir import build_dir_once, is_complete
 
 log = logging.getLogger(__name__)
 
@@ -380,8 +379,6 @@ def build_config(spec: TinyVLMSpec, tokenizer):
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     """Unique parameter counts (tied weights once): total, vision tower, text (everything else)."""
-    from papo.models.loading import vision_tower
-
     total = sum(p.numel() for p in model.parameters())
     vision = sum(p.numel() for p in vision_tower(model).parameters())
     return {"total": total, "vision": vision, "text": total - vision}
@@ -484,9 +481,9 @@ def ensure_tiny_vlm(
     The hash covers the builder version, spec (after ``overrides``), seed, pixel bounds and corpus. The
     corpus enters the hash as ``corpus_key`` when given (a caller-chosen name for it, e.g. the dataset
     config; ``corpus_fn`` is then only called on a cache miss), else as a digest of ``corpus_fn()``'s text.
-    The build goes to a temporary sibling directory that is renamed into place when complete, so a crash
-    never leaves a half-built cache and concurrent builders (e.g. DDP ranks) cannot clash: the first
-    rename wins, the others discard their copy. Pixel bounds can also be changed at load time
+    The build goes to a temporary sibling directory renamed into place when complete
+    (:func:`papo.utils.atomic_dir.build_dir_once`), so a crash never leaves a half-built cache and concurrent
+    builders (e.g. DDP ranks) cannot clash. Pixel bounds can also be changed at load time
     (:func:`papo.models.loading.load_policy`) without rebuilding.
     """
     spec = resolve_spec(size, **overrides)
@@ -501,27 +498,16 @@ def ensure_tiny_vlm(
         corpus_id = None
     cache_dir = Path(cache_dir)
     target = cache_dir / f"{size}-{_cache_key(size, spec, seed, min_pixels, max_pixels, corpus_id)}"
-    if (target / "config.json").is_file():
+    if is_complete(target):
         log.info("reusing cached tiny Qwen2.5-VL %r at %s", size, target)
         return target
 
     if corpus is None and corpus_fn is not None:
         corpus = list(corpus_fn())
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=cache_dir))
-    log.info("building tiny Qwen2.5-VL %r into %s (via %s)", size, target, tmp.name)
-    try:
-        build_tiny_vlm(tmp, size, corpus, seed, min_pixels, max_pixels, **overrides)
-        try:
-            os.rename(tmp, target)  # atomic on POSIX; fails if another process renamed first
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-            log.info("another process built %s first; using it", target)
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    log.info("building tiny Qwen2.5-VL %r into %s", size, target)
+    build_dir_once(
+        target, lambda tmp: build_tiny_vlm(tmp, size, corpus, seed, min_pixels, max_pixels, **overrides)
+    )
     return target
 
 

@@ -263,7 +263,7 @@ def grade_answer(pred: str | None, truth: str | int | float, timeout_s: float = 
         log.debug("grading: %.80r vs %.80r not parsed: %s", pred, truth, why or "unbalanced braces")
         return False
     finished, outcome = run_isolated(symbolic_outcome, (p, t), timeout_s, warm_up=warm_up)
-    if not finished:
+    if not finished:  # past the deadline, or the worker died (both logged by run_isolated): graded wrong
         return False
     if isinstance(outcome, str):
         log.debug("grading: %.80r vs %.80r: %s", pred, truth, outcome)

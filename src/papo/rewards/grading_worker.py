@@ -1,11 +1,14 @@
-"""A reused worker process for the symbolic answer check, stopped from outside at a wall-clock deadline.
+"""Reused worker processes for the symbolic answer check and user reward functions, stopped from outside at
+a wall-clock deadline.
 
-What it implements: :func:`run_isolated` runs a picklable function in one long-lived worker process (a
+What it implements: :func:`run_isolated` runs a picklable function in a long-lived worker process (a
 ``pebble.ProcessPool`` with one worker, ``spawn`` start method, so nothing of the trainer's threads or CUDA
-state is inherited). The worker imports math-verify and warms its parser once, in the pool's initializer,
-so the deadline of a call covers only that call's work (pebble starts a task's clock when the worker picks
-it up). Past the deadline pebble kills the worker process, which stops C code as well as Python code and
-leaves no half-updated state behind in the caller; the next call gets a fresh worker.
+state is inherited). Each named pool has its own worker: ``"grading"`` (the default; math-verify, imported
+and warmed once in the pool's initializer so the deadline of a call covers only that call's work: pebble
+starts a task's clock when the worker picks it up) and ``"user_reward"`` (the user reward functions of
+:mod:`papo.rewards.user_function`, kept apart so user code never shares a process with the grader). Past
+the deadline pebble kills the worker process, which stops C code as well as Python code and leaves no
+half-updated state behind in the caller; the next call gets a fresh worker.
 
 Why a process: the input limits of :mod:`papo.rewards.grading_limits` keep every answer they admit far from
 the deadline, so the deadline is a last resort; what it must stop is exactly what the limits failed to
@@ -28,7 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any, TypeVar
 
-__all__ = ["WorkerStats", "in_process", "run_isolated", "shutdown", "stats"]
+__all__ = ["GRADING", "WorkerStats", "in_process", "run_isolated", "shutdown", "stats"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -43,16 +46,20 @@ class WorkerStats:
         self.pools_started = 0
 
 
-_STATS = WorkerStats()
+GRADING = "grading"
+"""Name of the grader's pool (the default of :func:`run_isolated`)."""
+
+_STATS: dict[str, WorkerStats] = {}
 _LOCK = threading.Lock()
-_POOL: Any = None
+_POOLS: dict[str, Any] = {}
 _IN_PROCESS = threading.local()
 _NO_CHILDREN = False  # this process cannot start children: run in-process (warned once)
 
 
-def stats() -> WorkerStats:
-    """The counters of this process (read by tests and the grading benchmark)."""
-    return _STATS
+def stats(pool: str = GRADING) -> WorkerStats:
+    """The counters of this process's ``pool`` (read by tests and the grading benchmark)."""
+    with _LOCK:
+        return _STATS.setdefault(pool, WorkerStats())
 
 
 def _init_worker(warm_up: Callable[[], None] | None) -> None:
@@ -60,40 +67,40 @@ def _init_worker(warm_up: Callable[[], None] | None) -> None:
         warm_up()
 
 
-def _pool(warm_up: Callable[[], None] | None) -> Any:
-    global _POOL, _NO_CHILDREN
+def _pool(name: str, warm_up: Callable[[], None] | None) -> Any:
+    global _NO_CHILDREN
     with _LOCK:
-        if _POOL is not None and _POOL.active:
-            return _POOL
+        pool = _POOLS.get(name)
+        if pool is not None and pool.active:
+            return pool
         if _NO_CHILDREN:
             return None
         if multiprocessing.current_process().daemon:
             _NO_CHILDREN = True
             log.warning(
-                "grading runs in this process without a deadline: a daemonic process cannot start the "
-                "grading worker (the input limits still bound every answer)"
+                "grading and user reward functions run in this process without a deadline: a daemonic "
+                "process cannot start worker processes (the input limits still bound every answer)"
             )
             return None
         import pebble
 
-        _POOL = pebble.ProcessPool(
+        pool = _POOLS[name] = pebble.ProcessPool(
             max_workers=1,
             initializer=_init_worker,
             initargs=(warm_up,),
             context=multiprocessing.get_context("spawn"),
         )
-        _STATS.pools_started += 1
-        return _POOL
+        _STATS.setdefault(name, WorkerStats()).pools_started += 1
+        return pool
 
 
 def shutdown() -> None:
-    """Stop the worker (at exit; tests call it to start from a fresh worker)."""
-    global _POOL
+    """Stop every worker (at exit; tests call it to start from fresh workers)."""
     with _LOCK:
-        if _POOL is not None:
-            _POOL.stop()
-            _POOL.join()
-            _POOL = None
+        for pool in _POOLS.values():
+            pool.stop()
+            pool.join()
+        _POOLS.clear()
 
 
 atexit.register(shutdown)
@@ -115,30 +122,27 @@ def run_isolated(
     args: tuple[Any, ...],
     timeout_s: float,
     warm_up: Callable[[], None] | None = None,
+    pool: str = GRADING,
 ) -> tuple[bool, _T | None]:
-    """``(True, fn(*args))`` computed in the worker process, or ``(False, None)`` when it ran past
+    """``(True, fn(*args))`` computed in the worker process of ``pool``, or ``(False, None)`` when it ran past
     ``timeout_s`` seconds (the worker is killed) or the worker died (both counted in :func:`stats` and
     logged). ``fn`` and ``args`` must be picklable; exceptions of ``fn`` are re-raised here.
-    ``warm_up`` runs once in each new worker before its first task (imports, caches)."""
+    ``warm_up`` runs once in each new worker of ``pool`` before its first task (imports, caches)."""
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-    pool = None if getattr(_IN_PROCESS, "on", False) else _pool(warm_up)
-    if pool is None:
+    worker = None if getattr(_IN_PROCESS, "on", False) else _pool(pool, warm_up)
+    if worker is None:
         return True, fn(*args)
     from pebble import ProcessExpired
 
-    future = pool.schedule(fn, args=args, timeout=timeout_s)
+    counters = stats(pool)
+    future = worker.schedule(fn, args=args, timeout=timeout_s)
     try:
         return True, future.result()
     except FutureTimeoutError:
-        _STATS.timeouts += 1
-        log.warning(
-            "grading worker killed at its %.1fs deadline (%d so far): an answer inside the input limits "
-            "ran that long; it grades wrong",
-            timeout_s,
-            _STATS.timeouts,
-        )
+        counters.timeouts += 1
+        log.warning("%s worker killed at its %.1fs deadline (%d so far)", pool, timeout_s, counters.timeouts)
     except ProcessExpired as err:
-        _STATS.crashes += 1
-        log.warning("grading worker died (%s; %d so far); the answer grades wrong", err, _STATS.crashes)
+        counters.crashes += 1
+        log.warning("%s worker died (%s; %d so far)", pool, err, counters.crashes)
     return False, None

@@ -8,8 +8,9 @@ What it implements:
   serves both the format check and the answer extraction; accuracy is
   :func:`~papo.rewards.grading.grade_answer` of the last ``\\boxed{}``.
 * :data:`REWARD_FUNCTIONS` -- name -> reward function (``fn(response, truth, **kwargs) -> dict`` with at
-  least ``"overall"``); an unknown name raises :class:`UnknownRewardFunctionError` (a ``KeyError`` and a
-  ``ValueError``) whose message lists the valid names. :func:`get_reward_fn` looks names up (and binds
+  least ``"overall"``), a :class:`~papo.algos.registry.Registry`; an unknown name raises
+  :class:`UnknownRewardFunctionError` (a ``KeyError`` and a ``ValueError``) whose message lists the valid
+  names. :func:`get_reward_fn` looks names up (and binds
   keyword arguments from the config, e.g. ``format_weight``/``timeout_s``).
 * :func:`score_batch` -- applies a reward function to (response, truth) pairs. A failing item either
   stops the batch with a ``RuntimeError`` naming the index and previews of the response and the truth
@@ -25,10 +26,12 @@ run with no row information), no NaN check, and grades with mathruler; see
 from __future__ import annotations
 
 import functools
+import inspect
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from papo.algos.registry import Registry, UnknownNameError
 from papo.rewards.extract import extract_boxed
 from papo.rewards.format import is_well_formatted, normalize_tag_whitespace
 from papo.rewards.grading import DEFAULT_TIMEOUT_S, grade_answer
@@ -83,56 +86,16 @@ def score_response(
     return {"overall": (1.0 - format_weight) * acc + format_weight * fmt, "accuracy": acc, "format": fmt}
 
 
-class UnknownRewardFunctionError(KeyError, ValueError):
-    """Unknown reward-function name; the message lists the valid names."""
-
-    def __str__(self) -> str:  # KeyError would show the message with quotes around it
-        return str(self.args[0]) if self.args else ""
+class UnknownRewardFunctionError(UnknownNameError):
+    """Unknown reward-function name (a ``KeyError`` and a ``ValueError``); the message lists the valid names."""
 
 
-class RewardRegistry(Mapping[str, RewardFn]):
-    """Read-only name -> reward function mapping with helpful errors; extend with :meth:`register`."""
+class RewardRegistry(Registry[RewardFn]):
+    """The reward-function table: the project's one :class:`~papo.algos.registry.Registry` class, whose
+    unknown names raise :class:`UnknownRewardFunctionError`."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, RewardFn] = {}
-
-    def register(self, name: str) -> Callable[[RewardFn], RewardFn]:
-        """Decorator storing ``fn`` under ``name``; registering a name twice is an error."""
-
-        def decorator(fn: RewardFn) -> RewardFn:
-            if name in self._entries:
-                raise ValueError(f"reward function {name!r} is already registered; names: {self.names()}")
-            self._entries[name] = fn
-            return fn
-
-        return decorator
-
-    def unregister(self, name: str) -> None:
-        """Remove ``name`` (e.g. a reward registered by a test or a plugin); unknown names are an error."""
-        if name not in self._entries:
-            raise UnknownRewardFunctionError(f"unknown reward function {name!r}; valid names: {self.names()}")
-        del self._entries[name]
-
-    def names(self) -> list[str]:
-        """Registered names, sorted."""
-        return sorted(self._entries)
-
-    def __getitem__(self, name: str) -> RewardFn:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise UnknownRewardFunctionError(
-                f"unknown reward function {name!r}; valid names: {self.names()}"
-            ) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __repr__(self) -> str:
-        return f"RewardRegistry(names={self.names()})"
+        super().__init__("reward function", error=UnknownRewardFunctionError)
 
 
 REWARD_FUNCTIONS = RewardRegistry()
@@ -149,6 +112,14 @@ def get_reward_fn(name: str, **kwargs: Any) -> RewardFn:
     return functools.partial(fn, **kwargs) if kwargs else fn
 
 
+def _takes_kwargs(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 def _preview(value: Any) -> str:
     text = value if isinstance(value, str) else repr(value)
     if len(text) > _PREVIEW_CHARS:
@@ -161,6 +132,7 @@ def score_batch(
     truths: Sequence[Any],
     reward_fn: RewardFn,
     on_error: str = "raise",
+    fields: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[dict[str, list[float]], int]:
     """Score ``reward_fn(responses[i], truths[i])`` for every ``i``.
 
@@ -172,6 +144,9 @@ def score_batch(
         on_error: ``"raise"``: a failing item (exception or non-finite score) raises ``RuntimeError``
             naming its index with 200-character previews of the response and the truth (the original
             exception chained); ``"zero"``: the item scores 0.0 on every key and is counted.
+        fields: per item, the row's other fields (:func:`papo.rewards.components.row_fields`), passed as
+            keyword arguments to a ``reward_fn`` that takes ``**kwargs`` (e.g.
+            :class:`~papo.rewards.components.CombinedReward`); other functions get ``(response, truth)``.
 
     Returns:
         ``(scores, n_errors)``: ``scores[key]`` is a list aligned with ``responses`` (keys of the
@@ -186,13 +161,17 @@ def score_batch(
         raise ValueError(f"on_error must be one of {list(ON_ERROR_MODES)}, got {on_error!r}")
     if len(responses) != len(truths):
         raise ValueError(f"{len(responses)} responses but {len(truths)} ground truths")
+    if fields is not None and len(fields) != len(responses):
+        raise ValueError(f"{len(responses)} responses but {len(fields)} rows of fields")
+    if fields is None or not _takes_kwargs(reward_fn):
+        fields = [{}] * len(responses)
 
     results: list[dict[str, float] | None] = []
     keys: list[str] | None = None
     n_errors = 0
     for i, (response, truth) in enumerate(zip(responses, truths, strict=True)):
         try:
-            scores = reward_fn(response, truth)
+            scores = reward_fn(response, truth, **fields[i])
             bad = [k for k, v in scores.items() if not math.isfinite(v)]
             if bad:
                 raise ValueError(f"non-finite score(s) {[(k, scores[k]) for k in bad]}")

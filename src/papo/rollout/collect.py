@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from papo.models.loading import end_token_ids
-from papo.rewards import score_batch
-from papo.rollout.experience import Experience
+from papo.models.loading import end_token_ids, generation_suppress_token_ids, output_vocab_size
+from papo.rewards import row_fields, score_batch
+from papo.rollout.experience import Experience, reward_columns
 from papo.rollout.hf_generate import DECODERS, GenerationConfig, hf_generate
 from papo.rollout.inputs import chat_texts, encode_images, encode_prompts, per_prompt_visual
 from papo.rollout.lean_decode import lean_generate
@@ -66,6 +66,21 @@ class Generator:
         self.decoder = decoder
         # optional generation engine (papo.rollout.vllm_backend.VLLMEngine); None = HF generate on the policy
         self.engine: Any = None
+
+    @classmethod
+    def for_policy(
+        cls, policy: Any, processor: Any, max_prompt_length: int, batch_size: int, decoder: str = "auto"
+    ) -> Generator:
+        """The generator of ``policy``: never samples the image placeholder nor the padded output rows beyond
+        the tokenizer; a response ends at every end token of the policy's generation config."""
+        return cls(
+            processor,
+            generation_suppress_token_ids(processor, vocab_size=output_vocab_size(policy)),
+            max_prompt_length,
+            batch_size,
+            decoder,
+            eos_ids=end_token_ids(policy.generation_config, processor),
+        )
 
     def encode(self, batch: dict[str, Any], masked: bool) -> tuple[dict, list, list | None]:
         """Tokenise prompts of a data batch. Returns (text inputs (B, P), per-prompt visual, masked visual)."""
@@ -145,7 +160,9 @@ class Generator:
         response_mask = torch.cat([torch.nn.functional.pad(m, (0, T - m.shape[1]), value=0.0) for m in masks])
         texts = self.processor.tokenizer.batch_decode(response_ids, skip_special_tokens=True)
         answers = [batch["answer"][i] for i in rows.tolist()]
-        scores, n_errors = score_batch(texts, answers, reward_fn, on_error=on_error)
+        # question, uid, ..., images: what reward functions may take (papo.rewards.components)
+        fields = row_fields(batch, rows.tolist())
+        scores, n_errors = score_batch(texts, answers, reward_fn, on_error=on_error, fields=fields)
         extra = {k: v for k, v in text_inputs.items() if k not in ("input_ids", "attention_mask")}
         exp = Experience(
             prompt_ids=text_inputs["input_ids"],
@@ -153,9 +170,7 @@ class Generator:
             response_ids=response_ids,
             response_mask=response_mask,
             group_ids=rows + group_offset,
-            rewards=torch.tensor(scores["overall"], dtype=torch.float32),
-            accuracy=torch.tensor(scores["accuracy"], dtype=torch.float32),
-            format=torch.tensor(scores["format"], dtype=torch.float32),
+            **reward_columns(scores),  # rewards (overall), accuracy, format, reward_terms (named components)
             visual=row_visual,
             visual_masked=row_masked,
             extra=extra,

@@ -3,11 +3,17 @@
 Rows are grouped G per prompt (``group_ids``). Visual inputs are kept per row (a prompt's patch rows
 are shared by reference by its G responses, not copied) so rows can be filtered (DAPO dynamic
 sampling), concatenated across rollout batches and split into mini/micro-batches freely.
+
+Rewards: ``rewards`` (the combined score the advantages use), ``accuracy``, ``format`` and, in
+``reward_terms``, each named reward component's score (:mod:`papo.rewards.components`), built from a
+scored batch by :func:`reward_columns`; :func:`reward_term_means` gives the logged means.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,6 +54,8 @@ class Experience:
     # per-row label a dataset may declare (papo.data.shortcut: consistent | breaking); None when it has none
     shortcut: list[str] | None = None
     texts: list[str] = field(default_factory=list)
+    # (N,) float each: every named reward component's score, e.g. "math", "math/format", "brevity"
+    reward_terms: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -106,6 +114,8 @@ class Experience:
             out[name] = [x for e in items for x in getattr(e, name)]
         labels = [e.shortcut for e in items]
         out["shortcut"] = None if any(v is None for v in labels) else [x for v in labels for x in v]
+        terms = set.intersection(*(set(e.reward_terms) for e in items))  # a buffer from an older checkpoint
+        out["reward_terms"] = {k: torch.cat([e.reward_terms[k] for e in items]) for k in sorted(terms)}
         return Experience(**out)
 
     def model_inputs(self, masked: bool = False) -> dict:
@@ -121,3 +131,27 @@ class Experience:
             "visual": collate_visual(visual),
             "extra": self.extra,
         }
+
+
+_MAIN_SCORES = {"overall": "rewards", "accuracy": "accuracy", "format": "format"}
+
+
+def reward_columns(scores: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+    """The reward fields of an :class:`Experience` from :func:`papo.rewards.score_batch`'s per-key lists:
+    ``rewards`` (``overall``), ``accuracy``, ``format`` and ``reward_terms`` (every other key)."""
+    out: dict[str, Any] = {
+        name: torch.tensor(scores[key], dtype=torch.float32) for key, name in _MAIN_SCORES.items()
+    }
+    out["reward_terms"] = {
+        key: torch.tensor(values, dtype=torch.float32)
+        for key, values in scores.items()
+        if key not in _MAIN_SCORES
+    }
+    return out
+
+
+def reward_term_means(exp: Any, prefix: str) -> dict[str, float]:
+    """``{f"{prefix}/{name}": mean score}`` of every named reward component of ``exp`` (e.g.
+    ``train/reward/math``); empty for rows without ``reward_terms``."""
+    terms = getattr(exp, "reward_terms", None) or {}
+    return {f"{prefix}/{name}": float(values.mean()) for name, values in terms.items()}

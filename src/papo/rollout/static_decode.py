@@ -32,9 +32,16 @@ than ``sdpa`` or sliding windows (the step needs a ready-made boolean key mask),
 fails (a host synchronisation or data-dependent control flow inside it).
 
 Graphs hold their static caches and memory pools until :func:`release_graphs` or the model is freed. They
-record the forward as it ran at capture: a LoRA policy decodes with its adapters enabled, as rollouts do; under
-autocast every replay casts the weights it reads (autocast's cast cache is off during capture: a cached copy
-would go stale after the optimiser step), which with fp32 master weights costs a read of them per token.
+record the forward as it ran at capture: a LoRA policy decodes with its adapters enabled, as rollouts do.
+
+Under autocast with weights of another dtype (fp32 master weights under ``bf16-mixed``, the published configs'
+default) the step reads :class:`WeightCopies`: the autocast-dtype copy of every ``nn.Linear`` weight and bias,
+at fixed addresses, refreshed from the live weights at the start of every call (so after each optimiser
+step), which is the value autocast's own cast would give. A replay then casts nothing; without the copies,
+every replay would cast every weight it reads (autocast's cast cache is off in the step: a cached copy would
+go stale after the optimiser step), a read of all fp32 weights per token. Only the linear layers' parameters
+are copied, as autocast casts those and nothing else of the step (norm weights and embeddings keep their
+dtype, and a tied LM head keeps the embedding's fp32 parameter for the embedding lookup).
 """
 
 from __future__ import annotations
@@ -94,6 +101,70 @@ def static_unsupported(model: torch.nn.Module) -> str | None:
     return None
 
 
+class WeightCopies:
+    """The ``dtype`` copy of every floating ``nn.Linear`` weight and bias of ``model`` whose dtype differs (a
+    parameter shared by several layers is copied once). :meth:`refresh` casts the live parameters into them,
+    in place (the addresses a captured graph reads stay fixed); inside :meth:`swapped` the layers hold the
+    copies instead of their parameters."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        self.key = (dtype, _weights_memory(model))  # copies of these parameters, at these addresses
+        copies: dict[int, torch.nn.Parameter] = {}
+        self.slots: list[tuple[torch.nn.Module, str, torch.nn.Parameter, torch.nn.Parameter]] = []
+        for module in model.modules():
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            for name in ("weight", "bias"):
+                param = module._parameters.get(name)
+                if param is None or not param.is_floating_point() or param.dtype == dtype:
+                    continue
+                if id(param) not in copies:
+                    copies[id(param)] = torch.nn.Parameter(
+                        torch.empty_like(param, dtype=dtype), requires_grad=False
+                    )
+                self.slots.append((module, name, param, copies[id(param)]))
+        self._sources = {id(copy): (src, copy) for _, _, src, copy in self.slots}
+
+    def refresh(self) -> None:
+        """Cast the live parameters into the copies (what autocast's cast of each one gives)."""
+        with torch.no_grad():
+            for src, copy in self._sources.values():
+                copy.copy_(src)
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[None]:
+        """The linear layers read the copies inside this context; their parameters are back afterwards."""
+        try:
+            for module, name, _, copy in self.slots:
+                module._parameters[name] = copy
+            yield
+        finally:
+            for module, name, src, _ in self.slots:
+                module._parameters[name] = src
+
+
+#: model -> its WeightCopies (one set shared by every row bucket's graph)
+_COPIES: weakref.WeakKeyDictionary[torch.nn.Module, WeightCopies] = weakref.WeakKeyDictionary()
+
+
+def weight_copies(model: torch.nn.Module, autocast: tuple[bool, torch.dtype | None]) -> WeightCopies | None:
+    """The model's copies for the ``autocast`` state (built, or rebuilt when the weights moved), refreshed
+    from the live weights; None without autocast, or when no linear weight differs from its dtype."""
+    enabled, dtype = autocast
+    if not enabled or dtype is None:
+        return None
+    copies = _COPIES.get(model)
+    if copies is None or copies.key != (dtype, _weights_memory(model)):
+        _COPIES.pop(model, None)  # free the old copies before allocating new ones
+        copies = WeightCopies(model, dtype)
+        _COPIES[model] = copies
+    if not copies.slots:
+        return None
+    copies.refresh()
+    return copies
+
+
 @dataclass
 class _StepGraph:
     """The fixed buffers of one row bucket's decode step, and its CUDA graph (None: eager steps)."""
@@ -107,6 +178,7 @@ class _StepGraph:
     mask: Tensor  # (R, 1, 1, L) bool: the keys each row attends to
     cache_kw: str
     state: tuple  # what the capture depends on: dtype, positions' lead shape, autocast, weights' memory
+    copies: WeightCopies | None = None  # the weight copies the step reads (kept alive with the graph)
     graph: torch.cuda.CUDAGraph | None = None
     logits: Tensor | None = None  # (R, V) float, written by each step
     replays: int = field(default=0)
@@ -153,9 +225,11 @@ _UNCAPTURABLE: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKey
 
 
 def release_graphs(model: torch.nn.Module) -> None:
-    """Drop the model's graphs and static caches (their GPU memory returns to the caching allocator)."""
+    """Drop the model's graphs, static caches and weight copies (their GPU memory returns to the caching
+    allocator)."""
     _GRAPHS.pop(model, None)
     _UNCAPTURABLE.pop(model, None)
+    _COPIES.pop(model, None)
 
 
 def step_graphs(model: torch.nn.Module) -> dict[int, _StepGraph]:
@@ -189,6 +263,10 @@ def _weights_memory(model: torch.nn.Module) -> tuple[int, ...]:
     return tuple(p.data_ptr() for p in model.parameters())
 
 
+def _reading(copies: WeightCopies | None) -> contextlib.AbstractContextManager:
+    return copies.swapped() if copies is not None else contextlib.nullcontext()
+
+
 def _new_step_graph(
     model: torch.nn.Module,
     rows: int,
@@ -197,6 +275,7 @@ def _new_step_graph(
     positions: Tensor,
     state: tuple,
     pad_id: int,
+    copies: WeightCopies | None,
 ) -> _StepGraph:
     """Buffers + a static cache of ``rows x length`` slots, laid out like the prefill's keys and values
     ``like`` (under autocast the two can differ in dtype: rope promotes the keys, not the values)."""
@@ -220,6 +299,7 @@ def _new_step_graph(
         mask=torch.zeros((rows, 1, 1, length), dtype=torch.bool, device=device),
         cache_kw=cache_kwarg(model),
         state=state,
+        copies=copies,
     )
 
 
@@ -232,8 +312,10 @@ def _step_graph(
     capture: bool,
     autocast: tuple,
     pad_id: int,
+    copies: WeightCopies | None = None,
 ) -> _StepGraph:
-    """The model's step graph for ``n`` rows and ``needed`` positions: reused, or built (and captured)."""
+    """The model's step graph for ``n`` rows and ``needed`` positions: reused, or built (and captured, reading
+    ``copies`` of the linear weights when given)."""
     rows = row_bucket(n)
     state = (
         tuple(x.dtype for x in like),
@@ -242,6 +324,7 @@ def _step_graph(
         capture,
         model.training,
         _weights_memory(model),
+        copies is not None,
     )
     graphs = _GRAPHS.setdefault(model, {})
     old = graphs.get(rows)
@@ -250,10 +333,10 @@ def _step_graph(
     length = max(length_bucket(needed), old.length if old is not None else 0)
     del old
     graphs.pop(rows, None)  # free the old static cache and graph pool before allocating the new ones
-    sg = _new_step_graph(model, rows, length, like, positions, state, pad_id)
+    sg = _new_step_graph(model, rows, length, like, positions, state, pad_id, copies)
     if capture:
         try:
-            with _step_autocast(like[0].device, autocast):
+            with _step_autocast(like[0].device, autocast), _reading(copies):
                 sg.capture()
         except Exception as err:  # a host sync, data-dependent shapes, ... inside the model's forward
             raise CaptureError(f"{type(err).__name__}: {err}") from err
@@ -293,9 +376,10 @@ def static_generate(
     (B, P), T = attn.shape, cfg.max_new_tokens
     n = B * G
     autocast = _autocast_state(device)
+    copies = weight_copies(model, autocast)  # the live weights cast once per call, not once per replay
     like = dynamic.layers[0].keys, dynamic.layers[0].values  # (B, kv_heads, P, head_dim) each
     try:
-        sg = _step_graph(model, n, P + T, like, positions, capture, autocast, pad_id)
+        sg = _step_graph(model, n, P + T, like, positions, capture, autocast, pad_id, copies)
     except CaptureError as err:  # a forward that cannot be captured: the lean loop from now on
         _UNCAPTURABLE[model] = str(err)
         _log_once(
@@ -322,7 +406,7 @@ def static_generate(
     tokens = torch.full((n, T), pad_id, dtype=torch.long, device=device)
     unfinished = torch.ones(n, dtype=torch.bool, device=device)
     width = T
-    with _step_autocast(device, autocast):
+    with _step_autocast(device, autocast), _reading(copies):
         for t in range(T):
             tokens[:, t] = next_tokens(logits, t, unfinished, rules)
             if t == T - 1:

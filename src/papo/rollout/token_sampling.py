@@ -5,16 +5,23 @@ suppressed ids can never be emitted, end-of-sequence is blocked before ``min_new
 (greedy) or a draw after temperature / top-k / top-p, pad for rows that already ended, and the rows that
 end now are marked. The lean loop (:mod:`papo.rollout.lean_decode`) and the static-cache loop
 (:mod:`papo.rollout.static_decode`) both call it, so a change to end-of-sequence handling is made here once.
-It syncs nothing with the host, so a loop on a GPU can queue steps ahead of the device.
+It syncs nothing with the host, except one read per step with top-p (below), so a loop on a GPU can queue
+its steps ahead of the device.
 
 :func:`filter_logits` and :func:`sample_tokens` keep Hugging Face ``generate``'s semantics (checked against
 its ``TemperatureLogitsWarper``, ``TopKLogitsWarper`` and ``TopPLogitsWarper`` in
 ``tests/test_rollout_lean_decode.py``), in the same order (temperature, top-k, top-p), with two cheaper steps
 (their per-token costs: docs/performance.md, "Speed-ups in this branch"):
 
-* top-p sorts the probabilities with NumPy on CPU tensors (``torch.sort`` along the last dimension of a small
-  (N, V) tensor is the slower of the two there) and keeps every token whose probability is at least that of
-  the first token HF keeps (the two differ only on exact ties at the cut);
+* top-p keeps every token whose probability is at least that of the first token HF keeps (the two differ
+  only on exact ties at the cut), and finds that token among the :data:`TOP_P_CANDIDATES` most likely ids
+  (:func:`nucleus_floor`): a ``torch.topk`` instead of sorting the whole vocabulary (151,936 ids for Qwen2.5-VL)
+  for every row and token. The rows whose nucleus the candidates do not hold are found on the host (one
+  read per step) and only they are sorted whole, as before (with NumPy on CPU tensors: ``torch.sort`` along
+  the last dimension of a small (N, V) tensor is the slower of the two there). The kept
+  set is the full sort's: the cumulative sums that decide the cut add the same probabilities in another
+  order, so they can differ only in the last bits, on a token whose cumulative probability lies within float
+  rounding of ``1 - top_p`` (``tests/test_rollout_lean_decode.py`` compares the tokens with the full sort's);
 * the draw inverts the cumulative distribution with ``searchsorted`` (one uniform per row) instead of
   ``torch.multinomial``. Same distribution; a different random stream from HF's.
 """
@@ -31,6 +38,9 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from papo.rollout.hf_generate import GenerationConfig
+
+#: the top-p rule looks for the nucleus among this many most likely ids first (:func:`nucleus_floor`)
+TOP_P_CANDIDATES = 1024
 
 
 @dataclass(frozen=True)
@@ -108,14 +118,41 @@ def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         probs = logits.softmax(-1)
-        if probs.device.type == "cpu":
-            ascending = torch.from_numpy(np.sort(probs.detach().numpy(), axis=-1))
-        else:
-            ascending = torch.sort(probs, dim=-1).values
-        n_removed = (ascending.cumsum(-1) <= 1 - top_p).sum(-1, keepdim=True).clamp(max=vocab - 1)
-        first_kept = ascending.gather(-1, n_removed)  # (N, 1) the smallest probability that survives
-        logits = logits.masked_fill(probs < first_kept, float("-inf"))
+        logits = logits.masked_fill(probs < nucleus_floor(probs, top_p), float("-inf"))
     return logits
+
+
+def nucleus_floor(probs: Tensor, top_p: float, candidates: int | None = None) -> Tensor:
+    """The smallest probability that top-p keeps in each row of ``probs`` (N, V): (N, 1).
+
+    HF's rule: sorted ascending, the tokens whose cumulative probability stays <= 1 - top_p are removed (at
+    least one token is kept). The cut lies among a row's ``candidates`` (default :data:`TOP_P_CANDIDATES`)
+    largest probabilities whenever its others add up to at most 1 - top_p; only those are sorted
+    (``torch.topk``). The rows where they do not are found on the host (one read per call) and sorted whole.
+    """
+    vocab = probs.shape[-1]
+    k = TOP_P_CANDIDATES if candidates is None else candidates
+    if k >= vocab:
+        return _sorted_floor(probs, top_p)
+    top = torch.topk(probs, k, dim=-1).values.flip(-1)  # (N, k) the k largest, ascending
+    rest = (probs.sum(-1, keepdim=True) - top.sum(-1, keepdim=True)).clamp(min=0)  # (N, 1) the others' mass
+    # every other id is removed (its cumulative probability is at most `rest`): the cut is among the candidates
+    n_removed = ((rest + top.cumsum(-1)) <= 1 - top_p).sum(-1, keepdim=True).clamp(max=k - 1)
+    floor = top.gather(-1, n_removed)  # (N, 1)
+    outside = (rest[:, 0] > 1 - top_p).nonzero().squeeze(-1)  # host read: rows whose cut lies elsewhere
+    if outside.numel():
+        floor[outside] = _sorted_floor(probs[outside], top_p)
+    return floor
+
+
+def _sorted_floor(probs: Tensor, top_p: float) -> Tensor:
+    """:func:`nucleus_floor` by sorting whole rows (NumPy on CPU tensors, ``torch.sort`` elsewhere)."""
+    if probs.device.type == "cpu":
+        ascending = torch.from_numpy(np.sort(probs.detach().numpy(), axis=-1))
+    else:
+        ascending = torch.sort(probs, dim=-1).values
+    n_removed = (ascending.cumsum(-1) <= 1 - top_p).sum(-1, keepdim=True).clamp(max=probs.shape[-1] - 1)
+    return ascending.gather(-1, n_removed)  # (N, 1) the smallest probability that survives
 
 
 def sample_tokens(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:

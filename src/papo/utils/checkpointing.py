@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointNotFoundError",
+    "checkpoint_dir",
     "experience_from_state",
     "experience_state",
     "newest_checkpoint",
@@ -105,6 +106,13 @@ def experience_from_state(state: dict[str, Any]) -> Any:
 
 
 # ------------------------------------------------------------------------------------------- ckpt_path
+def checkpoint_dir(trainer: Any) -> str:
+    """Where ``trainer`` writes checkpoints: its ModelCheckpoint's ``dirpath``, else
+    ``<default_root_dir>/checkpoints``."""
+    cb = trainer.checkpoint_callback
+    return cb.dirpath if cb is not None and cb.dirpath else f"{trainer.default_root_dir}/checkpoints"
+
+
 def newest_checkpoint(directory: str | Path) -> Path | None:
     """The newest ``*.ckpt`` in ``directory`` (latest mtime; ``last*.ckpt`` wins ties), or None."""
     d = Path(directory)

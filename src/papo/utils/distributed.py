@@ -1,16 +1,16 @@
 """Multi-device helpers: everything here defers to Lightning's strategies and ``torch.distributed``.
 
-Scaling is Lightning's job (``configs/trainer/{ddp,ddp_sim,fsdp,deepspeed_zero2,deepspeed_zero3}.yaml``); this
-module only holds the few places where the RL update must know it runs on several ranks:
+Scaling is Lightning's job (``configs/trainer/{ddp,ddp_sim,fsdp,deepspeed_zero2,deepspeed_zero3}.yaml``); the
+reductions over ranks go through the strategy's own API (``trainer.strategy.reduce``,
+``reduce_boolean_decision``: :class:`papo.models.papo_module.PapoModule`). This module holds the few places
+where the RL update must know which strategy runs it, told apart by ``isinstance`` on Lightning's strategy
+classes:
 
-- :func:`all_reduce`: the token-mean normaliser of a mini-batch is the token count summed over ranks
-  (each rank then divides by ``global / world_size`` so that DDP's gradient AVERAGE equals the global
-  token mean; :meth:`papo.models.papo_module.PapoModule._update`); DAPO's dynamic sampling takes the MIN of
-  the kept groups over ranks so all ranks update in the same step (collectives must match).
 - :func:`clip_grad_norm`: the global grad norm under DDP (plain, gradients are already all-reduced), FSDP2
   (the norm of sharded DTensor gradients) and DeepSpeed (the engine clips inside ``step``: configure it in
   the strategy; :func:`engine_grad_norm` reads its norm back after the step).
 - :func:`is_sharded`: HF ``generate`` on sharded weights (FSDP, ZeRO-3) must run with ``synced_gpus``.
+- :func:`fused_optimizer_ok`: the fused AdamW kernel for CPU / CUDA parameters, not under sharded strategies.
 - :func:`fully_shard_model`: FSDP2 sharding of the policy / reference (trainer=fsdp, Lightning's
   ``ModelParallelStrategy``; FSDP1's ``FSDPStrategy`` cannot be used: it finalises gradients when the wrapped
   LightningModule's forward returns, but manual optimisation steps inside ``training_step``).
@@ -21,71 +21,55 @@ module only holds the few places where the RL update must know it runs on severa
 from __future__ import annotations
 
 import contextlib
-import importlib
 import importlib.util
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+try:  # Lightning's DeepSpeed strategy class; absent from some builds without deepspeed
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+except ImportError:  # pragma: no cover - depends on the Lightning build
+    DeepSpeedStrategy = None  # type: ignore[assignment,misc]
 
 __all__ = [
-    "all_reduce",
+    "SHARDED_STRATEGIES",
     "check_strategy_available",
     "clip_grad_norm",
     "engine_grad_norm",
     "fully_shard_model",
+    "fused_optimizer_ok",
     "generation_context",
-    "is_distributed",
     "is_sharded",
-    "world_size",
 ]
 
-
-def is_distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def world_size() -> int:
-    return torch.distributed.get_world_size() if is_distributed() else 1
-
-
-def all_reduce(value: float, op: str = "sum", device: torch.device | str | None = None) -> float:
-    """``value`` reduced over all ranks (``sum`` | ``min`` | ``max``); the value itself on one process.
-
-    ``device`` must be the rank's CUDA device under NCCL (CPU is fine under gloo).
-    """
-    if not is_distributed():
-        return float(value)
-    ops = {"sum": torch.distributed.ReduceOp.SUM, "min": torch.distributed.ReduceOp.MIN}
-    ops["max"] = torch.distributed.ReduceOp.MAX
-    if op not in ops:
-        raise ValueError(f"unknown reduce op {op!r}; valid: {sorted(ops)}")
-    if device is None or torch.distributed.get_backend() == "gloo":
-        device = "cpu"
-    t = torch.tensor(float(value), dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t, op=ops[op])
-    return float(t)
+#: strategies whose ranks hold shards of the weights (every forward gathers them collectively)
+SHARDED_STRATEGIES: tuple[type, ...] = tuple(
+    s for s in (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy) if s is not None
+)
 
 
 def _strategy(trainer: Any) -> Any:
     return getattr(trainer, "strategy", None) if trainer is not None else None
 
 
-def _strategy_kind(trainer: Any) -> str:
-    name = type(_strategy(trainer)).__name__.lower()
-    if "deepspeed" in name:
-        return "deepspeed"
-    if "modelparallel" in name:
-        return "fsdp2"
-    if "fsdp" in name:
-        return "fsdp"
-    return "other"
+def _is_deepspeed(strategy: Any) -> bool:
+    return DeepSpeedStrategy is not None and isinstance(strategy, DeepSpeedStrategy)
 
 
 def is_sharded(trainer: Any) -> bool:
     """Whether the policy's weights are sharded over several ranks (FSDP / DeepSpeed): every forward then
     gathers weights collectively, so generation must keep all ranks stepping (``synced_gpus``)."""
-    return _strategy_kind(trainer) in ("fsdp", "fsdp2", "deepspeed") and world_size() > 1
+    return isinstance(_strategy(trainer), SHARDED_STRATEGIES) and trainer.world_size > 1
+
+
+def fused_optimizer_ok(trainer: Any, params: Iterable[torch.nn.Parameter]) -> bool:
+    """The fused AdamW kernel (one kernel for all tensors; HF Trainer's default) is used for CPU / CUDA
+    parameters; sharded strategies (FSDP, DeepSpeed) keep torch's default implementation."""
+    return not isinstance(_strategy(trainer), SHARDED_STRATEGIES) and all(
+        p.device.type in ("cpu", "cuda") for p in params
+    )
 
 
 def clip_grad_norm(
@@ -97,17 +81,16 @@ def clip_grad_norm(
     config; its gradients live in the engine's partitioned buffers, not in ``p.grad``): this clips nothing and
     returns None; read the engine's norm after the step with :func:`engine_grad_norm`.
     """
-    kind = _strategy_kind(trainer)
-    if (
-        kind == "fsdp2"
-    ):  # gradients are sharded DTensors: the norm over all shards, then clip (TorchTitan's way)
+    strategy = _strategy(trainer)
+    if isinstance(strategy, ModelParallelStrategy):
+        # gradients are sharded DTensors: the norm over all shards, then clip (TorchTitan's way)
         params = [p for p in params if p.grad is not None]
         total = torch.nn.utils.get_total_norm([p.grad for p in params])
         if hasattr(total, "full_tensor"):
             total = total.full_tensor()
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
         return total
-    if kind == "deepspeed":
+    if _is_deepspeed(strategy):
         return None
     return torch.nn.utils.clip_grad_norm_(list(params), max_norm)
 
@@ -188,14 +171,27 @@ def fully_shard_model(model: torch.nn.Module, mesh: Any, bf16: bool = True) -> t
     return model
 
 
+def _strategy_class(strategy: Any) -> type | None:
+    """The class a ``trainer.strategy`` config names: a ``_target_`` node, or a Lightning registry name."""
+    from hydra.utils import get_class
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if isinstance(strategy, str):
+        return StrategyRegistry[strategy]["strategy"] if strategy in StrategyRegistry else None
+    target = strategy.get("_target_") if hasattr(strategy, "get") else None
+    if not target:
+        return None
+    try:
+        return get_class(str(target))
+    except Exception as err:
+        raise ImportError(f"trainer.strategy._target_={target!r} cannot be imported: {err}") from None
+
+
 def check_strategy_available(strategy: Any) -> None:
     """Raise ``ImportError`` with an install hint when ``strategy`` needs a package that is missing."""
-    target = ""
-    if isinstance(strategy, str):
-        target = strategy
-    elif isinstance(strategy, dict) or hasattr(strategy, "get"):
-        target = str(strategy.get("_target_", ""))
-    if "deepspeed" in target.lower() and importlib.util.find_spec("deepspeed") is None:
+    cls = _strategy_class(strategy) if strategy is not None else None
+    deepspeed = DeepSpeedStrategy is not None and isinstance(cls, type) and issubclass(cls, DeepSpeedStrategy)
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise ImportError(
             "trainer strategy DeepSpeed was selected but the deepspeed package is not installed: "
             "pip install 'papo[deepspeed]' (needs a CUDA toolchain), or choose trainer=ddp / trainer=fsdp"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from papo.data.synthetic import reference_response
 from papo.models.loading import load_policy
 from papo.models.logprobs import response_logps
 from papo.rollout.inputs import chat_texts, encode_prompts
+from papo.utils.atomic_dir import build_dir_once, is_complete
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,8 @@ def ensure_warm_start(cfg: DictConfig, base_dir: Path, train_dataset: Any) -> Pa
     cache_root = Path(cfg.paths.cache_dir) / "warm_start"
     out_dir = cache_root / f"{base_dir.name}-{_cache_key(ws, base_dir, data_cfg, template)}"
 
-    def cached() -> bool:
-        return bool(ws.get("cache", True)) and (out_dir / "config.json").exists()
-
-    if cached():
+    use_cache = bool(ws.get("cache", True))
+    if use_cache and is_complete(out_dir):
         log.info("warm start: reusing cached checkpoint %s", out_dir)
         return out_dir
 
@@ -151,24 +149,18 @@ def ensure_warm_start(cfg: DictConfig, base_dir: Path, train_dataset: Any) -> Pa
     )
     t0 = time.time()
     trainer.fit(module, loader)
-    tmp = cache_root / f".tmp-{out_dir.name}-{int(time.time() * 1e6)}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    module.policy.save_pretrained(tmp)
-    module.processor.save_pretrained(tmp)
-    (tmp / "warm_start.json").write_text(
-        json.dumps({"config": ws, "rows": n, "seconds": time.time() - t0}, indent=2)
-    )
-    if cached():
-        # another process (a parallel reproduction stream, a DDP rank) built the same warm start first: keep
-        # theirs, which may already be in use, and drop ours (same config and seed)
-        shutil.rmtree(tmp)
+
+    def save(tmp: Path) -> None:
+        module.policy.save_pretrained(tmp)
+        module.processor.save_pretrained(tmp)
+        (tmp / "warm_start.json").write_text(
+            json.dumps({"config": ws, "rows": n, "seconds": time.time() - t0}, indent=2)
+        )
+
+    # another process (a parallel reproduction stream, a DDP rank) may have built the same warm start
+    # meanwhile: with the cache on, theirs is kept (it may already be in use) and ours dropped
+    if build_dir_once(out_dir, save, rebuild=not use_cache):
+        log.info("warm start: done in %.0f s, saved to %s", time.time() - t0, out_dir)
+    else:
         log.info("warm start: done in %.0f s; %s was built meanwhile, using it", time.time() - t0, out_dir)
-        return out_dir
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    try:
-        tmp.rename(out_dir)
-    except OSError:  # lost the race to a concurrent builder between the check and the rename
-        shutil.rmtree(tmp)
-    log.info("warm start: done in %.0f s, saved to %s", time.time() - t0, out_dir)
     return out_dir

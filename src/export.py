@@ -1,0 +1,55 @@
+"""Entry point: ``python src/export.py ckpt_path=<run or .ckpt> out=<folder> [lora=merge|adapter] [overwrite=true]``.
+
+Writes the trained policy as a Hugging Face model folder (configs/export.yaml, docs/export.md). The overrides
+are Hydra's (``model=...`` selects a model preset); no Hydra run directory is created. All logic is in
+:func:`papo.models.export.export_policy`. A bad argument prints one line on stderr and exits with status 2.
+"""
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+
+from papo.utils.run_env import setup_process_env  # noqa: E402
+
+setup_process_env()
+
+import papo.utils  # noqa: E402,F401  (registers the config resolvers)
+
+
+def main(argv: list[str]) -> int:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from papo.models.export import ExportError, export_policy, find_checkpoint, run_model_config
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="export", overrides=argv)
+    try:
+        ckpt, _ = find_checkpoint(
+            cfg.get("ckpt_path") if not OmegaConf.is_missing(cfg, "ckpt_path") else None
+        )
+        model_cfg = run_model_config(ckpt) if cfg.model_from_run else None
+        out = None if OmegaConf.is_missing(cfg, "out") else cfg.out
+        export_policy(
+            ckpt,
+            out,
+            model_cfg if model_cfg is not None else OmegaConf.to_container(cfg.model, resolve=True),
+            lora=cfg.lora,
+            overwrite=bool(cfg.overwrite),
+            dtype=cfg.dtype,
+            max_shard_size=str(cfg.max_shard_size),
+        )
+    except ExportError as err:
+        print(f"Invalid export: {err}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

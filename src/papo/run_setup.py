@@ -1,0 +1,78 @@
+"""What training (:mod:`papo.pipeline`) and evaluation (:mod:`papo.evaluation.evaluator`) both build from the
+config: the model directory, the masked-view generator, the prompt-length filter of the datamodule, and the
+Hydra-instantiated lists of callbacks / loggers. Evaluation imports this module, never the training pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from papo.config import ModelConfig, RolloutConfig, parse_group
+
+log = logging.getLogger(__name__)
+
+__all__ = ["attach_prompt_filter", "instantiate_list", "instantiate_masking", "resolve_model_dir"]
+
+
+def resolve_model_dir(model_cfg: ModelConfig | DictConfig, corpus_fn: Any = None) -> Path | str:
+    """``model.path`` if set (local dir or hub id), else the embedded tiny VLM (built on first use).
+
+    ``model.stand_in`` (tiny | small) replaces ``model.path`` by the embedded stand-in of ``model.family``
+    (qwen2_5_vl | qwen3_vl; papo.models.stand_in): same classes as the hub model, tiny and built offline.
+    """
+    m = parse_group(ModelConfig, model_cfg, "model")
+    if m.path and not m.stand_in:
+        return m.path
+    from papo.models.stand_in import ensure_stand_in
+
+    return ensure_stand_in(
+        m.family,
+        m.cache_dir,
+        size=m.stand_in or m.size,
+        corpus_fn=corpus_fn,
+        seed=m.seed,
+        min_pixels=m.min_pixels,
+        max_pixels=m.max_pixels,
+    )
+
+
+def attach_prompt_filter(
+    datamodule: Any,
+    model_dir: Path | str,
+    model_cfg: ModelConfig | DictConfig,
+    rollout: RolloutConfig | DictConfig,
+) -> None:
+    """Let the datamodule drop prompts longer than ``rollout.max_prompt_length`` (exact token counts from the
+    model's processor, papo.rollout.prompt_length.PromptLength); ``+rollout.filter_overlong_prompts=false`` turns it off."""
+    r = parse_group(RolloutConfig, rollout, "rollout")
+    if not hasattr(datamodule, "prompt_length_fn") or not r.filter_overlong_prompts:
+        return
+    from papo.rollout.prompt_length import PromptLength
+
+    m = parse_group(ModelConfig, model_cfg, "model")
+    datamodule.prompt_length_fn = PromptLength.from_pretrained(
+        str(model_dir), m.min_pixels, m.max_pixels, trust_remote_code=m.trust_remote_code
+    )
+    datamodule.max_prompt_length = r.max_prompt_length
+
+
+def instantiate_list(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a dict config that has a ``_target_`` (callbacks, loggers)."""
+    out = []
+    for name, conf in (cfg or {}).items():
+        if isinstance(conf, DictConfig) and "_target_" in conf:
+            log.info("Instantiating %s <%s>", name, conf._target_)
+            out.append(hydra.utils.instantiate(conf))
+    return out
+
+
+def instantiate_masking(cfg: DictConfig | None) -> Any:
+    """The masked-view generator of ``configs/masking`` (None when masking is disabled)."""
+    if cfg is None or not cfg.get("_target_"):
+        return None
+    return hydra.utils.instantiate(cfg)
