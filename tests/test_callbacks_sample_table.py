@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,16 +16,23 @@ from papo.evaluation.validation import ValidationOutput
 from test_eval_metrics import _batch, make_exp
 
 
-def logged_media_files(run_dir: Path, key: str) -> list[str]:
+def logged_media_files(run_dir: Path, key: str, wait_s: float = 20.0) -> list[str]:
     """The image files the history of an offline run references under ``key`` (read from the raw
-    ``run-*.wandb`` log: a list of images is logged with a ``filenames`` JSON array of their files)."""
-    raw = next(run_dir.glob("run-*.wandb")).read_bytes().decode("utf-8", "replace")
-    prefix = f"media/images/{key}_"
-    for match in re.finditer(r'\[("media/images/[^"\]]*"(?:,"media/images/[^"\]]*")*)\]', raw):
-        files = json.loads(match.group(0))
-        if all(f.startswith(prefix) for f in files):
-            return files
-    return []
+    ``run-*.wandb`` log: a list of images is logged with a ``filenames`` JSON array of their files).
+
+    wandb's service may still be writing the log when ``wandb.finish()`` returns: read it again until the
+    array is there or ``wait_s`` has passed."""
+    name = re.compile(rf"media/images/{re.escape(key)}_\d+_[0-9a-f]+\.png")  # not {key}_masked_...
+    deadline = time.monotonic() + wait_s
+    while True:
+        raw = next(run_dir.glob("run-*.wandb")).read_bytes().decode("utf-8", "replace")
+        for match in re.finditer(r'\[("media/images/[^"\]]*"(?:,"media/images/[^"\]]*")*)\]', raw):
+            files = json.loads(match.group(0))
+            if all(name.fullmatch(f) for f in files):
+                return files
+        if time.monotonic() > deadline:
+            return []
+        time.sleep(0.2)
 
 
 def test_wandb_table_offline_keeps_the_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
