@@ -7,7 +7,9 @@ without Lightning: :class:`papo.models.update.PolicyUpdate` (mini- and micro-bat
 :mod:`papo.models.preparation` (rollout metrics, reward shaping, no-grad passes, advantages),
 :class:`papo.models.step_guard.StepGuard` (non-finite steps), :class:`papo.models.resume_state.ResumeState`
 (RNG and counters in checkpoints), :class:`papo.rollout.dynamic_sampling.DynamicSampler` (DAPO's refill),
-the rollout backend and the optimiser / LR schedule (built from config as ``_partial_`` targets). Reductions over
+:class:`papo.blocks.composition.MethodBlocks` (the method's rollout view, visual-sensitivity signal and
+advantage shapers: the module calls them and never names a method), the rollout backend and the optimiser / LR
+schedule (built from config as ``_partial_`` targets). Reductions over
 ranks use the strategy's API. Differences from EasyR1/verl: rollouts decoded on the policy itself (or a
 colocated vLLM engine); DAPO's dynamic sampling accumulates kept groups across ``training_step`` calls.
 """

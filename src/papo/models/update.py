@@ -2,8 +2,10 @@
 
 :class:`PolicyUpdate` splits a rollout batch into ``algo.ppo_epochs x algo.num_minibatches`` mini-batches (one
 optimiser step each, taken by the caller) and accumulates the gradient of one mini-batch over its
-micro-batches: every active loss component is evaluated on the same :class:`papo.losses.base.LossInputs`, scaled
-by the normaliser of :func:`papo.algos.micro_batch_normalization`, and summed; the backward runs even on a
+micro-batches: the method's advantage shapers (:class:`papo.blocks.composition.MethodBlocks`; the identity
+without any) turn the group advantages into per-token ones, every active loss component is evaluated on the same
+:class:`papo.losses.base.LossInputs` (with the full-vocabulary entropies when a term needs them), scaled by the
+normaliser of :func:`papo.algos.micro_batch_normalization`, and summed; the backward runs even on a
 non-finite loss (data-parallel ranks must all reach the gradient all-reduce) and the names of the non-finite
 terms are returned, so the caller can skip the step.
 
