@@ -130,3 +130,53 @@ def test_a_full_distribution_signal_drives_vppo_s_shaping(make_cfg, tmp_path: Pa
     assert 0 < jsd["train/sensitivity/token_max"] <= 0.6932  # the views differ; a JSD is bounded by log 2
     assert jsd["train/token_selection/kept_frac"] > 0
     assert any(not torch.equal(jsd_params[n], k3_params[n]) for n in jsd_params)
+
+
+def _capture_prepared(monkeypatch: pytest.MonkeyPatch) -> list:
+    """For every rollout batch, after PapoModule._prepare and before the update: the experience and the rollout
+    parameters' log-probs of its responses given the real image and (when kept) the masked view."""
+    from papo.models import papo_module
+
+    seen: list = []
+    original = papo_module.PapoModule._prepare
+
+    def spy(self, exp):
+        original(self, exp)
+        with torch.no_grad():
+            real = self._logps_nograd(self.policy, exp)
+            masked = self._logps_nograd(self.policy, exp, masked=True) if exp.visual_masked else None
+        seen.append((exp, real, masked))
+
+    monkeypatch.setattr(papo_module.PapoModule, "_prepare", spy)
+    return seen
+
+
+def test_noisy_rollouts_are_trained_on_the_clean_image(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """Every row of a group carries the same (clean) image inputs, and the old log-probs the update starts from
+    are those of the clean image: the noisy responses' ratio is pi(o | I) / pi_old(o | I)."""
+    seen = _capture_prepared(monkeypatch)
+    cfg = make_cfg([*FAST, "method=noisyrollout", "algo=grpo", "algo.num_minibatches=2", "seed=2"])
+    train(cfg)
+    exp, clean, _ = seen[0]
+    G = cfg.algo.group_size
+    assert len(exp) % G == 0
+    for start in range(0, len(exp), G):
+        rows = range(start, start + G)
+        assert len({int(exp.group_ids[i]) for i in rows}) == 1
+        first = exp.visual[start]["pixel_values"]
+        assert all(torch.equal(exp.visual[i]["pixel_values"], first) for i in rows)
+    torch.testing.assert_close(exp.old_logps, clean)
+
+
+def test_vppo_signal_is_k3_of_the_rollout_policy_real_vs_masked(
+    make_cfg, tmp_path: Path, monkeypatch
+) -> None:
+    """The signal the shapers see is k3 with the masked view as the reference, from the rollout parameters."""
+    from papo.algos.visual_sensitivity import sampled_token_sensitivity
+
+    seen = _capture_prepared(monkeypatch)
+    train(make_cfg([*FAST, "method=vppo", "algo=grpo", "seed=4"]))
+    exp, real, masked = seen[0]
+    expected = sampled_token_sensitivity(real, masked, exp.response_mask, "k3")
+    torch.testing.assert_close(exp.sensitivity, expected)
+    assert not torch.allclose(expected, sampled_token_sensitivity(masked, real, exp.response_mask, "k3"))
