@@ -37,10 +37,26 @@ def test_every_method_preset_validates(method: str) -> None:
         (["method=noisyrollout", "rollout_view.initial_step=1000"], r"rollout_view\.initial_step=1000"),
         (
             ["sensitivity=k3", "sensitivity._target_=papo.losses.entropy.EntropyLoss"],
-            r"is not a SensitivitySignal",
+            r"is not a SensitivitySignal; built-in: \[.*SampledTokenSensitivity",
         ),
     ],
 )
 def test_bad_block_values_fail_with_the_key_named(overrides: list[str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         validate_config(compose_cfg(overrides))
+
+
+def test_the_built_in_block_lists_name_importable_classes_of_their_group() -> None:
+    from hydra.utils import get_class
+
+    import papo.blocks.base as base
+    from papo.config.blocks import BUILTIN_BLOCKS
+
+    kinds = {
+        "sensitivity": base.SensitivitySignal,
+        "token_selection": base.TokenSelector,
+        "advantage_shaping": base.AdvantageShaper,
+        "rollout_view": base.RolloutView,
+    }
+    for group, targets in BUILTIN_BLOCKS.items():
+        assert all(issubclass(get_class(t), kinds[group]) for t in targets), group

@@ -22,17 +22,28 @@ from papo.config.types import (
     target_of,
 )
 
-__all__ = ["AdvantageShapingConfig", "RolloutViewConfig", "SensitivityConfig", "TokenSelectionConfig"]
+__all__ = [
+    "BUILTIN_BLOCKS",
+    "AdvantageShapingConfig",
+    "RolloutViewConfig",
+    "SensitivityConfig",
+    "TokenSelectionConfig",
+]
 
 
-def _options(group: str) -> Any:
-    def names() -> list[str]:
-        from pathlib import Path
-
-        root = Path(__file__).resolve().parents[3] / "configs" / group
-        return sorted(p.stem for p in root.glob("*.yaml")) if root.is_dir() else []
-
-    return names
+#: the built-in block classes of each group (the examples an invalid ``_target_``'s error lists)
+BUILTIN_BLOCKS: dict[str, list[str]] = {
+    "sensitivity": [
+        "papo.blocks.sensitivity_sampled.SampledTokenSensitivity",
+        "papo.blocks.sensitivity_distribution.DistributionSensitivity",
+    ],
+    "token_selection": ["papo.blocks.token_selection.TokenSelection"],
+    "advantage_shaping": [
+        "papo.blocks.shaping_vppo.VppoTrajectoryShaping",
+        "papo.blocks.shaping_fixed_range.FixedRangeTrajectoryShaping",
+    ],
+    "rollout_view": ["papo.blocks.base.RolloutView", "papo.blocks.rollout_view_noisy.NoisyRolloutView"],
+}
 
 
 def _base(name: str) -> Any:
@@ -46,7 +57,7 @@ def _base(name: str) -> Any:
 
 def _block_target(base: str, group: str) -> Any:
     return target_of(
-        _base(base), f"valid options ({group}=...):", f"a {base}; valid options:", _options(group)
+        _base(base), f"built-in {group} blocks:", f"a {base}; built-in:", lambda: BUILTIN_BLOCKS[group]
     )
 
 
