@@ -67,6 +67,7 @@ class PolicyUpdate:
         components: the active loss components, summed.
         algo: the ``algo`` group (epochs, mini-batches, micro-batch size / token budget, normaliser, agg mode).
         norm_len: seq-mean-token-sum-norm's constant length (``algo.norm_len`` or ``rollout.max_new_tokens``).
+        blocks: the method's blocks; their shapers act on each micro-batch's advantages (None: no shaper).
     """
 
     def __init__(
