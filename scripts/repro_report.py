@@ -51,7 +51,9 @@ from papo.utils.seed_stats import mean_ci  # noqa: E402
 
 #: table rows in this order (calibration runs have no row)
 GROUP_ORDER = ("main", "sft", "gamma", "mask", "control")
-VD_LEVELS = ("high", "medium", "none")
+#: vision-dependency levels reported (a level no run has is left out of the table; the shortcut testbed's rows are
+#: high = shortcut-breaking, low = shortcut-consistent: papo.data.shortcut)
+VD_LEVELS = ("high", "medium", "low", "none")
 EVAL_FILE = Path("eval") / "eval_val_last.json"  # src/eval.py's default-view re-evaluation of a run
 SFT_ARM_CONFIG = ROOT / "configs" / "experiment" / "repro" / "sft_continued.yaml"
 TIMING_FILE = "timing.json"  # written by scripts/reproduce.py
@@ -223,19 +225,23 @@ def summarize(arms: dict[str, list[Run]]) -> list[dict[str, Any]]:
     return rows
 
 
-def paired_differences(arms: dict[str, list[Run]], key: str = "acc") -> list[dict[str, Any]]:
-    """``a - b`` of ``key`` over the seeds both arms finished, for every contrast an arm's config declares."""
+def paired_differences(arms: dict[str, list[Run]], key: str | None = None) -> list[dict[str, Any]]:
+    """``a - b`` of a column over the seeds both arms finished, for every contrast an arm's config declares:
+    of ``key``, or (None) of every column the arm's ``repro.difference_keys`` names (default: ``acc``)."""
     out = []
     for a, runs in arms.items():
+        keys = [key] if key else list(runs[0].repro.get("difference_keys") or ["acc"])
         for b, question in (runs[0].repro.get("contrasts") or {}).items():
             if b not in arms:
                 continue
-            va = {r.seed: r.values.get(key, math.nan) for r in runs}
-            vb = {r.seed: r.values.get(key, math.nan) for r in arms[b]}
-            m, h, n = mean_ci([va[k] - vb[k] for k in sorted(set(va) & set(vb))])
-            out.append(
-                {"a": a, "b": b, "question": question, "n": n, "mean": m, "ci95_lo": m - h, "ci95_hi": m + h}
-            )
+            for col in keys:
+                va = {r.seed: r.values.get(col, math.nan) for r in runs}
+                vb = {r.seed: r.values.get(col, math.nan) for r in arms[b]}
+                m, h, n = mean_ci([va[k] - vb[k] for k in sorted(set(va) & set(vb))])
+                out.append(
+                    {"a": a, "b": b, "question": question, "metric": col, "n": n, "mean": m}
+                    | {"ci95_lo": m - h, "ci95_hi": m + h}
+                )
     return out
 
 
@@ -253,11 +259,18 @@ def format_markdown(rows: list[dict], diffs: list[dict], protocol: tuple[int, fl
     """The results table (mean ± 95 % t-interval half-width over seeds) and the paired differences."""
     k, t = protocol
     heads = [f"val acc avg@{k}", *(f"acc vd={v}" for v in VD_LEVELS), "acc masked image", "vision gap"]
-    cols = ["arm", "n", *heads, "greedy acc", "RL steps", "wall s", "tests"]
+    heads += ["greedy acc"]
+    # a vision-dependency level that no arm's data has is left out
+    shown = [
+        (c, h)
+        for c, h in zip(COLUMNS, heads, strict=True)
+        if not c.startswith("acc_vd_") or any(math.isfinite(r[f"{c}_mean"]) for r in rows)
+    ]
+    cols = ["arm", "n", *(h for _, h in shown), "RL steps", "wall s", "tests"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [r["arm"], str(r["n"])]
-        cells += [_pm(r[f"{c}_mean"], r[f"{c}_ci95_lo"], r[f"{c}_ci95_hi"]) for c in COLUMNS]
+        cells += [_pm(r[f"{c}_mean"], r[f"{c}_ci95_lo"], r[f"{c}_ci95_hi"]) for c, _ in shown]
         cells += [_num(r["rl_steps_mean"]), _num(r["wall_s_mean"]), str(r["claim"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -269,10 +282,11 @@ def format_markdown(rows: list[dict], diffs: list[dict], protocol: tuple[int, fl
         "stage). 'RL steps' below the configured steps: the run stopped early (collapse detector).",
     ]
     if diffs:
-        lines += ["", "Paired differences of val acc (a - b over the seeds both finished):", ""]
-        lines += ["| a - b | question | n | difference |", "|---|---|---|---|"]
+        lines += ["", "Paired differences (a - b over the seeds both finished, mean ± 95 % t-interval):", ""]
+        lines += ["| a - b | question | metric | n | difference |", "|---|---|---|---|---|"]
         lines += [
-            f"| {d['a']} - {d['b']} | {d['question']} | {d['n']} | {_pm(d['mean'], d['ci95_lo'], d['ci95_hi'])} |"
+            f"| {d['a']} - {d['b']} | {d['question']} | {d.get('metric', 'acc')} | {d['n']} | "
+            f"{_pm(d['mean'], d['ci95_lo'], d['ci95_hi'])} |"
             for d in diffs
         ]
     return "\n".join(lines) + "\n"

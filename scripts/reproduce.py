@@ -8,6 +8,8 @@
     python scripts/reproduce.py --quick seed=0,1,2,3,4               # more seeds (the re-evaluations follow)
     python scripts/reproduce.py experiment=repro/grpo,repro/papo_g,repro/sft_calibration   # some arms only
     python scripts/reproduce.py --launcher slurm hydra.launcher.partition=gpu   # the same sweep on SLURM
+    python scripts/reproduce.py --preset testbed   # GRPO, PAPO-G, VPPO, NoisyRollout, continued SFT x 5 seeds
+                                                   # on the shortcut testbed (configs/reproduce/testbed.yaml)
 
 A thin convenience: the experiments are configs (configs/experiment/repro/, configs/reproduce/,
 configs/reproduce_eval/) and every stage is a plain Hydra multirun that can be run by hand
@@ -18,7 +20,7 @@ configs/reproduce_eval/) and every stage is a plain Hydra multirun that can be r
    the continued-SFT control, N = ``scripts/repro_report.py --sft-steps`` (matched compute: the RL arms'
    measured wall time over the calibration's SFT seconds per step);
 3. ``python src/eval.py -m reproduce_eval=<mode>``: PAPO's default-view masked accuracy of the arms trained
-   with another view;
+   with another view (presets without a ``configs/reproduce_eval/<mode>.yaml`` have none: no stage 3);
 4. ``scripts/repro_report.py <sweep dir>``: results.md / .csv and the plots.
 
 Resume: re-run the same command. Finished training runs are skipped (``skip_finished``), unfinished ones
@@ -60,23 +62,20 @@ def eval_accepts(override: str) -> bool:
 
 
 def stage_commands(mode: str, out: Path | None, extra: list[str], sft_steps: int | str) -> list[list[str]]:
-    """The three multirun commands of a reproduction (``mode``: quick | full)."""
+    """The multirun commands of a reproduction (``mode``: a configs/reproduce preset): three, or two when the
+    preset has no default-view re-evaluation (no ``configs/reproduce_eval/<mode>.yaml``)."""
     py = sys.executable
     out_train = [f"hydra.sweep.dir={out}"] if out else []
     out_eval = [f"repro_dir={out}"] if out else []
     sft = ["experiment=repro/sft_continued", f"warm_start.continue_steps={sft_steps}"]
-    return [
+    stages = [
         [py, "src/train.py", "-m", f"reproduce={mode}", *out_train, *extra],
         [py, "src/train.py", "-m", f"reproduce={mode}", *out_train, *extra, *sft],  # sft last: it wins
-        [
-            py,
-            "src/eval.py",
-            "-m",
-            f"reproduce_eval={mode}",
-            *out_eval,
-            *[o for o in extra if eval_accepts(o)],
-        ],
     ]
+    if (ROOT / "configs" / "reproduce_eval" / f"{mode}.yaml").exists():
+        evaluate = [py, "src/eval.py", "-m", f"reproduce_eval={mode}", *out_eval]
+        stages.append(evaluate + [o for o in extra if eval_accepts(o)])
+    return stages
 
 
 def run_stage(cmd: list[str], record: dict) -> int:
@@ -103,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="the quick preset (configs/reproduce/quick.yaml)")
+    ap.add_argument(
+        "--preset",
+        default=None,
+        help="a configs/reproduce preset by name (quick | full | testbed); default full, --quick = quick",
+    )
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the report from the saved runs")
     ap.add_argument(
@@ -114,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--launcher", default=None, help="hydra/launcher config: streams (default) | slurm")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides added to every stage")
     args = ap.parse_args(argv)
-    mode = "quick" if args.quick else "full"
-    out = (args.out or ROOT / "logs" / ("reproduce_quick" if args.quick else "reproduce")).resolve()
+    mode = args.preset or ("quick" if args.quick else "full")
+    if not (ROOT / "configs" / "reproduce" / f"{mode}.yaml").exists():
+        names = sorted(p.stem for p in (ROOT / "configs" / "reproduce").glob("[!_]*.yaml"))
+        raise SystemExit(f"--preset {mode}: no configs/reproduce/{mode}.yaml; valid: {names}")
+    out = (args.out or ROOT / "logs" / ("reproduce" if mode == "full" else f"reproduce_{mode}")).resolve()
     extra = list(args.overrides)
     if args.launcher:
         extra.insert(0, f"hydra/launcher={args.launcher}")
@@ -128,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             shlex.join(["scripts/reproduce.py", *(argv if argv is not None else sys.argv[1:])])
         )
         record["stages"] = []
-        stage1, _, stage3 = stage_commands(mode, outdir, extra, "N")
+        stage1, _, *stage3 = stage_commands(mode, outdir, extra, "N")
         if args.dry_run:
             for cmd in stage_commands(mode, outdir, extra, "<scripts/repro_report.py --sft-steps>"):
                 print("$ " + shlex.join(cmd))
@@ -142,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as err:  # stage 1 left no RL times or calibration: no SFT control this time
             print(f"continued-SFT control not run: {err}", flush=True)
             ok = False
-        ok = run_stage(stage3, record) == 0 and ok
+        for cmd in stage3:  # the default-view re-evaluations, where the preset has any
+            ok = run_stage(cmd, record) == 0 and ok
         save_timing(out, record)
     md = repro_report.report(out)
     print("\n" + md)

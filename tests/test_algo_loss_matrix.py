@@ -68,7 +68,13 @@ def _expected_keys(overrides: list[str]) -> tuple[set[str], set[str]]:
     ent = {"train/double_entropy/entropy_real", "train/double_entropy/entropy_masked"}
     (present if "perception_kl" in comps and gamma > 0 else absent).update(pkl)
     (present if "double_entropy" in comps and etas > 0 else absent).update(ent)
+    # PAPO's perception term built from the method blocks (loss=papo_blocks), and a plain entropy term
+    signal = {"train/perception_signal/signal", "train/perception_signal/gamma"}
+    (present if "perception_signal" in comps and gamma > 0 else absent).update(signal)
+    entropy_coef = float(cfg.loss.get("entropy_coef", 0))
+    (present if "entropy" in comps and entropy_coef != 0 else absent).add("train/entropy/entropy")
     masked = ("perception_kl" in comps and gamma > 0) or ("double_entropy" in comps and etas > 0)
+    masked = masked or ("perception_signal" in comps and gamma > 0)
     (present if masked else absent).add("train/response/entropy_masked")
     return present, absent
 

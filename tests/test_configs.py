@@ -18,6 +18,11 @@ GROUPS = [
     "masking",
     "algo",
     "loss",
+    "sensitivity",
+    "token_selection",
+    "advantage_shaping",
+    "rollout_view",
+    "method",
     "reward",
     "rollout",
     "trainer",
@@ -51,6 +56,8 @@ REQUIRED_USER_FUNCTION = {
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_every_config_composes(group: str, option: str) -> None:
     extra = ["loss=none"] if (group, option) == ("masking", "none") else []  # PAPO needs a masked view
+    if group in ("token_selection", "advantage_shaping") and option != "none":
+        extra.append("sensitivity=k3")  # a shaper needs a visual-sensitivity signal
     cfg = compose_cfg([f"{group}={option}", *extra])
     with open_dict(cfg):
         cfg.pop("hydra")  # Hydra's own node has job-time-only values

@@ -74,7 +74,9 @@ def test_arms_cover_the_claims() -> None:
 def test_presets_list_existing_arms_and_the_eval_presets_match_them() -> None:
     full, quick = (_sweep_list(f"reproduce/{m}.yaml", "experiment") for m in ("full", "quick"))
     assert set(full) <= set(ARMS) and set(quick) <= set(full) and len(quick) < len(full)
-    assert set(ARMS) - set(full) == {"sft_continued"}  # stage 2, with the measured step count
+    testbed = _sweep_list("reproduce/testbed.yaml", "experiment")  # the shortcut testbed's comparison
+    assert set(testbed) <= set(ARMS) and {"grpo", "papo_g", "sft_calibration"} <= set(testbed)
+    assert set(ARMS) - set(full) - set(testbed) == {"sft_continued"}  # stage 2, with the measured step count
     assert "sft_calibration" in quick and {"grpo", "papo_g"} <= set(quick)  # what the SFT control needs
     for mode, arms in (("full", full), ("quick", quick)):
         train = yaml.safe_load((ROOT / "configs" / "reproduce" / f"{mode}.yaml").read_text())

@@ -98,9 +98,12 @@ def build_module(
     and rollout backend from their ``_partial_`` targets, the groups validated by the module's typed configs;
     ``val_sets``: the named validation sets (:func:`papo.run_setup.attach_val_sets`). Shared by training and the
     benchmark."""
+    from papo.blocks.composition import MethodBlocks
     from papo.models.papo_module import PapoModule
 
     components = {name: hydra.utils.instantiate(c) for name, c in (cfg.loss.get("components") or {}).items()}
+    # the method's non-loss blocks: one option of each group, none = no block (configs/<group>/none.yaml)
+    blocks = MethodBlocks(**{g: instantiate_block(cfg.get(g)) for g in BLOCK_GROUPS})
     return PapoModule(
         policy_path=str(policy_dir),
         model_cfg=cfg.model,
@@ -114,7 +117,19 @@ def build_module(
         scheduler=hydra.utils.instantiate(cfg.optim.scheduler),
         rollout_backend=hydra.utils.instantiate(cfg.rollout.backend),
         val_sets=val_sets,
+        blocks=blocks,
     )
+
+
+#: the config groups of the non-loss method blocks (papo.blocks.composition.MethodBlocks' arguments)
+BLOCK_GROUPS = ("sensitivity", "token_selection", "advantage_shaping", "rollout_view")
+
+
+def instantiate_block(cfg: DictConfig | None) -> Any:
+    """A method block of ``configs/<group>`` (None when the group is ``none``: ``_target_: null``)."""
+    if cfg is None or not cfg.get("_target_"):
+        return None
+    return hydra.utils.instantiate(cfg)
 
 
 DROPPED_ROWS_FILE = "dropped_rows.jsonl"

@@ -70,7 +70,8 @@ def noise_decay(
     if mode == "exp":
         return 1.0 - coef ** (total_steps - step)
     x = coef * (frac - mid_step / total_steps)
-    return 1.0 - 1.0 / (1.0 + math.exp(-x))
+    # 1 - sigmoid(x) = sigmoid(-x), written so that exp never overflows (x reaches -1e3 on short runs)
+    return 1.0 / (1.0 + math.exp(x)) if x <= 0 else math.exp(-x) / (1.0 + math.exp(-x))
 
 
 def annealed_noise_step(

@@ -10,6 +10,12 @@ from typing import Any
 
 from pydantic import field_validator, model_validator
 
+from papo.config.blocks import (
+    AdvantageShapingConfig,
+    RolloutViewConfig,
+    SensitivityConfig,
+    TokenSelectionConfig,
+)
 from papo.config.groups import (
     CallbacksConfig,
     DataConfig,
@@ -56,6 +62,11 @@ class TrainRunConfig(ConfigGroup):
     trainer: TrainerConfig
     callbacks: CallbacksConfig | None = None
     warm_start: WarmStartConfig
+    # the method blocks (docs/methods.md); absent or _target_ null = no block
+    sensitivity: SensitivityConfig | None = None
+    token_selection: TokenSelectionConfig | None = None
+    advantage_shaping: AdvantageShapingConfig | None = None
+    rollout_view: RolloutViewConfig | None = None
     seed: int
     ckpt_path: str | None = None
     validate_before: bool = True
@@ -83,6 +94,35 @@ class TrainRunConfig(ConfigGroup):
             raise rule(
                 f"{', '.join(need)} (loss={self.loss.name}) needs masked images but masking is disabled; "
                 "choose masking=random_patch (or another view), or loss=none"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shapers_have_a_signal_and_the_signal_a_view(self) -> TrainRunConfig:
+        def on(block: ConfigGroup | None) -> bool:
+            return block is not None and block.target is not None
+
+        shapers = [g for g in ("token_selection", "advantage_shaping") if on(getattr(self, g))]
+        if shapers and not on(self.sensitivity):
+            raise rule(
+                f"{' and '.join(shapers)} need a visual-sensitivity signal, but sensitivity=none; choose one of "
+                "configs/sensitivity (e.g. sensitivity=k3)"
+            )
+        if shapers and not self.masking_enabled:
+            raise rule(
+                "sensitivity compares the real image with the masked view, but masking is disabled; choose "
+                "masking=random_patch (or another view)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _a_clean_response_in_every_group(self) -> TrainRunConfig:
+        view, group = self.rollout_view, self.algo.group_size
+        noisy = None if view is None or view.target is None else view.num_noisy
+        if noisy is not None and not noisy < group:
+            raise rule(
+                f"rollout_view.num_noisy={noisy} must be below algo.group_size={group}: at least one clean "
+                "response per group carries the clean image into the update"
             )
         return self
 

@@ -11,7 +11,8 @@ Each batch is a dict of lists, one entry per PROMPT (the RL module expands promp
      "system_prompt": [str or None],                              # data.system_prompt, one per prompt
      "images": [[PIL.Image RGB]],                                 # decoded with load_image, raw size
      "images_masked": [[PIL.Image RGB]] or None,                  # None when masking is None
-     "answer": [str], "task_type": [str], "vision_dependency": [str]}
+     "answer": [str], "task_type": [str], "vision_dependency": [str],
+     "shortcut": [str]}                                           # only when the dataset declares it
 
 Masked views are made here (on raw images, in the collate function, so in DataLoader workers), one per
 prompt, fresh every time the prompt is drawn and reproducible: the generator of a train prompt is
@@ -67,6 +68,9 @@ __all__ = [
 REQUIRED_COLUMNS = ("images", "problem", "answer")
 #: optional column -> fill value when absent (uid falls back to f"{split}-{row}")
 OPTIONAL_COLUMNS = {"task_type": "unknown", "vision_dependency": "unknown", "uid": None}
+#: per-row label columns a dataset may declare (papo.data.shortcut: ``shortcut``): carried into the batch (and
+#: on to the rollouts and the validation metrics, which group by them) only when the dataset has them
+DECLARED_COLUMNS = ("shortcut",)
 #: columns the loader and the setup scan add: why a value could not be represented as text
 #: (papo.data.hub), and the row's number in the source once the scan dropped rows
 BOOKKEEPING_COLUMNS = ("bad_value", "source_row")
@@ -129,7 +133,11 @@ class PromptDataset(Dataset):
         self.dropped: dict[int, dict[str, Any]] = {}  # decode-time skips of THIS process, by source row
         self.dropped_rows_file: str | None = None  # where decode-time skips are appended (JSON lines)
         self.hf_dataset = hf_dataset  # the source datasets.Dataset, all columns, as given
-        wanted = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *BOOKKEEPING_COLUMNS) if c in columns]
+        wanted = [
+            c
+            for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *DECLARED_COLUMNS, *BOOKKEEPING_COLUMNS)
+            if c in columns
+        ]
         self._rows = hf_dataset.select_columns(wanted).with_format("arrow")
         self._len = len(hf_dataset)
 
@@ -202,6 +210,7 @@ class PromptDataset(Dataset):
                 record.get("vision_dependency") or OPTIONAL_COLUMNS["vision_dependency"]
             ),
             "images": images,
+            **{c: str(record[c]) for c in DECLARED_COLUMNS if c in record},
         }
 
 
@@ -276,6 +285,7 @@ class PromptCollator:
                         [resize_into_pixel_range(im, *self.resize_pixels) for im in row] for row in batch[key]
                     ]
         out = {k: batch[k] for k in BATCH_KEYS}
+        out.update({k: [it[k] for it in items] for k in DECLARED_COLUMNS if k in items[0]})
         if skipped:  # counted by the RL module (train/data/skipped_rows)
             out["skipped_rows"] = skipped
         return out

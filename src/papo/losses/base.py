@@ -3,7 +3,7 @@
 A component receives :class:`LossInputs` (per-token tensors of one micro-batch) and returns
 ``(loss_to_minimise, metrics)``. The LightningModule sums the components; it never flips signs or
 special-cases a term. A component declares which model outputs it needs (``needs_masked``,
-``masked_grad``, ``needs_ref``) so the module runs only the forwards that active components use.
+``masked_grad``, ``needs_ref``, ``needs_entropy``) so the module runs only the forwards that active components use.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class LossInputs:
     logps_masked: Tensor | None = None  # (B, T) policy given the masked image (detached or with grad)
     progress: float = 0.0  # fraction of training done, in [0, 1] (coefficient schedules)
     norm_len: int | None = None  # constant length L of seq-mean-token-sum-norm (rollout.max_new_tokens)
+    entropies: Tensor | None = None  # (B, T) full-vocabulary entropy given the real image, with gradient
 
     @property
     def local_scale(self) -> float:
@@ -46,6 +47,7 @@ class LossComponent:
     needs_masked: bool = False  # needs log-probs given the masked image
     masked_grad: bool = False  # ... recomputed with gradient in every micro-batch
     needs_ref: bool = False  # needs the reference model's log-probs
+    needs_entropy: bool = False  # needs the full-vocabulary entropies (LossInputs.entropies)
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError

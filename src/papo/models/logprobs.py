@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from papo.algos.entropy import entropy_from_logits
 from papo.models.loading import forward_accepts, hf_model
 
 #: model types whose ``...ForConditionalGeneration.forward`` is ``lm_head(model(...)[0])`` (nothing between the
@@ -98,27 +99,19 @@ def aligns_rows(model: torch.nn.Module) -> bool:
     return getattr(hf_model(model).config, "model_type", None) in MASK_POSITION_MODEL_TYPES
 
 
-def response_logps(
+def _forward_inputs(
     model: torch.nn.Module,
     prompt_ids: Tensor,
     prompt_mask: Tensor,
     response_ids: Tensor,
     response_mask: Tensor,
     visual: dict[str, Tensor],
-    extra: dict[str, Tensor] | None = None,
-    temperature: float = 1.0,
-    suppress_ids: Tensor | None = None,
-    chunk_tokens: int | None = None,
-) -> Tensor:
-    """log pi(o_t | prompt, image, o_<t) for every response position. Returns (N, T) (T = input's T).
-
-    prompt_ids/prompt_mask (N, P) left-padded; response_ids/response_mask (N, T) right-padded;
-    ``visual`` holds pixel_values/image_grid_thw for the images of these N rows (in row order);
-    ``extra`` holds other per-row prompt tensors of the processor (e.g. mm_token_type_ids (N, P)).
-    ``chunk_tokens``: apply the LM head to this many response tokens at a time (see the module docstring);
-    None = the model's own full-logits forward. Padding positions are returned as 0.
-    """
-    N, T_full = response_ids.shape
+    extra: dict[str, Tensor] | None,
+) -> tuple[Tensor, Tensor, dict[str, object], Tensor, Tensor, Tensor, Tensor]:
+    """The model's inputs for the response passes: ``(input_ids, attention_mask, kwargs, before, r_ids, r_mask,
+    shift)``. ``before`` (N, T): the column whose output predicts response token t of row i; ``shift`` (N,): the
+    prompt padding moved behind each row's response (module docstring)."""
+    N = response_ids.shape[0]
     P_full = prompt_ids.shape[1]
     p_ids, p_mask, r_ids, r_mask, T = trim_padding(prompt_ids, prompt_mask, response_ids, response_mask)
     P = p_ids.shape[1]
@@ -148,6 +141,46 @@ def response_logps(
     kwargs.update(aligned)
     # response token t of row i sits at column P' - shift_i + t; the position before it predicts it
     before = (P - 1 - shift)[:, None] + torch.arange(T, device=shift.device)[None, :]  # (N, T)
+    return input_ids, attention_mask, kwargs, before, r_ids, r_mask, shift
+
+
+def _pad_to(x: Tensor, width: int) -> Tensor:
+    """``x`` (N, T, ...) with zeros appended along dim 1 up to ``width``."""
+    if x.shape[1] >= width:
+        return x
+    return torch.cat([x, x.new_zeros(x.shape[0], width - x.shape[1], *x.shape[2:])], dim=1)
+
+
+def response_logps(
+    model: torch.nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    visual: dict[str, Tensor],
+    extra: dict[str, Tensor] | None = None,
+    temperature: float = 1.0,
+    suppress_ids: Tensor | None = None,
+    chunk_tokens: int | None = None,
+    with_entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """log pi(o_t | prompt, image, o_<t) for every response position. Returns (N, T) (T = input's T).
+
+    prompt_ids/prompt_mask (N, P) left-padded; response_ids/response_mask (N, T) right-padded;
+    ``visual`` holds pixel_values/image_grid_thw for the images of these N rows (in row order);
+    ``extra`` holds other per-row prompt tensors of the processor (e.g. mm_token_type_ids (N, P)).
+    ``chunk_tokens``: apply the LM head to this many response tokens at a time (see the module docstring);
+    None = the model's own full-logits forward. Padding positions are returned as 0.
+    ``with_entropy``: also the full-vocabulary entropy of every response position from the same logits
+    (:func:`papo.algos.entropy.entropy_from_logits`, same temperature and suppressed ids), returned as
+    ``(logps, entropies)``, both (N, T), 0 at padding.
+    """
+    N, T_full = response_ids.shape
+    input_ids, attention_mask, kwargs, before, r_ids, r_mask, shift = _forward_inputs(
+        model, prompt_ids, prompt_mask, response_ids, response_mask, visual, extra
+    )
+    T = r_ids.shape[1]
+    entropies = None
     if chunk_tokens and chunked_head_supported(model):
         hf = hf_model(model)
         out = hf.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
@@ -155,8 +188,17 @@ def response_logps(
         rows = torch.arange(N, device=live.device)[:, None].expand(N, T)[live]  # (M,)
         hidden = out.last_hidden_state[rows, before.to(live.device)[live]]  # (M, H) one per response token
         picked = chunked_token_logps(
-            hf.get_output_embeddings(), hidden, r_ids[live], temperature, suppress_ids, chunk_tokens
-        )  # (M,) one per response token
+            hf.get_output_embeddings(),
+            hidden,
+            r_ids[live],
+            temperature,
+            suppress_ids,
+            chunk_tokens,
+            with_entropy=with_entropy,
+        )  # (M,) one per response token; (M, 2) with the entropy
+        if with_entropy:
+            picked, ent = picked[:, 0], picked[:, 1]
+            entropies = torch.zeros(N, T, dtype=ent.dtype, device=ent.device).masked_scatter(live, ent)
         logps = torch.zeros(N, T, dtype=picked.dtype, device=picked.device).masked_scatter(live, picked)
     else:
         most = int(shift.max())  # the kept logits span every row's response: T + 1 + the largest shift
@@ -171,12 +213,50 @@ def response_logps(
         window = out.logits[:, :-1, :]
         targets = input_ids[:, input_ids.shape[1] - window.shape[1] :]  # (N, T + most)
         logps = token_logps_from_logits(window, targets, temperature, suppress_ids)  # (N, T + most)
+        if with_entropy:
+            entropies = entropy_from_logits(window, temperature, suppress_ids)  # (N, T + most)
         if most:
-            logps = logps.gather(1, before - (P - 1 - most))  # (N, T): each row's response columns
+            first = before[:, :1] + shift[:, None] - most  # (N, 1): P' - 1 - most, the first kept column
+            logps = logps.gather(1, before - first)  # (N, T): each row's response columns
+            if with_entropy:
+                entropies = entropies.gather(1, before - first)
         logps = logps.masked_fill(r_mask == 0, 0.0)  # padding (possibly a suppressed id: -inf) -> 0
-    if T_full > T:
-        logps = torch.cat([logps, logps.new_zeros(N, T_full - T)], dim=1)  # (N, T_full)
-    return logps
+        if with_entropy:
+            entropies = entropies.masked_fill(r_mask == 0, 0.0)
+    return (_pad_to(logps, T_full), _pad_to(entropies, T_full)) if with_entropy else _pad_to(logps, T_full)
+
+
+def response_hidden(
+    model: torch.nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    visual: dict[str, Tensor],
+    extra: dict[str, Tensor] | None = None,
+) -> Tensor:
+    """The base model's last hidden states that predict each response token, (N, T, H) (T = input's T), 0 at
+    padding; with the LM head (``hf_model(model).get_output_embeddings()``) they give the next-token logits
+    without a (N, T, V) tensor (:func:`papo.algos.visual_sensitivity.distribution_sensitivity_from_hidden`).
+
+    Raises:
+        ValueError: the model's layout is not ``lm_head(model(...))`` with unsharded weights
+            (:func:`chunked_head_supported`).
+    """
+    if not chunked_head_supported(model):
+        raise ValueError(
+            "hidden states of the response positions need a Qwen-VL ...ForConditionalGeneration with unsharded "
+            f"weights (model types {list(CHUNKED_HEAD_MODEL_TYPES)}); use a sampled-token sensitivity signal"
+        )
+    N, T_full = response_ids.shape
+    input_ids, attention_mask, kwargs, before, _, r_mask, _ = _forward_inputs(
+        model, prompt_ids, prompt_mask, response_ids, response_mask, visual, extra
+    )
+    out = hf_model(model).model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+    rows = torch.arange(N, device=before.device)[:, None].expand_as(before)  # (N, T)
+    hidden = out.last_hidden_state[rows, before]  # (N, T, H)
+    hidden = hidden * r_mask.unsqueeze(-1).to(hidden.dtype)  # 0 at padding
+    return _pad_to(hidden, T_full)  # (N, T_full, H)
 
 
 def chunked_token_logps(
@@ -186,8 +266,10 @@ def chunked_token_logps(
     temperature: float = 1.0,
     suppress_ids: Tensor | None = None,
     chunk_tokens: int = 2048,
+    with_entropy: bool = False,
 ) -> Tensor:
-    """:func:`token_logps_from_logits` of ``head(hidden)`` without the whole (M, V) logits: (M, H), (M,) -> (M,).
+    """:func:`token_logps_from_logits` of ``head(hidden)`` without the whole (M, V) logits: (M, H), (M,) -> (M,);
+    with ``with_entropy`` (M, 2): the log-prob and the full-vocabulary entropy of each row.
 
     The head runs on ``chunk_tokens`` rows at a time. When gradients are recorded and there are several
     chunks, each chunk is a ``torch.utils.checkpoint`` region, so backward rebuilds that chunk's logits instead
@@ -201,19 +283,26 @@ def chunked_token_logps(
     out = []
     for s in range(0, hidden.shape[0], chunk_tokens):
         h, y = hidden[s : s + chunk_tokens], targets[s : s + chunk_tokens]
-        if grad:
-            out.append(checkpoint(_head_logps, head, h, y, temperature, suppress_ids, use_reentrant=False))
-        else:
-            out.append(_head_logps(head, h, y, temperature, suppress_ids))
+        args = (head, h, y, temperature, suppress_ids, with_entropy)
+        out.append(checkpoint(_head_logps, *args, use_reentrant=False) if grad else _head_logps(*args))
     if not out:
-        return hidden.new_zeros(0, dtype=torch.float32)
+        return hidden.new_zeros((0, 2) if with_entropy else 0, dtype=torch.float32)
     return torch.cat(out)
 
 
 def _head_logps(
-    head: torch.nn.Module, h: Tensor, y: Tensor, temperature: float, suppress_ids: Tensor | None
+    head: torch.nn.Module,
+    h: Tensor,
+    y: Tensor,
+    temperature: float,
+    suppress_ids: Tensor | None,
+    with_entropy: bool = False,
 ) -> Tensor:
-    return token_logps_from_logits(head(h), y, temperature, suppress_ids)  # (c,)
+    logits = head(h)  # (c, V)
+    logps = token_logps_from_logits(logits, y, temperature, suppress_ids)  # (c,)
+    if not with_entropy:
+        return logps
+    return torch.stack([logps, entropy_from_logits(logits, temperature, suppress_ids)], dim=-1)  # (c, 2)
 
 
 def weights_sharded(model: torch.nn.Module) -> bool:

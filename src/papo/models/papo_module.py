@@ -7,13 +7,16 @@ without Lightning: :class:`papo.models.update.PolicyUpdate` (mini- and micro-bat
 :mod:`papo.models.preparation` (rollout metrics, reward shaping, no-grad passes, advantages),
 :class:`papo.models.step_guard.StepGuard` (non-finite steps), :class:`papo.models.resume_state.ResumeState`
 (RNG and counters in checkpoints), :class:`papo.rollout.dynamic_sampling.DynamicSampler` (DAPO's refill),
-the rollout backend and the optimiser / LR schedule (built from config as ``_partial_`` targets). Reductions over
+:class:`papo.blocks.composition.MethodBlocks` (the method's rollout view, visual-sensitivity signal and
+advantage shapers: the module calls them and never names a method), the rollout backend and the optimiser / LR
+schedule (built from config as ``_partial_`` targets). Reductions over
 ranks use the strategy's API. Differences from EasyR1/verl: rollouts decoded on the policy itself (or a
 colocated vLLM engine); DAPO's dynamic sampling accumulates kept groups across ``training_step`` calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +28,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 
+from papo.blocks.composition import MethodBlocks
 from papo.config import AlgoConfig, ModelConfig, OptimConfig, RewardConfig, RolloutConfig, parse_group
 from papo.evaluation.perception import heldout_perception_kl
 from papo.evaluation.val_sets import ValSet
@@ -34,6 +38,7 @@ from papo.models.loading import is_lora, load_policy, output_vocab_size, padded_
 from papo.models.logprobs import response_logps
 from papo.models.preparation import prepare_experience, rollout_metrics, shape_rewards
 from papo.models.resume_state import NO_REFILL, ResumeState
+from papo.models.rollout_passes import RolloutPasses
 from papo.models.step_guard import NonFiniteTrainingError, StepGuard
 from papo.models.update import PolicyUpdate, active_components
 from papo.rollout.backends import PolicyDecoding
@@ -82,6 +87,7 @@ class PapoModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         rollout_backend: Callable[[str], Any] = PolicyDecoding,
         val_sets: Sequence[ValSet] | None = None,
+        blocks: MethodBlocks | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -98,7 +104,12 @@ class PapoModule(L.LightningModule):
 
         # the algo's policy gradient (+ reference KL), then the loss group's terms with a non-zero coefficient
         active = active_components(a, components)
-        self.update = PolicyUpdate(active, a, norm_len=a.norm_len or r.max_new_tokens)
+        # the method's non-loss blocks (papo.blocks.composition): rollout view, sensitivity signal, shapers
+        self.blocks = blocks if blocks is not None else MethodBlocks()
+        self.update = PolicyUpdate(active, a, norm_len=a.norm_len or r.max_new_tokens, blocks=self.blocks)
+        # the masked view is kept for a loss term or for the blocks' signal
+        self.needs_masked = self.update.needs_masked or self.blocks.needs_masked
+        self._block_metrics: dict[str, float] = {}  # the blocks' per-rollout metrics (the sensitivity signal)
         self.needs_ref = any(c.needs_ref for c in active) or a.kl_in_reward
         # frozen copy, loaded only when a term needs it; with LoRA the reference is the frozen base model itself
         # (adapters disabled in _prepare), so no second copy is loaded
@@ -106,12 +117,13 @@ class PapoModule(L.LightningModule):
         if self.needs_ref and not is_lora(self.policy):
             self.reference, _ = load_policy(policy_path, **{**self.model_cfg.load_kwargs(), "lora": None})
             self.reference.requires_grad_(False).eval()
-        masked = f"{self.update.needs_masked} (grad: {self.update.masked_grad})"
+        masked = f"{self.needs_masked} (grad: {self.update.masked_grad})"
         log.info(
-            "loss components: %s; masked forward: %s; reference model: %s",
+            "loss components: %s; masked forward: %s; reference model: %s; blocks: %s",
             [c.name for c in active],
             masked,
             self.needs_ref,
+            self.blocks,
         )
 
         self.reward_fn, self.reward_on_error = reward_cfg.reward_fn(), reward_cfg.on_error
@@ -149,6 +161,11 @@ class PapoModule(L.LightningModule):
     @property
     def progress(self) -> float:
         return min(1.0, self.global_step / self.total_steps)
+
+    def _rollout_steps(self) -> tuple[int, int]:
+        """(rollout batches done, the run's rollout batches): optimiser steps over the updates per rollout."""
+        per_rollout = max(self.algo.ppo_epochs * self.algo.num_minibatches, 1)
+        return self.global_step // per_rollout, max(self.total_steps // per_rollout, 1)
 
     # ------------------------------------------------------------------ set-up
     def configure_model(self) -> None:
@@ -202,12 +219,19 @@ class PapoModule(L.LightningModule):
             **kwargs,
         )
 
-    def _logps(self, model: torch.nn.Module, exp: Experience, masked: bool = False) -> Tensor:
+    def _logps(
+        self, model: torch.nn.Module, exp: Experience, masked: bool = False, with_entropy: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         inputs = move_data_to_device(exp.model_inputs(masked=masked), self.device)
         temperature, chunk = self.rollout_cfg.temperature, self.algo.logprob_chunk_tokens
         return response_logps(
-            model, temperature=temperature, suppress_ids=self.suppress_ids, chunk_tokens=chunk, **inputs
-        )  # (n, T)
+            model,
+            temperature=temperature,
+            suppress_ids=self.suppress_ids,
+            chunk_tokens=chunk,
+            with_entropy=with_entropy,
+            **inputs,
+        )  # (n, T), or ((n, T), (n, T)) with the full-vocabulary entropies
 
     def _micro_batches(self, exp: Experience) -> list[list[int]]:
         return self.update.plan(exp, self._world_size(), self._reduce)
@@ -224,16 +248,28 @@ class PapoModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         policy, was_training = self.policy, self.policy.training
         policy.eval()
-        with self.timer("generate"), generation_context(policy):  # FSDP2: gathered once per rollout
-            exp, n_err = self._rollout(
-                batch,
-                self._gen_cfg(train=True),
-                keep_masked_view=self.update.needs_masked,
+        gen_cfg, errors = self._gen_cfg(train=True), []
+
+        def sample(prompts: dict[str, Any], num_samples: int) -> Experience:
+            """``num_samples`` scored responses per prompt, group ids from this rollout's offset."""
+            out, n_err = self._rollout(
+                prompts,
+                dataclasses.replace(gen_cfg, num_samples=num_samples),
+                keep_masked_view=self.needs_masked,
                 group_offset=self.resume_state.group_counter,
+            )
+            errors.append(n_err)
+            return out
+
+        with self.timer("generate"), generation_context(policy):  # FSDP2: gathered once per rollout
+            # the rollout-side view (papo.blocks): every response from the real image, or NoisyRollout's mix
+            exp, view_metrics = self.blocks.rollout(
+                sample, batch, self.algo.group_size, *self._rollout_steps()
             )
         policy.train(was_training)
         self.resume_state.group_counter += len(batch["prompt"])
-        metrics = rollout_metrics(exp, n_err, self.generator.eos_ids, self.rollout_cfg.max_new_tokens)
+        metrics = rollout_metrics(exp, sum(errors), self.generator.eos_ids, self.rollout_cfg.max_new_tokens)
+        metrics.update({f"train/{k}": v for k, v in view_metrics.items()})
         with self.timer("score"):
             shape_rewards(exp, self.algo, self.rollout_cfg.max_new_tokens)
         if self.dynamic_sampler is not None:  # DAPO: sample more rounds until enough groups pass the filter
@@ -246,6 +282,7 @@ class PapoModule(L.LightningModule):
                 return
         with self.timer("old_logps"):
             self._prepare(exp)
+        metrics.update(self._block_metrics)
         metrics.update(self._update(exp))
         self.backend.mark_stale()  # the next rollout must use the updated weights
         secs = self.timer.pop()
@@ -268,11 +305,27 @@ class PapoModule(L.LightningModule):
             exp,
             self.algo,
             needs_ref=self.needs_ref,
-            needs_masked=self.update.needs_masked,
+            needs_masked=self.needs_masked,
             masked_grad=self.update.masked_grad,
             policy_logps=partial(self._logps_nograd, self.policy),
             ref_logps=ref_logps,
         )
+        self._block_metrics = {}
+        if self.blocks.needs_scores:  # per-token visual sensitivity with the rollout parameters (VPPO)
+            exp.sensitivity = self._sensitivity(exp)
+            m = self.blocks.score_metrics(exp.sensitivity, exp.response_mask)
+            self._block_metrics = {f"train/{k}": v for k, v in m.items()}
+
+    @torch.no_grad()
+    def _sensitivity(self, exp: Experience) -> Tensor:
+        """(N, T) per-token visual sensitivity of the method's signal, micro-batch by micro-batch, from the
+        rollout parameters' passes (papo.models.rollout_passes)."""
+        out = torch.zeros(exp.response_ids.shape)  # (N, T), rows in exp's order
+        for idx in self._micro_batches(exp):
+            micro = exp.select(idx)
+            scores = self.blocks.score(RolloutPasses(self, micro), micro.response_mask.to(self.device))
+            out[idx, : scores.shape[1]] = scores.float().cpu()
+        return out
 
     def _update(self, exp: Experience) -> dict[str, float]:
         opt, sched = self.optimizers(), self.lr_schedulers()

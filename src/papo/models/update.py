@@ -2,8 +2,10 @@
 
 :class:`PolicyUpdate` splits a rollout batch into ``algo.ppo_epochs x algo.num_minibatches`` mini-batches (one
 optimiser step each, taken by the caller) and accumulates the gradient of one mini-batch over its
-micro-batches: every active loss component is evaluated on the same :class:`papo.losses.base.LossInputs`, scaled
-by the normaliser of :func:`papo.algos.micro_batch_normalization`, and summed; the backward runs even on a
+micro-batches: the method's advantage shapers (:class:`papo.blocks.composition.MethodBlocks`; the identity
+without any) turn the group advantages into per-token ones, every active loss component is evaluated on the same
+:class:`papo.losses.base.LossInputs` (with the full-vocabulary entropies when a term needs them), scaled by the
+normaliser of :func:`papo.algos.micro_batch_normalization`, and summed; the backward runs even on a
 non-finite loss (data-parallel ranks must all reach the gradient all-reduce) and the names of the non-finite
 terms are returned, so the caller can skip the step.
 
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor
 
 from papo.algos import micro_batch_normalization, sampled_entropy
+from papo.blocks.composition import MethodBlocks
 from papo.config.training import AlgoConfig
 from papo.losses.base import LossComponent, LossInputs, MetricPool
 from papo.losses.policy_gradient import PolicyGradientLoss
@@ -64,14 +67,25 @@ class PolicyUpdate:
         components: the active loss components, summed.
         algo: the ``algo`` group (epochs, mini-batches, micro-batch size / token budget, normaliser, agg mode).
         norm_len: seq-mean-token-sum-norm's constant length (``algo.norm_len`` or ``rollout.max_new_tokens``).
+        blocks: the method's blocks; their shapers act on each micro-batch's advantages (None: no shaper).
     """
 
-    def __init__(self, components: Sequence[LossComponent], algo: AlgoConfig, norm_len: int) -> None:
+    def __init__(
+        self,
+        components: Sequence[LossComponent],
+        algo: AlgoConfig,
+        norm_len: int,
+        blocks: MethodBlocks | None = None,
+    ) -> None:
         self.components = list(components)
         self.algo = algo
         self.norm_len = int(norm_len)
         self.needs_masked = any(c.needs_masked for c in self.components)
         self.masked_grad = any(c.masked_grad for c in self.components)
+        # a term that needs the full-vocabulary entropies: the log-prob pass computes them from its logits
+        self.needs_entropy = any(c.needs_entropy for c in self.components)
+        # the method's advantage shapers (papo.blocks.composition; the identity without any)
+        self.blocks = blocks if blocks is not None else MethodBlocks()
 
     def minibatches(self, n_rows: int) -> Iterator[Tensor]:
         """Row indices of each mini-batch, epoch after epoch: a fresh random split per epoch, or contiguous rows
@@ -115,10 +129,16 @@ class PolicyUpdate:
         """
         agg, normalizer = self.algo.agg_mode, self.algo.loss_normalizer
         nonfinite: list[str] = []
+        # what the advantage shapers need from the whole mini-batch (VPPO: its min-max range)
+        populations = self.blocks.populations(mb.sensitivity, mb.response_mask)
         for idx in plan:
             micro = mb.select(idx)
             with timer("forward"):
-                lp = logps(policy, micro)  # (n, T) with grad
+                entropies = None
+                if self.needs_entropy:  # (n, T) full-vocabulary entropies from the same logits
+                    lp, entropies = logps(policy, micro, with_entropy=True)
+                else:
+                    lp = logps(policy, micro)  # (n, T) with grad
                 T = lp.shape[1]
                 mask = micro.response_mask[:, :T].to(device)
                 lp_masked = None
@@ -136,10 +156,15 @@ class PolicyUpdate:
                     num_micro=len(plan),
                     tokens_per_rank=tokens_per_rank,
                 )
+                scores = None if micro.sensitivity is None else micro.sensitivity[:, :T].to(device)
+                advantages, shaping = self.blocks.shape(  # the identity without shapers
+                    micro.advantages.to(device)[:, None].expand_as(lp), mask, scores, populations
+                )
+                pool.add(shaping, float(mask.sum()), prefix="train/")
                 inputs = LossInputs(
                     logps=lp,
                     old_logps=old,
-                    advantages=micro.advantages.to(device)[:, None].expand_as(lp),
+                    advantages=advantages,
                     response_mask=mask,
                     agg_mode=agg,
                     num_tokens=num_tokens,
@@ -147,6 +172,7 @@ class PolicyUpdate:
                     logps_masked=lp_masked,
                     progress=progress,
                     norm_len=self.norm_len,
+                    entropies=entropies,
                 )
                 total = lp.new_zeros(())
                 weight = float(mask.sum())

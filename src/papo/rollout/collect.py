@@ -178,6 +178,7 @@ class Generator:
             extra=extra,
             task_type=[batch["task_type"][i] for i in rows.tolist()],
             vision_dependency=[batch["vision_dependency"][i] for i in rows.tolist()],
+            shortcut=[batch["shortcut"][i] for i in rows.tolist()] if batch.get("shortcut") else None,
             texts=texts,
         )
         return exp, n_errors

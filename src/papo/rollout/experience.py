@@ -48,8 +48,11 @@ class Experience:
     old_logps: Tensor | None = None  # (N, T)
     ref_logps: Tensor | None = None  # (N, T)
     logps_masked: Tensor | None = None  # (N, T) detached masked-branch log-probs
+    sensitivity: Tensor | None = None  # (N, T) per-token visual sensitivity (papo.blocks), no grad
     task_type: list[str] = field(default_factory=list)
     vision_dependency: list[str] = field(default_factory=list)
+    # per-row label a dataset may declare (papo.data.shortcut: consistent | breaking); None when it has none
+    shortcut: list[str] | None = None
     texts: list[str] = field(default_factory=list)
     # (N,) float each: every named reward component's score, e.g. "math", "math/format", "brevity"
     reward_terms: dict[str, Tensor] = field(default_factory=dict)
@@ -93,7 +96,7 @@ class Experience:
         out["prompt_mask"] = torch.cat([_pad_to(e.prompt_mask, P, 0, True) for e in items])
         out["response_ids"] = torch.cat([_pad_to(e.response_ids, T, pad_id, False) for e in items])
         out["response_mask"] = torch.cat([_pad_to(e.response_mask, T, 0, False) for e in items])
-        for name in ("old_logps", "ref_logps", "logps_masked"):
+        for name in ("old_logps", "ref_logps", "logps_masked", "sensitivity"):
             vals = [getattr(e, name) for e in items]
             out[name] = (
                 None if any(v is None for v in vals) else torch.cat([_pad_to(v, T, 0, False) for v in vals])
@@ -109,6 +112,8 @@ class Experience:
         out["extra"] = {k: torch.cat([_pad_to(e.extra[k], P, 0, True) for e in items]) for k in keys}
         for name in ("task_type", "vision_dependency", "texts"):
             out[name] = [x for e in items for x in getattr(e, name)]
+        labels = [e.shortcut for e in items]
+        out["shortcut"] = None if any(v is None for v in labels) else [x for v in labels for x in v]
         terms = set.intersection(*(set(e.reward_terms) for e in items))  # a buffer from an older checkpoint
         out["reward_terms"] = {k: torch.cat([e.reward_terms[k] for e in items]) for k in sorted(terms)}
         return Experience(**out)
