@@ -372,7 +372,7 @@ def build_module(args: argparse.Namespace, side: str, extra_overrides: list[str]
     model_dir = resolve_model_dir(cfg.model, corpus_fn=synthetic_corpus)
     module = build_papo_module(cfg, model_dir, total_steps=args.warmup + args.steps)
     kind = getattr(args, "reward", "math_jitter")
-    module.reward_fn = lambda text, truth: {
+    module.source.reward_fn = lambda text, truth, **_: {
         "overall": bench_reward(text, truth, kind),
         "accuracy": 0.0,
         "format": 0.0,
@@ -405,7 +405,7 @@ def measure_module(
     # ``generate``: by default the same instrument as the TRL side, the policy's no-grad forward passes during
     # the rollout (forward hooks); ``decode_timing="decode_calls"`` times the decode-loop calls instead (sampling
     # included), which also counts CUDA-graph replays, where no forward runs (scripts/bench_gpu.py)
-    module.reward_fn = clock.timed("score", module.reward_fn)
+    module.source.reward_fn = clock.timed("score", module.source.reward_fn)
     originals = collect.hf_generate, collect.lean_generate, collect.static_generate
     if decode_timing == "decode_calls":
         collect.hf_generate = clock.timed("generate", collect.hf_generate)
@@ -460,7 +460,7 @@ def measure_module(
             )
             return secs
 
-    module.timer = BenchTimer()
+    module.source.timer = BenchTimer()
     t_start = time.perf_counter()
 
     class StepClock(L.Callback):

@@ -41,7 +41,7 @@ def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
     loops = {"lean": lean_generate, "generate": hf_generate, "static": static_generate}
     new, old = PAIRS[args.ab]
     module, batch = bench.ab_setup(args, model_name)
-    policy, gen = module.policy.eval(), module.generator
+    policy, gen = module.policy.eval(), module.source.generator
     enc, per_visual, _ = gen.encode(batch, masked=False)
     inputs = dict(enc)  # one row per prompt, as the rollout passes whole groups
     inputs["pixel_values"] = torch.cat([v["pixel_values"] for v in per_visual])

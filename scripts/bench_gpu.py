@@ -314,8 +314,8 @@ def attach(module: Any, policy: Any) -> None:
     vocab = (
         policy.config.text_config.vocab_size
     )  # never sampled: placeholder + padded rows; scored: all but padded
-    module.generator.suppress_ids = generation_suppress_token_ids(module.processor, vocab)
-    module.suppress_ids = torch.tensor(padded_vocab_ids(module.processor, vocab), dtype=torch.long)
+    module.source.generator.suppress_ids = generation_suppress_token_ids(module.processor, vocab)
+    module.source.suppress_ids = torch.tensor(padded_vocab_ids(module.processor, vocab), dtype=torch.long)
 
 
 def first_prompts(batch: dict[str, Any], n: int) -> dict[str, Any]:
@@ -444,14 +444,14 @@ def on_policy_gap(module: Any, batch: dict[str, Any], decoder: str, device: Any,
         seen.append(logits.float().log_softmax(-1))
         return original(logits, *a)
 
-    module.generator.decoder = decoder
+    module.source.generator.decoder = decoder
     cfg = GenerationConfig(max_new_tokens=tokens, temperature=1.0, top_p=1.0, num_samples=2)
     token_sampling.filter_logits = recording
     try:
         torch.manual_seed(1)
         policy = module.policy.eval()
-        exp, _ = module.generator.rollout(
-            policy, first_prompts(batch, 4), cfg, module.reward_fn, device=device
+        exp, _ = module.source.generator.rollout(
+            policy, first_prompts(batch, 4), cfg, module.source.reward_fn, device=device
         )
     finally:
         token_sampling.filter_logits = original
@@ -463,7 +463,7 @@ def on_policy_gap(module: Any, batch: dict[str, Any], decoder: str, device: Any,
     inputs["extra"] = {k: v.to(device) for k, v in inputs["extra"].items()}
     # scored over the sampler's own vocabulary (the placeholder is never sampled, the training scores exclude
     # only the padded rows): this compares the decode path's numbers with the training forward's
-    suppress = torch.tensor(module.generator.suppress_ids, dtype=torch.long, device=device)
+    suppress = torch.tensor(module.source.generator.suppress_ids, dtype=torch.long, device=device)
     with torch.no_grad():
         train = response_logps(policy, **inputs, suppress_ids=suppress, chunk_tokens=4096).float().cpu()
     live = exp.response_mask[:, :T].bool()
@@ -660,12 +660,12 @@ def correctness(report: Report, args: argparse.Namespace, probe: Any, batch: dic
             report.guarded("correctness", name, fn)
 
     for family in ("qwen2_5_vl", "qwen3_vl"):
-        check(f"tiny_{family}", lambda f=family: tiny_family_checks(f, batch, device, probe.reward_fn))
+        check(f"tiny_{family}", lambda f=family: tiny_family_checks(f, batch, device, probe.source.reward_fn))
 
     def big_decode() -> dict[str, Any]:
         policy.eval()
-        inputs = prompt_inputs(probe.generator, first_prompts(batch, 4), device)
-        return decode_parity(policy, inputs, probe.generator, device, 8 if args.tiny else 32, 2)
+        inputs = prompt_inputs(probe.source.generator, first_prompts(batch, 4), device)
+        return decode_parity(policy, inputs, probe.source.generator, device, 8 if args.tiny else 32, 2)
 
     rollout: dict[str, Any] = {}
 
@@ -674,14 +674,18 @@ def correctness(report: Report, args: argparse.Namespace, probe: Any, batch: dic
         cfg = GenerationConfig(max_new_tokens=tokens, temperature=1.0, num_samples=2, min_new_tokens=tokens)
         torch.manual_seed(0)
         policy.eval()
-        exp, _ = probe.generator.rollout(policy, first_prompts(batch, 4), cfg, probe.reward_fn, device=device)
+        exp, _ = probe.source.generator.rollout(
+            policy, first_prompts(batch, 4), cfg, probe.source.reward_fn, device=device
+        )
         rollout["exp"] = exp
         # 1024-token chunks: the 4,096 response tokens span several chunks (recomputed in backward)
-        return logprob_parity(policy, exp, probe.suppress_ids.to(device), device, chunk=1024)
+        return logprob_parity(policy, exp, probe.source.suppress_ids.to(device), device, chunk=1024)
 
     def split() -> dict[str, Any]:  # 8 prompts x G=4: (a)'s 32 rows
-        inputs = prompt_inputs(probe.generator, first_prompts(batch, 8), device)
-        return diagnostics.decode_split(policy, probe.generator, inputs, device, 8 if args.tiny else 64, 4)
+        inputs = prompt_inputs(probe.source.generator, first_prompts(batch, 8), device)
+        return diagnostics.decode_split(
+            policy, probe.source.generator, inputs, device, 8 if args.tiny else 64, 4
+        )
 
     def profile() -> dict[str, Any]:
         exp = rollout["exp"]
@@ -689,9 +693,11 @@ def correctness(report: Report, args: argparse.Namespace, probe: Any, batch: dic
             k: (v.to(device) if isinstance(v, torch.Tensor) else {a: b.to(device) for a, b in v.items()})
             for k, v in exp.model_inputs().items()
         }
-        return diagnostics.backward_profile(policy, inputs, probe.suppress_ids.to(device), device, 4096)
+        return diagnostics.backward_profile(
+            policy, inputs, probe.source.suppress_ids.to(device), device, 4096
+        )
 
-    suppress = probe.suppress_ids.to(device)
+    suppress = probe.source.suppress_ids.to(device)
     check("sdpa_nan", lambda: diagnostics.sdpa_nan(policy, suppress, device, args.tiny))
     check("3b_decode", big_decode)
     vocab = policy.config.text_config.vocab_size

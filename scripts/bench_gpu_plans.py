@@ -38,7 +38,7 @@ def main() -> None:
         ns = bench_gpu.workload(args, case, 0, cli.batches)
         probe, _ = bench.build_module(ns, "grpo", bench_gpu.base_overrides(args) + bench_gpu.PATHS["new"])
         for i, batch in enumerate(bench.build_batches(ns)[: cli.batches]):
-            enc, _, _ = probe.generator.encode(batch, masked=False)
+            enc, _, _ = probe.source.generator.encode(batch, masked=False)
             lengths = enc["attention_mask"].sum(1).tolist()
             rows = [p for p in lengths for _ in range(ns.group_size)]
             T = ns.max_new_tokens

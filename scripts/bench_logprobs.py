@@ -37,9 +37,9 @@ def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
 
     module, batch = bench.ab_setup(args, model_name)
     policy = module.policy
-    cfg = module._gen_cfg(train=True)
+    cfg = module.source.generation_config()
     torch.manual_seed(args.seed)
-    exp, _ = module.generator.rollout(policy, batch, cfg, module.reward_fn)
+    exp, _ = module.source.generator.rollout(policy, batch, cfg, module.source.reward_fn)
     shared = exp.model_inputs()
     per_row = {**shared, "visual": per_row_visual(shared["visual"])}
     patch_rows: list[int] = []
@@ -80,8 +80,10 @@ def measure_head(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
     module, batch = bench.ab_setup(args, model_name)
     policy = module.policy
     torch.manual_seed(args.seed)
-    exp, _ = module.generator.rollout(policy, batch, module._gen_cfg(train=True), module.reward_fn)
-    inputs = {**exp.model_inputs(), "suppress_ids": module.suppress_ids}
+    exp, _ = module.source.generator.rollout(
+        policy, batch, module.source.generation_config(), module.source.reward_fn
+    )
+    inputs = {**exp.model_inputs(), "suppress_ids": module.source.suppress_ids}
 
     def run(chunk: int | None) -> torch.Tensor:
         policy.zero_grad(set_to_none=True)

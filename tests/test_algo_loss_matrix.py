@@ -122,17 +122,17 @@ def test_every_loss_trains_two_steps(make_cfg, tmp_path: Path, loss: str) -> Non
 def test_masked_branch_gradient_only_when_asked(
     make_cfg, monkeypatch: pytest.MonkeyPatch, loss: str, key: str, grad: bool
 ) -> None:
-    from papo.models import papo_module
+    from papo.rollout.experience_source import ExperienceSource
 
     calls: list[tuple[bool, bool]] = []  # (masked view?, grad enabled?)
-    original = papo_module.PapoModule._logps
+    original = ExperienceSource.logps
 
     def spy(self, model, exp, masked=False):
         out = original(self, model, exp, masked)
         calls.append((masked, torch.is_grad_enabled() and out.requires_grad))
         return out
 
-    monkeypatch.setattr(papo_module.PapoModule, "_logps", spy)
+    monkeypatch.setattr(ExperienceSource, "logps", spy)
     cfg = make_cfg([f"loss={loss}", f"{key}={str(grad).lower()}", *FAST])
     train(cfg)
     masked_calls = [g for m, g in calls if m]

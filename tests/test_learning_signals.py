@@ -77,12 +77,12 @@ class FixedBatch:
     @torch.no_grad()
     def measure(self) -> dict[str, torch.Tensor]:
         m, exp = self.module, self.fixed_copy()
-        logps = m._logps(m.policy, exp).cpu()
+        logps = m.source.logps(m.policy, exp).cpu()
         out = {"logps": logps, "mask": exp.response_mask}
         if exp.visual_masked is not None:
-            out["logps_masked"] = m._logps(m.policy, exp, masked=True).cpu()
+            out["logps_masked"] = m.source.logps(m.policy, exp, masked=True).cpu()
         if m.reference is not None:
-            out["ref_logps"] = m._logps(m.reference, exp).cpu()
+            out["ref_logps"] = m.source.logps(m.reference, exp).cpu()
         return out
 
     def fixed_copy(self) -> Any:

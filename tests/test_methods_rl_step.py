@@ -133,21 +133,22 @@ def test_a_full_distribution_signal_drives_vppo_s_shaping(make_cfg, tmp_path: Pa
 
 
 def _capture_prepared(monkeypatch: pytest.MonkeyPatch) -> list:
-    """For every rollout batch, after PapoModule._prepare and before the update: the experience and the rollout
+    """For every rollout batch, after ExperienceSource.prepare and before the update: the experience and the rollout
     parameters' log-probs of its responses given the real image and (when kept) the masked view."""
-    from papo.models import papo_module
+    from papo.rollout.experience_source import ExperienceSource
 
     seen: list = []
-    original = papo_module.PapoModule._prepare
+    original = ExperienceSource.prepare
 
-    def spy(self, exp):
-        original(self, exp)
+    def spy(self, exp, policy, reference):
+        out = original(self, exp, policy, reference)
         with torch.no_grad():
-            real = self._logps_nograd(self.policy, exp)
-            masked = self._logps_nograd(self.policy, exp, masked=True) if exp.visual_masked else None
+            real = self.logps_nograd(policy, exp)
+            masked = self.logps_nograd(policy, exp, masked=True) if exp.visual_masked else None
         seen.append((exp, real, masked))
+        return out
 
-    monkeypatch.setattr(papo_module.PapoModule, "_prepare", spy)
+    monkeypatch.setattr(ExperienceSource, "prepare", spy)
     return seen
 
 

@@ -62,12 +62,14 @@ def test_ranks_split_to_the_largest_count(make_cfg, monkeypatch, mixed_reward) -
 
     cfg = make_cfg([*RUN, "algo.micro_batch_tokens=100000", "algo.micro_batch_size=64"])
     module = build_module(cfg, resolve_model_dir(cfg.model, corpus_fn=synthetic_corpus), total_steps=1)
-    exp, _ = module.generator.rollout(module.policy, _batch(3), module._gen_cfg(train=True), _reward)
-    assert len(module._micro_batches(exp)) == 1
+    exp, _ = module.source.generator.rollout(
+        module.policy, _batch(3), module.source.generation_config(), _reward
+    )
+    assert len(module.source.micro_batches(exp)) == 1
     seen: list = []
     monkeypatch.setattr(module, "_world_size", lambda: 2)
     monkeypatch.setattr(module, "_reduce", lambda v, op: seen.append((v, op)) or 5)
-    plan = module._micro_batches(exp)
+    plan = module.source.micro_batches(exp)
     assert seen == [(1, "max")] and len(plan) == 5
     assert sorted(i for mb in plan for i in mb) == list(range(len(exp)))
 
@@ -107,11 +109,12 @@ RUN = [
 def _one_step(make_cfg, monkeypatch, overrides: list[str]) -> tuple[dict[str, torch.Tensor], list, dict]:
     """Train one optimiser step; returns (weights after it, the micro-batch plans, the initial weights)."""
     from papo.models import papo_module
+    from papo.rollout.experience_source import ExperienceSource
 
     captured: dict = {}
     plans: list = []
     init = papo_module.PapoModule.__init__
-    plan = papo_module.PapoModule._micro_batches
+    plan = ExperienceSource.micro_batches
 
     def spy_init(self, *a, **k):
         init(self, *a, **k)
@@ -124,7 +127,7 @@ def _one_step(make_cfg, monkeypatch, overrides: list[str]) -> tuple[dict[str, to
         return out
 
     monkeypatch.setattr(papo_module.PapoModule, "__init__", spy_init)
-    monkeypatch.setattr(papo_module.PapoModule, "_micro_batches", spy_plan)
+    monkeypatch.setattr(ExperienceSource, "micro_batches", spy_plan)
     train(make_cfg(RUN + overrides))
     policy = captured["module"].policy
     weights = {n: p.detach().clone() for n, p in policy.named_parameters()}
@@ -154,7 +157,7 @@ def test_token_budget_update_equals_the_fixed_size_split(
 
 
 def test_nograd_logps_come_back_in_the_rows_order(make_cfg, mixed_reward) -> None:
-    """_logps_nograd under a token budget (rows reordered, several micro-batches) equals one pass over all
+    """ExperienceSource.logps_nograd under a token budget (rows reordered, several micro-batches) equals one pass over all
     rows in order."""
     from papo.data.synthetic import synthetic_corpus
     from papo.pipeline import build_module, resolve_model_dir
@@ -163,18 +166,20 @@ def test_nograd_logps_come_back_in_the_rows_order(make_cfg, mixed_reward) -> Non
     cfg = make_cfg([*RUN, "algo.micro_batch_tokens=250", "algo.micro_batch_size=64"])
     module = build_module(cfg, resolve_model_dir(cfg.model, corpus_fn=synthetic_corpus), total_steps=1)
     torch.manual_seed(0)
-    exp, _ = module.generator.rollout(module.policy, _batch(3), module._gen_cfg(train=True), _reward)
+    exp, _ = module.source.generator.rollout(
+        module.policy, _batch(3), module.source.generation_config(), _reward
+    )
     T = exp.response_ids.shape[1]
     keep = torch.tensor([(3 * i) % T + 1 for i in range(len(exp))])  # varied response lengths
     exp.response_mask = (torch.arange(T)[None, :] < keep[:, None]).float()
-    exp.response_ids = exp.response_ids.masked_fill(exp.response_mask == 0, module.generator.pad_id)
-    plan = module._micro_batches(exp)
+    exp.response_ids = exp.response_ids.masked_fill(exp.response_mask == 0, module.source.generator.pad_id)
+    plan = module.source.micro_batches(exp)
     assert len(plan) > 1 and [i for mb in plan for i in mb] != list(range(len(exp)))
-    budget = module._logps_nograd(module.policy, exp)
+    budget = module.source.logps_nograd(module.policy, exp)
     module.update.algo = module.algo.model_copy(
         update={"micro_batch_tokens": None, "micro_batch_size": len(exp)}
     )
-    whole = module._logps_nograd(module.policy, exp)
+    whole = module.source.logps_nograd(module.policy, exp)
     assert budget.shape == exp.response_ids.shape
     torch.testing.assert_close(budget, whole, atol=1e-5, rtol=1e-5)
     assert float(whole.abs().sum()) > 0

@@ -49,13 +49,14 @@ def _spy_module(monkeypatch: pytest.MonkeyPatch) -> dict:
 def _spy_advantage_inputs(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Record, for every rollout batch that reaches the update, the experience and the rewards the
     advantage estimator received."""
-    from papo.models import papo_module, preparation
+    from papo.models import preparation
+    from papo.rollout.experience_source import ExperienceSource
 
     records: list[dict] = []
-    original = papo_module.PapoModule._prepare
+    original = ExperienceSource.prepare
     estimators = preparation.ADVANTAGE_ESTIMATORS
 
-    def spy_prepare(self, exp):
+    def spy_prepare(self, exp, policy, reference):
         rec: dict = {}
 
         def spy_get(name):
@@ -69,11 +70,12 @@ def _spy_advantage_inputs(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
         with monkeypatch.context() as m:
             m.setattr(preparation, "ADVANTAGE_ESTIMATORS", SimpleNamespace(get=spy_get))
-            original(self, exp)
+            out = original(self, exp, policy, reference)
         rec["exp"] = exp
         records.append(rec)
+        return out
 
-    monkeypatch.setattr(papo_module.PapoModule, "_prepare", spy_prepare)
+    monkeypatch.setattr(ExperienceSource, "prepare", spy_prepare)
     return records
 
 
@@ -134,8 +136,8 @@ def test_clip_ratio_is_the_fraction_truncated_at_max_new_tokens(make_cfg):
     module = _build(make_cfg, ["loss=none", "masking=none", "algo.kl_coef=0"])
     tok = module.processor.tokenizer
     # every end token of the model's generation config: <|im_end|> and <|endoftext|>, as Qwen2.5-VL
-    assert module.generator.eos_ids == tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
-    eos, eos2 = module.generator.eos_ids
+    assert module.source.generator.eos_ids == tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    eos, eos2 = module.source.generator.eos_ids
     max_new = module.rollout_cfg.max_new_tokens
     other = (eos + 1) % 100
 
@@ -148,7 +150,7 @@ def test_clip_ratio_is_the_fraction_truncated_at_max_new_tokens(make_cfg):
             response_ids=ids, response_mask=mask, rewards=torch.zeros(n), accuracy=torch.zeros(n),
             format=torch.zeros(n),
         )  # fmt: skip
-        return rollout_metrics(exp, 0, module.generator.eos_ids, max_new)
+        return rollout_metrics(exp, 0, module.source.generator.eos_ids, max_new)
 
     # three responses of the same length that all ended with EOS: none was cut
     assert metrics([[other, other, eos]] * 3)["train/response/clip_ratio"] == 0.0
@@ -181,12 +183,12 @@ def test_suppressed_ids_padded_vocabulary_and_image_placeholder(make_cfg, monkey
     padded = list(range(n_tok, n_tok + 24))
     image_pad = tok.convert_tokens_to_ids("<|image_pad|>")
     assert module.policy.get_output_embeddings().weight.shape[0] == n_tok + 24
-    assert module.generator.suppress_ids == sorted([image_pad, *padded])
-    assert module.suppress_ids.tolist() == padded  # training log-probs
-    evaluator = Evaluator(module.policy, module.processor, module.reward_fn)
+    assert module.source.generator.suppress_ids == sorted([image_pad, *padded])
+    assert module.source.suppress_ids.tolist() == padded  # training log-probs
+    evaluator = Evaluator(module.policy, module.processor, module.source.reward_fn)
     assert evaluator.generator.suppress_ids == sorted([image_pad, *padded])
     assert evaluator.suppress_ids.tolist() == padded
-    assert evaluator.generator.eos_ids == module.generator.eos_ids
+    assert evaluator.generator.eos_ids == module.source.generator.eos_ids
 
 
 # ---------------------------------------------------------------- training runs
@@ -276,7 +278,7 @@ def test_dynamic_sampling_refills_the_batch(make_cfg, tmp_path: Path, monkeypatc
 
     def spy_update(self, exp):
         updates.append(
-            (len(exp), exp.accuracy.clone(), exp.group_ids.clone(), len(self.dynamic_sampler.buffer))
+            (len(exp), exp.accuracy.clone(), exp.group_ids.clone(), len(self.source.dynamic_sampler.buffer))
         )
         return original(self, exp)
 

@@ -393,7 +393,7 @@ def test_lora_training_keeps_one_model_and_only_moves_adapters(
     monkeypatch.setattr(papo_module.PapoModule, "__init__", spy)
     train(cfg)
     m = captured["m"]
-    assert m.needs_ref and m.reference is None  # KL against the base model, no second copy
+    assert m.source.needs_ref and m.reference is None  # KL against the base model, no second copy
     changed = {
         k for k, v in m.policy.named_parameters() if not torch.equal(v.detach(), captured["before"][k])
     }

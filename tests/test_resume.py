@@ -274,7 +274,7 @@ def test_module_resume_state_round_trip(make_cfg, tmp_path: Path) -> None:
     a.resume_state.group_counter, a.resume_state.skipped_rows = 17, 5
     a.guard.skipped_steps, a.guard.consecutive_skips = 2, 1
     test_exp = _tiny_experience()
-    a.dynamic_sampler.tries, a.dynamic_sampler.buffer = 3, [test_exp]
+    a.source.dynamic_sampler.tries, a.source.dynamic_sampler.buffer = 3, [test_exp]
     checkpoint: dict = {"state_dict": {}}
     a.on_save_checkpoint(checkpoint)
     after_save = torch.rand(3)  # what the next step would draw
@@ -284,7 +284,7 @@ def test_module_resume_state_round_trip(make_cfg, tmp_path: Path) -> None:
     b.on_load_checkpoint(torch.load(tmp_path / "c.ckpt", weights_only=True))
     assert (
         b.resume_state.group_counter,
-        b.dynamic_sampler.tries,
+        b.source.dynamic_sampler.tries,
         b.guard.skipped_steps,
         b.guard.consecutive_skips,
         b.resume_state.skipped_rows,
@@ -295,7 +295,7 @@ def test_module_resume_state_round_trip(make_cfg, tmp_path: Path) -> None:
         1,
         5,
     )
-    buffer = b.dynamic_sampler.buffer
+    buffer = b.source.dynamic_sampler.buffer
     assert len(buffer) == 1 and torch.equal(buffer[0].response_ids, test_exp.response_ids)
     b.on_train_batch_start({"skipped_rows": ["row 9: bad"]}, 0)
     assert torch.equal(torch.rand(3), after_save)

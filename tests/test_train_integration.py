@@ -79,16 +79,16 @@ def test_grpo_baseline_runs_without_masked_forward(
 ) -> None:
     """loss=none with GRPO: the batches carry masked images but no term needs them, so no masked forward runs
     (counted by a spy on the module's log-prob pass) and nothing masked is logged; the reference KL (GRPO) is."""
-    from papo.models import papo_module
+    from papo.rollout.experience_source import ExperienceSource
 
     calls: list[bool] = []  # masked view?
-    original = papo_module.PapoModule._logps
+    original = ExperienceSource.logps
 
     def spy(self, model, exp, masked=False):
         calls.append(masked)
         return original(self, model, exp, masked)
 
-    monkeypatch.setattr(papo_module.PapoModule, "_logps", spy)
+    monkeypatch.setattr(ExperienceSource, "logps", spy)
     # masked views are in every batch (masking=random_patch), but no active term needs them
     cfg = make_cfg(["loss=none", "algo=grpo", "logger=csv", "validate_before=false", "validate_after=false"])
     assert cfg.algo.kl_coef > 0 and cfg.masking._target_.endswith("RandomPatchMask")

@@ -2,21 +2,21 @@
 loss components chosen by config (policy gradient, reference KL, perception KL, double entropy, ...). Manual
 optimisation: one rollout batch -> ppo_epochs x num_minibatches optimiser steps.
 
-Orchestration only. The maths is in :mod:`papo.algos` and :mod:`papo.losses`; the collaborators, each testable
-without Lightning: :class:`papo.models.update.PolicyUpdate` (mini- and micro-batch loops, loss normaliser),
-:mod:`papo.models.preparation` (rollout metrics, reward shaping, no-grad passes, advantages),
+Orchestration only: Lightning hooks -> collaborators. The maths is in :mod:`papo.algos` and :mod:`papo.losses`;
+the collaborators, each testable without Lightning: :class:`papo.rollout.experience_source.ExperienceSource`
+(rollouts, rewards, DAPO's refill, the no-grad passes and the blocks' sensitivity signal: the experience of one
+batch), :class:`papo.models.update.PolicyUpdate` (mini- and micro-batch loops, loss normaliser),
 :class:`papo.models.step_guard.StepGuard` (non-finite steps), :class:`papo.models.resume_state.ResumeState`
-(RNG and counters in checkpoints), :class:`papo.rollout.dynamic_sampling.DynamicSampler` (DAPO's refill),
+(RNG and counters in checkpoints), :class:`papo.evaluation.validation.ValidationSuite` (validation protocols),
 :class:`papo.blocks.composition.MethodBlocks` (the method's rollout view, visual-sensitivity signal and
-advantage shapers: the module calls them and never names a method), the rollout backend and the optimiser / LR
-schedule (built from config as ``_partial_`` targets). Reductions over
-ranks use the strategy's API. Differences from EasyR1/verl: rollouts decoded on the policy itself (or a
-colocated vLLM engine); DAPO's dynamic sampling accumulates kept groups across ``training_step`` calls.
+advantage shapers: never named here), the rollout backend and the optimiser / LR schedule (``_partial_``
+targets). Reductions over ranks use the strategy's API. Differences from EasyR1/verl: rollouts decoded on the
+policy itself (or a colocated vLLM engine); DAPO's dynamic sampling accumulates kept groups across
+``training_step`` calls.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -25,8 +25,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
-from torch import Tensor
 
 from papo.blocks.composition import MethodBlocks
 from papo.config import AlgoConfig, ModelConfig, OptimConfig, RewardConfig, RolloutConfig, parse_group
@@ -34,18 +32,13 @@ from papo.evaluation.perception import heldout_perception_kl
 from papo.evaluation.val_sets import ValSet
 from papo.evaluation.validation import ValidationOutput, ValidationSuite
 from papo.losses.base import LossComponent, MetricPool
-from papo.models.loading import is_lora, load_policy, output_vocab_size, padded_vocab_ids
-from papo.models.logprobs import response_logps
-from papo.models.preparation import prepare_experience, rollout_metrics, shape_rewards
+from papo.models.loading import is_lora, load_policy
 from papo.models.resume_state import NO_REFILL, ResumeState
-from papo.models.rollout_passes import RolloutPasses
 from papo.models.step_guard import NonFiniteTrainingError, StepGuard
 from papo.models.update import PolicyUpdate, active_components
 from papo.rollout.backends import PolicyDecoding
-from papo.rollout.collect import Generator
-from papo.rollout.dynamic_sampling import DynamicSampler
 from papo.rollout.experience import Experience
-from papo.rollout.hf_generate import GenerationConfig
+from papo.rollout.experience_source import ExperienceSource, Placement
 from papo.utils.checkpointing import checkpoint_dir
 from papo.utils.distributed import (
     clip_grad_norm,
@@ -55,7 +48,6 @@ from papo.utils.distributed import (
     generation_context,
     is_sharded,
 )
-from papo.utils.timer import PhaseTimer
 
 log = logging.getLogger(__name__)
 
@@ -107,51 +99,39 @@ class PapoModule(L.LightningModule):
         # the method's non-loss blocks (papo.blocks.composition): rollout view, sensitivity signal, shapers
         self.blocks = blocks if blocks is not None else MethodBlocks()
         self.update = PolicyUpdate(active, a, norm_len=a.norm_len or r.max_new_tokens, blocks=self.blocks)
-        # the masked view is kept for a loss term or for the blocks' signal
-        self.needs_masked = self.update.needs_masked or self.blocks.needs_masked
-        self._block_metrics: dict[str, float] = {}  # the blocks' per-rollout metrics (the sensitivity signal)
-        self.needs_ref = any(c.needs_ref for c in active) or a.kl_in_reward
+        self.source = src = ExperienceSource(
+            self.policy,
+            self.processor,
+            a,
+            r,
+            reward_cfg.reward_fn(),
+            reward_cfg.on_error,
+            self.blocks,
+            self.update,
+            rollout_backend(str(policy_path)),  # rollout.backend: the policy itself, or vLLM
+            placement=self._placement,
+        )
         # frozen copy, loaded only when a term needs it; with LoRA the reference is the frozen base model itself
-        # (adapters disabled in _prepare), so no second copy is loaded
+        # (adapters disabled in ExperienceSource.prepare), so no second copy is loaded
         self.reference = None
-        if self.needs_ref and not is_lora(self.policy):
+        if src.needs_ref and not is_lora(self.policy):
             self.reference, _ = load_policy(policy_path, **{**self.model_cfg.load_kwargs(), "lora": None})
             self.reference.requires_grad_(False).eval()
-        masked = f"{self.needs_masked} (grad: {self.update.masked_grad})"
         log.info(
-            "loss components: %s; masked forward: %s; reference model: %s; blocks: %s",
+            "loss components: %s; masked forward: %s (grad: %s); reference model: %s; blocks: %s",
             [c.name for c in active],
-            masked,
-            self.needs_ref,
+            src.needs_masked,
+            self.update.masked_grad,
+            src.needs_ref,
             self.blocks,
         )
-
-        self.reward_fn, self.reward_on_error = reward_cfg.reward_fn(), reward_cfg.on_error
-        self.generator = Generator.for_policy(
-            self.policy, self.processor, r.max_prompt_length, r.generation_batch_size, r.decoder
-        )
-        # training log-probs: over every tokenizer id (as the released actor); only the padded rows are excluded
-        padded = padded_vocab_ids(self.processor, output_vocab_size(self.policy))
-        self.suppress_ids = torch.tensor(padded, dtype=torch.long)
-        self.backend = rollout_backend(str(policy_path))  # rollout.backend: the policy itself, or vLLM
-        self.timer = PhaseTimer()
-        self.train_generation = GenerationConfig(
-            r.max_new_tokens, r.temperature, r.top_p, r.top_k, a.group_size
-        )
-        self.train_generation.min_new_tokens = r.min_new_tokens  # training rollouts only
         # protocols and metrics of training-time validation, per val set
         self.validation = ValidationSuite(r, val_sets)
         self.last_val: dict[str, float] = {}
         # global step of the last validation run inside fit (None: none yet, or it ran in trainer.validate)
         self.last_val_fit_step: int | None = None
-        ds = a.dynamic_sampling  # DAPO: its buffer and round count are checkpointed
-        self.dynamic_sampler = (
-            DynamicSampler(a.group_size, ds.low, ds.high, ds.max_tries, ds.keep_all_when_none_pass)
-            if ds.enabled
-            else None
-        )
         self.guard = StepGuard(self.optim_cfg.max_consecutive_skips)
-        self.resume_state = ResumeState(self.dynamic_sampler or NO_REFILL, self.guard)
+        self.resume_state = ResumeState(src.dynamic_sampler or NO_REFILL, self.guard)
 
     @property
     def skipped_steps(self) -> int:
@@ -199,133 +179,29 @@ class PapoModule(L.LightningModule):
         t = torch.tensor(float(value), dtype=torch.float64, device=self.device)
         return float(self.trainer.strategy.reduce(t, reduce_op=op))
 
-    def _gen_cfg(self, train: bool) -> GenerationConfig:
-        return self._synced(self.train_generation if train else self.validation.main)
-
-    def _synced(self, cfg: GenerationConfig) -> GenerationConfig:
-        # sharded strategies (FSDP, ZeRO-3) gather weights in every forward: ranks must step together
-        cfg.synced_gpus = is_sharded(self._trainer)
-        return cfg
-
-    def _rollout(self, batch: dict[str, Any], cfg: GenerationConfig, **kwargs: Any) -> tuple[Experience, int]:
-        self.generator.engine = self.backend.engine(self.policy, self.global_rank)  # vLLM: synced weights
-        return self.generator.rollout(
-            self.policy,
-            batch,
-            cfg,
-            self.reward_fn,
-            on_error=self.reward_on_error,
-            device=self.device,
-            **kwargs,
+    def _placement(self) -> Placement:
+        """Where the experience source runs: this module's device, rank and strategy."""
+        return Placement(
+            self.device, self.global_rank, self._world_size(), self._reduce, is_sharded(self._trainer)
         )
-
-    def _logps(
-        self, model: torch.nn.Module, exp: Experience, masked: bool = False, with_entropy: bool = False
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        inputs = move_data_to_device(exp.model_inputs(masked=masked), self.device)
-        temperature, chunk = self.rollout_cfg.temperature, self.algo.logprob_chunk_tokens
-        return response_logps(
-            model,
-            temperature=temperature,
-            suppress_ids=self.suppress_ids,
-            chunk_tokens=chunk,
-            with_entropy=with_entropy,
-            **inputs,
-        )  # (n, T), or ((n, T), (n, T)) with the full-vocabulary entropies
-
-    def _micro_batches(self, exp: Experience) -> list[list[int]]:
-        return self.update.plan(exp, self._world_size(), self._reduce)
-
-    @torch.no_grad()
-    def _logps_nograd(self, model: torch.nn.Module, exp: Experience, masked: bool = False) -> Tensor:
-        out = torch.zeros(exp.response_ids.shape)  # (N, T), rows in exp's order whatever the plan's order
-        for idx in self._micro_batches(exp):
-            logps = self._logps(model, exp.select(idx), masked).cpu()
-            out[idx, : logps.shape[1]] = logps
-        return out
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        policy, was_training = self.policy, self.policy.training
-        policy.eval()
-        gen_cfg, errors = self._gen_cfg(train=True), []
-
-        def sample(prompts: dict[str, Any], num_samples: int) -> Experience:
-            """``num_samples`` scored responses per prompt, group ids from this rollout's offset."""
-            out, n_err = self._rollout(
-                prompts,
-                dataclasses.replace(gen_cfg, num_samples=num_samples),
-                keep_masked_view=self.needs_masked,
-                group_offset=self.resume_state.group_counter,
-            )
-            errors.append(n_err)
-            return out
-
-        with self.timer("generate"), generation_context(policy):  # FSDP2: gathered once per rollout
-            # the rollout-side view (papo.blocks): every response from the real image, or NoisyRollout's mix
-            exp, view_metrics = self.blocks.rollout(
-                sample, batch, self.algo.group_size, *self._rollout_steps()
-            )
-        policy.train(was_training)
+        src = self.source
+        offset, steps = self.resume_state.group_counter, self._rollout_steps()
+        exp, metrics = src.collect(self.policy, self.reference, batch, offset, steps)
         self.resume_state.group_counter += len(batch["prompt"])
-        metrics = rollout_metrics(exp, sum(errors), self.generator.eos_ids, self.rollout_cfg.max_new_tokens)
-        metrics.update({f"train/{k}": v for k, v in view_metrics.items()})
-        with self.timer("score"):
-            shape_rewards(exp, self.algo, self.rollout_cfg.max_new_tokens)
-        if self.dynamic_sampler is not None:  # DAPO: sample more rounds until enough groups pass the filter
-            # groups per update: algo.dynamic_sampling.batch_prompts per rank, else one data batch
-            need = self.algo.dynamic_sampling.batch_prompts or len(batch["prompt"])
-            exp, ds_metrics = self.dynamic_sampler.add(exp, need, self._reduce)
-            metrics.update({f"train/dynamic_sampling/{k}": v for k, v in ds_metrics.items()})
-            if exp is None:
-                self.log_dict(metrics, on_step=True)
-                return
-        with self.timer("old_logps"):
-            self._prepare(exp)
-        metrics.update(self._block_metrics)
+        if exp is None:  # DAPO: too few groups passed the filter so far, sample again on the next batch
+            self.log_dict(metrics, on_step=True)
+            return
         metrics.update(self._update(exp))
-        self.backend.mark_stale()  # the next rollout must use the updated weights
-        secs = self.timer.pop()
+        src.mark_stale()  # the next rollout must use the updated weights
+        secs = src.timer.pop()
         metrics.update({f"time/{k}_s": v for k, v in secs.items()})
         metrics["time/step_s"] = total = sum(secs.values())
         metrics["perf/tokens_per_s"] = exp.num_tokens / max(total, 1e-9)
         self.log_dict(metrics, on_step=True, prog_bar=False)
         self.log("reward", metrics["train/reward/mean"], prog_bar=True, on_step=True, logger=False)
-
-    def _prepare(self, exp: Experience) -> None:
-        """Everything computed once per rollout batch with the rollout parameters (no grad)."""
-
-        def ref_logps(e: Experience) -> Tensor:
-            if self.reference is not None:
-                return self._logps_nograd(self.reference, e)
-            with self.policy.disable_adapter():  # LoRA: reference = base model without adapters
-                return self._logps_nograd(self.policy, e)
-
-        prepare_experience(
-            exp,
-            self.algo,
-            needs_ref=self.needs_ref,
-            needs_masked=self.needs_masked,
-            masked_grad=self.update.masked_grad,
-            policy_logps=partial(self._logps_nograd, self.policy),
-            ref_logps=ref_logps,
-        )
-        self._block_metrics = {}
-        if self.blocks.needs_scores:  # per-token visual sensitivity with the rollout parameters (VPPO)
-            exp.sensitivity = self._sensitivity(exp)
-            m = self.blocks.score_metrics(exp.sensitivity, exp.response_mask)
-            self._block_metrics = {f"train/{k}": v for k, v in m.items()}
-
-    @torch.no_grad()
-    def _sensitivity(self, exp: Experience) -> Tensor:
-        """(N, T) per-token visual sensitivity of the method's signal, micro-batch by micro-batch, from the
-        rollout parameters' passes (papo.models.rollout_passes)."""
-        out = torch.zeros(exp.response_ids.shape)  # (N, T), rows in exp's order
-        for idx in self._micro_batches(exp):
-            micro = exp.select(idx)
-            scores = self.blocks.score(RolloutPasses(self, micro), micro.response_mask.to(self.device))
-            out[idx, : scores.shape[1]] = scores.float().cpu()
-        return out
 
     def _update(self, exp: Experience) -> dict[str, float]:
         opt, sched = self.optimizers(), self.lr_schedulers()
@@ -341,13 +217,13 @@ class PapoModule(L.LightningModule):
             opt.zero_grad(set_to_none=True)
             nonfinite = self.update.accumulate(
                 mb,
-                self._micro_batches(mb),
+                self.source.micro_batches(mb),
                 tokens_per_rank=tokens / self._world_size(),
                 progress=progress,
-                logps=self._logps,
+                logps=self.source.logps,
                 policy=self.policy,
                 backward=self.manual_backward,
-                timer=self.timer,
+                timer=self.source.timer,
                 pool=pool,
                 device=self.device,
             )
@@ -392,14 +268,11 @@ class PapoModule(L.LightningModule):
         """Every protocol of the val set's :class:`~papo.evaluation.validation.ValidationRun` (one per val
         dataloader) on both views, the held-out KL on the real-image responses; returns the main protocol's
         generations for callbacks (``on_validation_batch_end``)."""
-
-        def generate(cfg: GenerationConfig, masked: bool) -> Experience:
-            return self._rollout(batch, self._synced(cfg), use_masked_images=masked)[0]
-
+        generate = partial(self.source.generate, self.policy, batch)
         kl = partial(
             heldout_perception_kl,
             self.policy,
-            suppress_ids=self.suppress_ids,
+            suppress_ids=self.source.suppress_ids,
             temperature=self.rollout_cfg.temperature,
             micro_batch_size=self.algo.micro_batch_size,
             device=self.device,
