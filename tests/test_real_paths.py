@@ -22,6 +22,13 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(
     p.stem for p in (CONFIGS / "experiment").glob("*.yaml") if not p.stem.startswith(("_", "embedded"))
 )
+#: the published recipes of the other perception-aware methods (configs/method; docs/methods.md): their own
+#: models, data and schedules, so not PAPO's shared settings
+OTHER_METHODS = [n for n in EXPERIMENTS if n.startswith(("vppo", "noisyrollout"))]
+#: the published PAPO / GRPO / DAPO runs (configs/experiment/_published.yaml)
+PAPO_RUNS = [n for n in EXPERIMENTS if n not in OTHER_METHODS]
+#: CPU-test overrides a recipe needs beyond compose_run_cfg's (the stand-in runs groups of 2 responses)
+STAND_IN_EXTRA = {"noisyrollout_7b_geo3k": ["rollout_view.num_noisy=1", "algo.num_minibatches=3"]}
 #: the experiments on the embedded task (tiny model, procedural data, CPU; no hub)
 EMBEDDED = sorted(p.stem for p in (CONFIGS / "experiment").glob("embedded*.yaml"))
 
@@ -126,7 +133,7 @@ def local_parquet(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 # ------------------------------------------------------------------------------------------ composition
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", PAPO_RUNS)
 def test_experiment_composes_with_the_published_hyperparameters(name: str) -> None:
     from conftest import compose_cfg
 
@@ -148,6 +155,20 @@ def test_experiment_composes_with_the_published_hyperparameters(name: str) -> No
     )
     if "qwen3" not in name:
         assert int(cfg.trainer.devices) == (4 if name.endswith("7b") else 2)
+
+
+@pytest.mark.parametrize("name", OTHER_METHODS)
+def test_other_method_recipe_header_and_composition(name: str) -> None:
+    """VPPO's and NoisyRollout's recipes: the command and hardware comments, and a valid config (their
+    hyperparameters: tests/test_methods_recipes.py)."""
+    from conftest import compose_cfg
+
+    header = (CONFIGS / "experiment" / f"{name}.yaml").read_text().splitlines()
+    assert header[0] == "# @package _global_"
+    command = f"#   PAPO_ALLOW_HUB=1 python src/train.py experiment={name}"
+    assert any(line.rstrip() == command for line in header[:5]), "command comment"
+    assert any("Hardware:" in line for line in header[:6]), "hardware comment"
+    validate_config(compose_cfg([f"experiment={name}"]))
 
 
 @pytest.mark.parametrize("name", EMBEDDED)
@@ -288,7 +309,7 @@ def test_experiment_runs_one_rl_step_on_stand_ins(name: str, make_cfg, tmp_path:
         cfg, steps = compose_embedded_cfg(make_cfg, name, tmp_path), 1
     else:
         data_file = request.getfixturevalue("local_parquet")
-        cfg, steps = compose_run_cfg(make_cfg, name, data_file, tmp_path), 3
+        cfg, steps = compose_run_cfg(make_cfg, name, data_file, tmp_path, STAND_IN_EXTRA.get(name)), 3
     assert cfg.trainer.accelerator == "cpu" and cfg.algo.dynamic_sampling.enabled is False
     train(cfg)
     rec = json.loads((tmp_path / "sync" / "rank0.json").read_text())
