@@ -203,15 +203,28 @@ def test_rng_count_must_match_prompts():
         RandomPatchMask()([[Image.new("RGB", (4, 4))]], [])
 
 
+#: masking options that are another method's settings of a view: option -> the view it configures
+VIEW_PRESETS = {"vppo_patch": "random_patch"}
+
+
 def test_masking_configs_instantiate_with_matching_names():
     files = sorted(p.stem for p in MASKING_DIR.glob("*.yaml"))
-    assert set(files) == {*VIEWS, "none"}
+    assert set(files) == {*VIEWS, "none", *VIEW_PRESETS}
     for stem in files:
         text = (MASKING_DIR / f"{stem}.yaml").read_text()
         assert text.startswith("#"), f"{stem}.yaml must start with a comment"
-        view = instantiate(OmegaConf.load(MASKING_DIR / f"{stem}.yaml"))
+        if stem in VIEW_PRESETS:  # a defaults list: composed by Hydra
+            from conftest import compose_cfg
+
+            view = instantiate(compose_cfg([f"masking={stem}"]).masking)
+        else:
+            view = instantiate(OmegaConf.load(MASKING_DIR / f"{stem}.yaml"))
         if stem == "none":
             assert view is None and no_masking() is None
         else:
-            assert view.name == stem and isinstance(view, VIEWS[stem])
+            name = VIEW_PRESETS.get(stem, stem)
+            assert view.name == name and isinstance(view, VIEWS[name])
     assert instantiate(OmegaConf.load(MASKING_DIR / "random_patch.yaml")) == RandomPatchMask(0.6, 14, 0)
+    from conftest import compose_cfg
+
+    assert instantiate(compose_cfg(["masking=vppo_patch"]).masking) == RandomPatchMask(0.5, 14, 0)
