@@ -84,6 +84,7 @@ def _pool(name: str, warm_up: Callable[[], None] | None) -> Any:
             return None
         import pebble
 
+        _standard_start_method()
         pool = _POOLS[name] = pebble.ProcessPool(
             max_workers=1,
             initializer=_init_worker,
@@ -92,6 +93,15 @@ def _pool(name: str, warm_up: Callable[[], None] | None) -> Any:
         )
         _STATS.setdefault(name, WorkerStats()).pools_started += 1
         return pool
+
+
+def _standard_start_method() -> None:
+    """Make the process-wide start method one the standard library knows. A spawned child sets it again from
+    its parent's (``multiprocessing.spawn.prepare``); inside a worker of joblib's loky backend (Hydra's joblib
+    launcher, ``hydra/launcher=streams``) it is ``loky``, which the child cannot look up, so the worker would
+    die before its first task."""
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
+        multiprocessing.set_start_method("spawn", force=True)
 
 
 def shutdown() -> None:
