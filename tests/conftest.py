@@ -63,6 +63,26 @@ TINY_OVERRIDES = [
 ]
 
 
+def _coin_reward(response: str, truth: str, format_weight: float = 0.1, timeout_s: float = 2.0) -> dict:
+    """Test reward ``reward.name=coin``: a fair coin per response (seeded by the run), so every group has mixed
+    outcomes: DAPO keeps it and a random-init policy's gradient is not zero."""
+    import random
+
+    acc = float(random.random() < 0.5)
+    return {"overall": acc, "accuracy": acc, "format": 1.0}
+
+
+@pytest.fixture(scope="module")
+def coin_reward():
+    """Registers ``coin`` for a test module (``pytestmark = pytest.mark.usefixtures("coin_reward")``) and removes
+    it after (other modules' tests list the registered names)."""
+    from papo.rewards import REWARD_FUNCTIONS
+
+    REWARD_FUNCTIONS.register("coin")(_coin_reward)
+    yield
+    REWARD_FUNCTIONS.unregister("coin")
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path, cache_dir: Path):
     """Factory: composed config with tiny sizes, outputs in tmp_path, the shared model cache."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import math
-import random
 from pathlib import Path
 
 import pytest
@@ -14,24 +13,14 @@ import torch
 
 from conftest import compose_cfg
 from papo.pipeline import train
-from papo.rewards import REWARD_FUNCTIONS
 
 ALGOS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "algo").glob("*.yaml"))
 LOSSES = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "loss").glob("*.yaml"))
 FAST = ["logger=csv", "validate_before=false", "validate_after=false"]
 
 
-def _coin_reward(response: str, truth: str, format_weight: float = 0.1, timeout_s: float = 2.0) -> dict:
-    """Test reward: a fair coin per response, so every group has mixed outcomes (DAPO keeps it)."""
-    acc = float(random.random() < 0.5)
-    return {"overall": acc, "accuracy": acc, "format": 1.0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def coin_reward():
-    REWARD_FUNCTIONS.register("coin")(_coin_reward)
-    yield
-    REWARD_FUNCTIONS.unregister("coin")  # other modules' tests list the registered names
+#: reward.name=coin: the fair-coin test reward of conftest.py
+pytestmark = pytest.mark.usefixtures("coin_reward")
 
 
 def _step_rows(out: Path) -> list[dict[str, float]]:

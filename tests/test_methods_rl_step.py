@@ -6,7 +6,6 @@ step differ from the same step, same seed, with that block switched off). PAPO t
 from __future__ import annotations
 
 import csv
-import random
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ import torch
 from omegaconf import open_dict
 
 from papo.pipeline import train
-from papo.rewards import REWARD_FUNCTIONS
 
 FAST = [
     "logger=csv",
@@ -50,17 +48,8 @@ METHODS = {
 }
 
 
-def _coin_reward(response: str, truth: str, format_weight: float = 0.1, timeout_s: float = 2.0) -> dict:
-    """A fair coin per response (seeded by the run), so every group has mixed outcomes and DAPO keeps it."""
-    acc = float(random.random() < 0.5)
-    return {"overall": acc, "accuracy": acc, "format": 1.0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def coin_reward():
-    REWARD_FUNCTIONS.register("coin")(_coin_reward)
-    yield
-    REWARD_FUNCTIONS.unregister("coin")
+#: reward.name=coin: the fair-coin test reward of conftest.py
+pytestmark = pytest.mark.usefixtures("coin_reward")
 
 
 def _run(make_cfg, out: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str]) -> tuple[dict, dict]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -107,19 +106,8 @@ def compose_embedded_cfg(make_cfg, name: str, out: Path):
     )
 
 
-def _coin_reward(response: str, truth: str, format_weight: float = 0.1, timeout_s: float = 2.0) -> dict:
-    """A fair coin per response: every group gets mixed outcomes, so the policy gradient is not zero."""
-    acc = float(random.random() < 0.5)
-    return {"overall": acc, "accuracy": acc, "format": 1.0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def coin_reward():
-    from papo.rewards import REWARD_FUNCTIONS
-
-    REWARD_FUNCTIONS.register("coin")(_coin_reward)
-    yield
-    REWARD_FUNCTIONS.unregister("coin")
+#: reward.name=coin: the fair-coin test reward of conftest.py
+pytestmark = pytest.mark.usefixtures("coin_reward")
 
 
 @pytest.fixture(scope="module")

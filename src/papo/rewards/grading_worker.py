@@ -15,8 +15,9 @@ the deadline, so the deadline is a last resort; what it must stop is exactly wha
 foresee, and only a process can be stopped in every case (a thread cannot be interrupted inside one long
 C call, such as a CPython big-int power).
 
-Where no child process can be started (a daemonic process, e.g. a DataLoader worker), the function runs in
-the calling process without a deadline, with one warning; :func:`in_process` does the same on purpose (tests
+Where no child process can be started (a daemonic process, e.g. a DataLoader worker; a worker of Hydra's
+joblib launcher, whose loky start method a child cannot use), the function runs in the calling process
+without a deadline, with one warning; :func:`in_process` does the same on purpose (tests
 that spy on what grading calls).
 """
 
@@ -75,16 +76,17 @@ def _pool(name: str, warm_up: Callable[[], None] | None) -> Any:
             return pool
         if _NO_CHILDREN:
             return None
-        if multiprocessing.current_process().daemon:
+        reason = _why_no_children()
+        if reason:
             _NO_CHILDREN = True
             log.warning(
-                "grading and user reward functions run in this process without a deadline: a daemonic "
-                "process cannot start worker processes (the input limits still bound every answer)"
+                "grading and user reward functions run in this process without a deadline: %s (the input "
+                "limits still bound every answer)",
+                reason,
             )
             return None
         import pebble
 
-        _standard_start_method()
         pool = _POOLS[name] = pebble.ProcessPool(
             max_workers=1,
             initializer=_init_worker,
@@ -95,13 +97,20 @@ def _pool(name: str, warm_up: Callable[[], None] | None) -> Any:
         return pool
 
 
-def _standard_start_method() -> None:
-    """Make the process-wide start method one the standard library knows. A spawned child sets it again from
-    its parent's (``multiprocessing.spawn.prepare``); inside a worker of joblib's loky backend (Hydra's joblib
-    launcher, ``hydra/launcher=streams``) it is ``loky``, which the child cannot look up, so the worker would
-    die before its first task."""
-    if multiprocessing.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
-        multiprocessing.set_start_method("spawn", force=True)
+def _why_no_children() -> str | None:
+    """Why this process must not start a worker process, or None.
+
+    A daemonic process (a DataLoader worker) cannot have children. A worker of joblib's loky backend (Hydra's
+    joblib launcher, ``hydra/launcher=streams``) sets the process-wide start method to ``loky``: a spawned
+    child cannot look that method up and dies at start, and a live child keeps the loky worker from exiting
+    when joblib shuts it down, so the launcher never returns.
+    """
+    if multiprocessing.current_process().daemon:
+        return "a daemonic process cannot start worker processes"
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method not in (None, "fork", "spawn", "forkserver"):
+        return f"this is a worker of a {method!r} process pool (e.g. Hydra's joblib launcher)"
+    return None
 
 
 def shutdown() -> None:
