@@ -3,7 +3,7 @@
 
     python scripts/bench_gpu_report.py bench_gpu.json                  # rewrites docs/gpu_performance.md
     python scripts/bench_gpu_report.py run1.json run2.json             # one subsection per run, in order
-    python scripts/bench_gpu_report.py bench_gpu.json --doc other.md   # another file
+    python scripts/bench_gpu_report.py bench_gpu.json --doc docs/performance.md   # into another page
     python scripts/bench_gpu_report.py bench_gpu.json --print          # to stdout only
 
 The section between the markers ``<!-- bench_gpu_report:begin -->`` and ``<!-- bench_gpu_report:end -->`` is

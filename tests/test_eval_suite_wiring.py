@@ -144,7 +144,7 @@ def test_a_training_run_validates_every_set(make_cfg, tmp_path: Path) -> None:
     with (tmp_path / "csv" / "metrics.csv").open() as f:
         logged = set(next(csv.reader(f)))
     assert {"val/count/acc", "val/other/sampled/acc", "val/average/overall/sampled/acc"} <= logged
-    table = (tmp_path / VAL_SETS_TABLE).read_text()
+    table = (tmp_path / VAL_SETS_TABLE.format(step=cfg.trainer.max_steps)).read_text()
     assert "| count | general | 4 |" in table and "| other | vision_dependent | 8 |" in table
     assert "**overall average**" in table
     assert "val/count/acc" in (tmp_path / "val_before_after.txt").read_text()
@@ -175,7 +175,8 @@ def test_eval_on_papos_suite_writes_the_per_benchmark_table(tmp_path: Path, cach
         "val_sets.counting.protocol={samples: 0, greedy: true}",
     ]
     result = evaluate(eval_cfg(overrides, out, cache_dir))
-    saved = json.loads((out / "eval_val_sets.json").read_text())
+    report = out / "eval_val_sets"  # <stem>.json and <stem>.md (papo.evaluation.evaluator)
+    saved = json.loads(report.with_suffix(".json").read_text())
     metrics = saved["metrics"]
     assert saved["val_sets"] == ["geometry3k", "mathvista", "we_math", "mmk12", "mathverse", "logicvista",
                                  "counting", "mmmu_pro", "mathverse_v"]  # fmt: skip
@@ -185,7 +186,7 @@ def test_eval_on_papos_suite_writes_the_per_benchmark_table(tmp_path: Path, cach
     for key in ("average/general/avg@2/acc", "average/vision_dependent/avg@2/acc", "average/overall/avg@2/acc",
                 "average/vision_dependent/greedy/acc"):  # fmt: skip
         assert 0.0 <= metrics[key] <= 1.0, key
-    md = (out / "eval_val_sets.md").read_text()
+    md = report.with_suffix(".md").read_text()
     assert "| benchmark | group | n | avg@2 acc |" in md and "| counting | vision_dependent | 2 |" in md
     assert "| **overall average** |" in md and "## mathverse_v (vision_dependent)" in md
     assert result["metrics"] == metrics

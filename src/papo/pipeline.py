@@ -133,8 +133,9 @@ def instantiate_block(cfg: DictConfig | None) -> Any:
 
 
 DROPPED_ROWS_FILE = "dropped_rows.jsonl"
-#: the per-benchmark table of a run with named val sets (val_sets), written after the last validation
-VAL_SETS_TABLE = "val_sets.md"
+#: the per-benchmark table of a run with named val sets (val_sets), written after the last validation at step
+#: ``step`` (as the sample tables: val_samples/step<N>.md)
+VAL_SETS_TABLE = "val_sets_step{step:06d}.md"
 DROPPED_ROWS_METRIC = "data/dropped_rows_setup"
 
 
@@ -274,7 +275,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if val_sets and after:  # the per-benchmark table of the last validation
         per_set = module.validation.table(after, datamodule.val_set_sizes())
         print("\n" + per_set + "\n", flush=True)
-        Path(cfg.paths.output_dir, VAL_SETS_TABLE).write_text(per_set + "\n")
+        table_file = VAL_SETS_TABLE.format(step=trainer.global_step)
+        Path(cfg.paths.output_dir, table_file).write_text(per_set + "\n")
     if (
         trainer.is_global_zero
     ):  # a run with this file is finished (papo.utils.finished_runs; scripts/ read it)
