@@ -3,6 +3,7 @@
 
     python scripts/repro_report.py logs/reproduce_quick              # results.md / .csv, runs.csv, plots
     python scripts/repro_report.py logs/reproduce_quick --sft-steps  # print the continued-SFT step count
+    python scripts/repro_report.py logs/reproduce_testbed --write docs/testbed.md   # also its docs section
 
 The runs are the jobs of ``python src/train.py -m reproduce=quick|full`` (configs/reproduce,
 docs/reproduction.md): ``<sweep dir>/<arm>/seed<k>/``, each with the ``final_metrics.json`` papo.pipeline.train
@@ -46,7 +47,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from omegaconf import OmegaConf  # noqa: E402
 
 from papo.utils.finished_runs import FINAL_METRICS_FILE, load_final_metrics  # noqa: E402
-from papo.utils.provenance import describe_machine, provenance  # noqa: E402
+from papo.utils.provenance import describe_machine, provenance, replace_section  # noqa: E402
 from papo.utils.seed_stats import mean_ci  # noqa: E402
 
 #: table rows in this order (calibration runs have no row)
@@ -299,7 +300,7 @@ def format_provenance(runs: list[Run], unfinished: list[Path], sweep: Path) -> s
     commits = sorted({p.get("commit", "unknown") for p in prov})
     machines = sorted({describe_machine(p["machine"]) for p in prov if p.get("machine")})
     lines = [
-        f"Runs: {len(runs)} finished under `{sweep}`, finished {dates[0] if dates else '?'} .. "
+        f"Runs: {len(runs)} finished under `{shown(sweep)}`, finished {dates[0] if dates else '?'} .. "
         f"{dates[-1] if dates else '?'}; commit(s) {', '.join(commits) or 'not recorded'}; "
         f"machine(s): {'; '.join(machines) or 'not recorded'}.",
     ]
@@ -437,9 +438,15 @@ def make_plots(
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def report(sweep: Path) -> str:
+def shown(path: Path) -> str:
+    """``path`` as the report names it: relative to the repository when inside it (logs/...), else as is."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def report(sweep: Path, write: Path | None = None) -> str:
     """Write results.md / results.csv / runs.csv / differences.csv and the plots into ``sweep``; return the
-    Markdown."""
+    Markdown. ``write``: also replace the ``<sweep name>`` section of that Markdown file by it (its title
+    left out)."""
     runs, unfinished = find_runs(sweep)
     if not runs:
         raise SystemExit(f"no finished reproduction runs (<arm>/seed<k>/{FINAL_METRICS_FILE}) under {sweep}")
@@ -447,16 +454,19 @@ def report(sweep: Path) -> str:
     arms = by_arm(runs)
     rows = summarize(arms)
     diffs = paired_differences(arms)
-    gen = provenance(f"python scripts/repro_report.py {sweep}")
-    md = (
-        f"# Reproduction on the embedded task: {sweep.name}\n\n"
+    command = f"python scripts/repro_report.py {shown(sweep)}" + (f" --write {shown(write)}" if write else "")
+    gen = provenance(command)
+    body = (
         f"Generated {gen['date']} by `{gen['command']}` (commit {gen['commit']}) from the runs' saved metrics; "
         "do not edit by hand.\n\n"
         + format_provenance(runs, unfinished, sweep)
         + "\n"
         + format_markdown(rows, diffs, protocol)
     )
+    md = f"# Reproduction on the embedded task: {sweep.name}\n\n{body}"
     (sweep / "results.md").write_text(md)
+    if write is not None:
+        replace_section(write, sweep.name, body)
     write_csv(sweep / "results.csv", rows)
     if diffs:
         write_csv(sweep / "differences.csv", diffs)
@@ -491,6 +501,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print the continued-SFT step count at matched compute and exit",
     )
+    ap.add_argument(
+        "--write",
+        type=Path,
+        default=None,
+        help="Markdown file whose '<sweep dir name>' section (<!-- NAME:begin/end --> markers) to replace",
+    )
     args = ap.parse_args(argv)
     sweep = args.sweep_dir.resolve()
     if args.sft_steps:
@@ -498,9 +514,12 @@ def main(argv: list[str] | None = None) -> int:
         print(steps)
         print(json.dumps(basis), file=sys.stderr)
         return 0
-    md = report(sweep)
+    md = report(sweep, args.write.resolve() if args.write else None)
     print(md)
-    print(f"wrote {sweep / 'results.md'}, results.csv, runs.csv and the plots")
+    print(
+        f"wrote {sweep / 'results.md'}, results.csv, runs.csv and the plots"
+        + (f"; {args.write}" if args.write else "")
+    )
     return 0
 
 

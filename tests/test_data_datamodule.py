@@ -308,3 +308,27 @@ def test_lightning_checkpoint_resume_restores_data_position(train_ds, tmp_path, 
     full = fit(save=True)
     resumed = fit(ckpt_path=str(tmp_path / "step=14.ckpt"))
     assert len(full) == 16 and resumed == full[14:]
+
+
+def test_one_masked_view_per_response(train_ds, val_ds):
+    """masked_views_per_prompt=G: G views of each train prompt, the first the one-view batch's view, the others
+    further draws from the prompt's generator (so they differ); validation draws one."""
+    shared = next(iter(_dm(train_ds, val_ds, masking=RandomPatchMask(0.5)).train_dataloader()))
+    dm = _dm(train_ds, val_ds, masking=RandomPatchMask(0.5, per_response=True), masked_views_per_prompt=4)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["uid"] == shared["uid"]
+    assert all(len(views) == 4 for views in batch["images_masked_rows"])
+    for views, first, one in zip(
+        batch["images_masked_rows"], batch["images_masked"], shared["images_masked"], strict=True
+    ):
+        assert views[0][0].tobytes() == first[0].tobytes() == one[0].tobytes()
+        assert len({v[0].tobytes() for v in views}) > 1, "every response's mask is drawn afresh"
+    row = int(batch["uid"][0].split("-")[1])
+    rng = np.random.default_rng([1, 0, row])  # seed 1, epoch 0: the views are the generator's draws in order
+    for view in batch["images_masked_rows"][0]:
+        mask = random_patch_mask(56, 56, 14, 0.5, rng)
+        assert np.all(np.asarray(view[0])[mask] == 0)
+    val = next(iter(dm.val_dataloader()))
+    assert "images_masked_rows" not in val and val["images_masked"] is not None
+    with pytest.raises(ValueError, match="masked_views_per_prompt"):
+        PapoDataModule(masked_views_per_prompt=0)

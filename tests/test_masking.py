@@ -227,4 +227,5 @@ def test_masking_configs_instantiate_with_matching_names():
     assert instantiate(OmegaConf.load(MASKING_DIR / "random_patch.yaml")) == RandomPatchMask(0.6, 14, 0)
     from conftest import compose_cfg
 
-    assert instantiate(compose_cfg(["masking=vppo_patch"]).masking) == RandomPatchMask(0.5, 14, 0)
+    vppo = RandomPatchMask(0.5, 14, 0, per_response=True)  # one mask per response (VPPO's released code)
+    assert instantiate(compose_cfg(["masking=vppo_patch"]).masking) == vppo

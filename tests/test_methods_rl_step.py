@@ -170,3 +170,26 @@ def test_vppo_signal_is_k3_of_the_rollout_policy_real_vs_masked(
     expected = sampled_token_sensitivity(real, masked, exp.response_mask, "k3")
     torch.testing.assert_close(exp.sensitivity, expected)
     assert not torch.allclose(expected, sampled_token_sensitivity(masked, real, exp.response_mask, "k3"))
+
+
+def test_vppo_masks_each_response_its_own_way(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """method=vppo: every response of a group gets its own masked view (the first of them the prompt's one view of
+    masking.per_response=false), and the signal is computed on those views."""
+    seen = _capture_prepared(monkeypatch)
+    for name, extra in (("own", []), ("shared", ["masking.per_response=false"])):
+        cfg = make_cfg([*FAST, "method=vppo", "algo=grpo", "seed=6", *extra])
+        with open_dict(cfg):  # each run in a folder of its own
+            cfg.paths.output_dir = cfg.paths.log_dir = str(tmp_path / name)
+        train(cfg)
+    (own, _, masked), (shared, _, shared_masked) = seen
+    G = cfg.algo.group_size
+
+    def pixels(exp, r):
+        return exp.visual_masked[r]["pixel_values"]
+
+    for start in range(0, len(own), G):
+        assert len({pixels(own, r).numpy().tobytes() for r in range(start, start + G)}) > 1
+        assert all(torch.equal(pixels(shared, r), pixels(shared, start)) for r in range(start, start + G))
+        assert torch.equal(pixels(own, start), pixels(shared, start))
+    assert torch.equal(own.response_ids, shared.response_ids)  # the same rollout: only the views differ
+    assert not torch.equal(masked, shared_masked)

@@ -248,6 +248,21 @@ def test_report_flags_runs_launched_with_other_settings(rr, sweep: Path) -> None
         assert (sweep / png).stat().st_size > 1000, png
 
 
+def test_report_writes_its_section_of_a_doc(rr, sweep: Path, tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Doc\n\nbefore\n<!-- repro:begin -->\nold\n<!-- repro:end -->\nafter\n")
+    assert rr.main([str(sweep), "--write", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("# Doc\n\nbefore\n<!-- repro:begin -->\nGenerated ") and text.endswith("after\n")
+    assert "old" not in text and "| papo_g | 3 | 0.560 ± 0.025 |" in text and "PAPO-G vs GRPO" in text
+    assert f"--write {doc}" in text  # the command that regenerates it
+    assert "# Reproduction on the embedded task" not in text  # the title stays the doc's own
+    plain = tmp_path / "plain.md"
+    plain.write_text("# A doc without the markers\n")
+    with pytest.raises(ValueError, match="repro:begin"):
+        rr.main([str(sweep), "--write", str(plain)])
+
+
 def test_matched_sft_steps(rr, sweep: Path) -> None:
     runs = rr.find_runs(sweep)[0]
     steps, basis = rr.matched_sft_steps(runs)

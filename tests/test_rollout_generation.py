@@ -71,3 +71,35 @@ def test_min_new_tokens_forces_full_length_responses(policy) -> None:
     exp = _rollout(policy, 4, cfg, _batch(2), [])
     assert exp.response_mask.shape == (4, 5)
     assert bool((exp.response_mask.sum(1) == 5).all())
+
+
+def _masked_views(batch: dict, views: int) -> dict:
+    """``batch`` with ``views`` masked views per prompt (a different grey level each): what the datamodule
+    yields with ``masking.per_response``."""
+    rows = [
+        [[Image.new("RGB", im.size, (40 * v,) * 3) for im in imgs] for v in range(views)]
+        for imgs in batch["images"]
+    ]
+    return {**batch, "images_masked": [r[0] for r in rows], "images_masked_rows": rows}
+
+
+def test_one_masked_view_per_response_reaches_its_row(policy) -> None:
+    model, processor = policy
+    G = 4
+    cfg = GenerationConfig(max_new_tokens=3, temperature=1.0, top_p=1.0, top_k=0, num_samples=G)
+    gen = Generator(processor, generation_suppress_token_ids(processor), 512, 8)
+    batch = _masked_views(_batch(2), G)
+    exp, _ = gen.rollout(model, batch, cfg, _reward, keep_masked_view=True)
+    encoded = {
+        v: processor.image_processor(images=[Image.new("RGB", (56, 56), (40 * v,) * 3)], return_tensors="pt")
+        for v in range(G)
+    }
+    for r in range(2 * G):  # row r = response r % G of prompt r // G
+        assert torch.equal(exp.visual_masked[r]["pixel_values"], encoded[r % G]["pixel_values"])
+    # without the per-response views every response of a prompt shares its one view
+    shared, _ = gen.rollout(model, {**batch, "images_masked_rows": None}, cfg, _reward, keep_masked_view=True)
+    assert all(
+        torch.equal(shared.visual_masked[r]["pixel_values"], encoded[0]["pixel_values"]) for r in range(8)
+    )
+    with pytest.raises(ValueError, match=r"algo\.group_size"):
+        gen.rollout(model, _masked_views(_batch(2), G - 1), cfg, _reward, keep_masked_view=True)

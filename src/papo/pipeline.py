@@ -193,7 +193,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(run.seed, workers=True)
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
-    datamodule = hydra.utils.instantiate(cfg.data, masking=instantiate_masking(cfg.get("masking")))
+    view = instantiate_masking(cfg.get("masking"))
+    views = run.algo.group_size if getattr(view, "per_response", False) else 1  # one per response | prompt
+    datamodule = hydra.utils.instantiate(cfg.data, masking=view, masked_views_per_prompt=views)
 
     from papo.data.synthetic import synthetic_corpus
 

@@ -148,6 +148,8 @@ class MaskingConfig(ConfigGroup):
     ratio: Fraction = None  # type: ignore[assignment]
     patch_size: PositiveInt = None  # type: ignore[assignment]
     std: NonNegative = None  # type: ignore[assignment]
+    # one view per response (the group size per prompt) instead of one per prompt
+    per_response: bool = False
 
     @property
     def enabled(self) -> bool:

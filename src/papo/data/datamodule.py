@@ -11,11 +11,13 @@ Each batch is a dict of lists, one entry per PROMPT (the RL module expands promp
      "system_prompt": [str or None],                              # data.system_prompt, one per prompt
      "images": [[PIL.Image RGB]],                                 # decoded with load_image, raw size
      "images_masked": [[PIL.Image RGB]] or None,                  # None when masking is None
+     "images_masked_rows": [[[PIL.Image RGB]]],                   # train, masked_views_per_prompt > 1 only
      "answer": [str], "task_type": [str], "vision_dependency": [str],
      "shortcut": [str]}                                           # only when the dataset declares it
 
 Masked views are made here (on raw images, in the collate function, so in DataLoader workers), one per
-prompt, fresh every time the prompt is drawn and reproducible: the generator of a train prompt is
+prompt (``masked_views_per_prompt`` > 1: that many per train prompt, one per response, the first of them
+``images_masked``), fresh every time the prompt is drawn and reproducible: the generator of a train prompt is
 ``np.random.default_rng([seed, epoch, row])``; val/test use ``default_rng([seed, row])`` so validation masks
 are identical at every evaluation. The released code draws masks from numpy's global RNG instead.
 
@@ -250,8 +252,12 @@ class PromptCollator:
         dataset: PromptDataset | None = None,
         resize_pixels: tuple[int | None, int | None] | None = None,
         system_prompt: str | None = None,
+        views_per_prompt: int = 1,
     ) -> None:
         self.masking = masking
+        # masked views drawn per prompt: 1, or the group size for one view per response (VPPO's released code);
+        # view 0 is batch["images_masked"], all of them batch["images_masked_rows"]
+        self.views_per_prompt = int(views_per_prompt)
         self.prompt_template = prompt_template
         # text of the system turn (papo.data.prompts.chat_messages); None: the chat template's default
         self.system_prompt = system_prompt or None
@@ -277,20 +283,27 @@ class PromptCollator:
         batch: dict[str, Any] = {k: [it[k] for it in items] for k in BATCH_KEYS if k in items[0]}
         batch["prompt"] = [build_prompt(p, self.prompt_template) for p in batch["problem"]]
         batch["system_prompt"] = [self.system_prompt] * len(batch["prompt"])
-        batch["images_masked"] = self._masked(items) if self.masking is not None else None
+        views = self._masked(items) if self.masking is not None else None
+        batch["images_masked"] = None if views is None else [per_prompt[0] for per_prompt in views]
         if self.resize_pixels is not None:  # masks are drawn on the raw images, then both views are resized
-            for key in ("images", "images_masked"):
-                if batch.get(key) is not None:
-                    batch[key] = [
-                        [resize_into_pixel_range(im, *self.resize_pixels) for im in row] for row in batch[key]
-                    ]
+            batch["images"] = self._resized(batch["images"])
+            if views is not None:
+                views = [self._resized(per_prompt) for per_prompt in views]
+                batch["images_masked"] = [per_prompt[0] for per_prompt in views]
         out = {k: batch[k] for k in BATCH_KEYS}
+        if views is not None and self.views_per_prompt > 1:
+            out["images_masked_rows"] = views
         out.update({k: [it[k] for it in items] for k in DECLARED_COLUMNS if k in items[0]})
         if skipped:  # counted by the RL module (train/data/skipped_rows)
             out["skipped_rows"] = skipped
         return out
 
-    def _masked(self, items: list[dict[str, Any]]) -> list[list[Any]]:
+    def _resized(self, rows: list[list[Any]]) -> list[list[Any]]:
+        return [[resize_into_pixel_range(im, *self.resize_pixels) for im in row] for row in rows]
+
+    def _masked(self, items: list[dict[str, Any]]) -> list[list[list[Any]]]:
+        """``views_per_prompt`` masked views of each prompt's images: view v continues the draws of view v-1
+        from the prompt's generator, so view 0 does not depend on how many views are drawn."""
         images = [it["images"] for it in items]
         rngs = [self.rng_for(it["row"], it["epoch"]) for it in items]
         need = getattr(self.masking, "min_batch_size", 1)
@@ -298,7 +311,8 @@ class PromptCollator:
             for donor in self._donors(items, need - len(items)):
                 images.append(donor["images"])
                 rngs.append(self.rng_for(donor["row"], items[0]["epoch"]))
-        return self.masking(images, rngs)[: len(items)]
+        drawn = [self.masking(images, rngs)[: len(items)] for _ in range(self.views_per_prompt)]
+        return [[view[i] for view in drawn] for i in range(len(items))]
 
     def _donors(self, items: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
         if self.dataset is None or len(self.dataset) < len(items) + count:
@@ -482,6 +496,9 @@ class PapoDataModule(L.LightningDataModule):
             (built lazily in ``setup``); ``None`` for a split that is not used.
         masking: an :class:`~papo.data.masking.ImageView` (or its config), or ``None`` / an empty mapping for
             no masked views (``batch["images_masked"]`` is then ``None``).
+        masked_views_per_prompt: masked views per train prompt; > 1 (the group size, set by the pipeline from
+            ``masking.per_response``) adds ``batch["images_masked_rows"]``, one view per response; view 0 is
+            ``images_masked``, the same image as with one view. Validation and test draw one.
         prompt_template: name in ``papo.data.prompts.PROMPT_TEMPLATES`` or a custom ``{problem}`` template.
         system_prompt: text of a system turn before every prompt (``batch["system_prompt"]``); None: no system
             turn, so the chat template's default applies (Qwen2.5-VL: "You are a helpful assistant.").
@@ -532,11 +549,15 @@ class PapoDataModule(L.LightningDataModule):
         system_prompt: str | None = None,
         val_sets: Mapping[str, DatasetLike] | None = None,
         val_set_limits: Mapping[str, int | None] | None = None,
+        masked_views_per_prompt: int = 1,
     ) -> None:
         super().__init__()
         masking = _as_view(masking)
         if int(batch_size) < 1 or int(val_batch_size) < 1:
             raise ValueError(f"batch sizes must be >= 1, got {batch_size=} {val_batch_size=}")
+        if int(masked_views_per_prompt) < 1:
+            raise ValueError(f"masked_views_per_prompt must be >= 1, got {masked_views_per_prompt}")
+        self.masked_views_per_prompt = int(masked_views_per_prompt)
         build_prompt("", prompt_template)  # unknown template -> error listing valid names, now
         self._sources: dict[str, Callable | Any] = {
             "train": train_dataset,
@@ -692,9 +713,15 @@ class PapoDataModule(L.LightningDataModule):
             raise ValueError(f"Dataset {self.dataset_name!r}: no {split}_dataset was given")
         return self.datasets[split]
 
-    def _collator(self, dataset: PromptDataset) -> PromptCollator:
+    def _collator(self, dataset: PromptDataset, views_per_prompt: int = 1) -> PromptCollator:
         return PromptCollator(
-            self.masking, self.prompt_template, self.seed, dataset, self.resize_pixels, self.system_prompt
+            self.masking,
+            self.prompt_template,
+            self.seed,
+            dataset,
+            self.resize_pixels,
+            self.system_prompt,
+            views_per_prompt,
         )
 
     def _loader_kwargs(self) -> dict[str, Any]:
@@ -719,7 +746,7 @@ class PapoDataModule(L.LightningDataModule):
                 batch_size=self.batch_size,
                 sampler=self.train_sampler,
                 drop_last=True,
-                collate_fn=self._collator(dataset),
+                collate_fn=self._collator(dataset, self.masked_views_per_prompt),
                 **self._loader_kwargs(),
             )
 

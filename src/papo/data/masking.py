@@ -2,7 +2,8 @@
 
 PAPO's perception KL compares the policy given the real image with the policy given a corrupted copy
 ``I_mask``. The copy is made from the raw decoded image (before the processor's resize / normalise), one per
-prompt, shared by all G responses of that prompt, and freshly drawn every time the prompt is drawn.
+prompt, shared by all G responses of that prompt (``per_response=True``: one per response, as VPPO's released
+code), and freshly drawn every time the prompt is drawn.
 
 Every view has the same interface::
 
@@ -191,11 +192,17 @@ class ImageView:
     Views are plain classes (not dataclasses) on purpose: ``hydra.utils.instantiate(cfg, masking=view)``
     passes plain objects through untouched, but would turn a dataclass into a config node.
     Equality and repr come from the constructor parameters stored as attributes.
+
+    Every view takes ``per_response``: False, one view per prompt shared by its G responses (PAPO); True, the
+    datamodule draws G views of each train prompt, one per response (VPPO's released code), continuing the
+    prompt's generator, so the first of them is the one-per-prompt view.
     """
 
     name: ClassVar[str] = "base"
     #: smallest batch the view can handle (the datamodule pads smaller batches with donor rows)
     min_batch_size: ClassVar[int] = 1
+    #: one view per response instead of one per prompt (set by each view's constructor)
+    per_response: bool = False
 
     def view_image(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
         raise NotImplementedError
@@ -231,10 +238,13 @@ class RandomPatchMask(ImageView):
 
     name: ClassVar[str] = "random_patch"
 
-    def __init__(self, mask_prob: float = 0.6, patch_size: int = 14, fill: Fill = 0) -> None:
+    def __init__(
+        self, mask_prob: float = 0.6, patch_size: int = 14, fill: Fill = 0, per_response: bool = False
+    ) -> None:
         _check_prob("mask_prob", mask_prob)
         _check_positive("patch_size", patch_size)
         self.mask_prob, self.patch_size, self.fill = float(mask_prob), int(patch_size), _normalize_fill(fill)
+        self.per_response = bool(per_response)
 
     def view_image(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
         mask = random_patch_mask(img.height, img.width, self.patch_size, self.mask_prob, rng)
@@ -246,10 +256,13 @@ class ExactRatioPatchMask(ImageView):
 
     name: ClassVar[str] = "exact_ratio"
 
-    def __init__(self, ratio: float = 0.6, patch_size: int = 14, fill: Fill = 0) -> None:
+    def __init__(
+        self, ratio: float = 0.6, patch_size: int = 14, fill: Fill = 0, per_response: bool = False
+    ) -> None:
         _check_prob("ratio", ratio)
         _check_positive("patch_size", patch_size)
         self.ratio, self.patch_size, self.fill = float(ratio), int(patch_size), _normalize_fill(fill)
+        self.per_response = bool(per_response)
 
     def view_image(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
         mask = exact_ratio_patch_mask(img.height, img.width, self.patch_size, self.ratio, rng)
@@ -275,6 +288,7 @@ class GridAlignedPatchMask(ImageView):
         min_pixels: int = 56 * 56,
         max_pixels: int = 28 * 28 * 1280,
         fill: Fill = 0,
+        per_response: bool = False,
     ) -> None:
         _check_prob("mask_prob", mask_prob)
         _check_positive("patch_size", patch_size)
@@ -284,7 +298,7 @@ class GridAlignedPatchMask(ImageView):
             raise ValueError(f"min_pixels ({min_pixels}) > max_pixels ({max_pixels})")
         self.mask_prob, self.patch_size, self.merge_size = float(mask_prob), int(patch_size), int(merge_size)
         self.factor, self.min_pixels, self.max_pixels = int(factor), int(min_pixels), int(max_pixels)
-        self.fill = _normalize_fill(fill)
+        self.fill, self.per_response = _normalize_fill(fill), bool(per_response)
 
     def view_image(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
         mask = grid_aligned_patch_mask(
@@ -306,10 +320,10 @@ class GaussianNoiseView(ImageView):
 
     name: ClassVar[str] = "noise"
 
-    def __init__(self, std: float = 0.5) -> None:
+    def __init__(self, std: float = 0.5, per_response: bool = False) -> None:
         if std < 0:
             raise ValueError(f"std must be >= 0, got {std}")
-        self.std = float(std)
+        self.std, self.per_response = float(std), bool(per_response)
 
     def view_image(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
         arr = np.asarray(_rgb(img), dtype=np.float32) / 255.0  # (H, W, 3)
@@ -322,8 +336,8 @@ class BlankView(ImageView):
 
     name: ClassVar[str] = "blank"
 
-    def __init__(self, fill: Fill = 0) -> None:
-        self.fill = _normalize_fill(fill)
+    def __init__(self, fill: Fill = 0, per_response: bool = False) -> None:
+        self.fill, self.per_response = _normalize_fill(fill), bool(per_response)
 
     def view_image(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
         return Image.new("RGB", img.size, self.fill)
@@ -343,8 +357,8 @@ class ShuffledImageView(ImageView):
     name: ClassVar[str] = "shuffled"
     min_batch_size: ClassVar[int] = 2
 
-    def __init__(self, resize_to_original: bool = True) -> None:
-        self.resize_to_original = bool(resize_to_original)
+    def __init__(self, resize_to_original: bool = True, per_response: bool = False) -> None:
+        self.resize_to_original, self.per_response = bool(resize_to_original), bool(per_response)
 
     def __call__(
         self, images: list[list[Image.Image]], rngs: list[np.random.Generator]

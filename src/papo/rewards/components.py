@@ -71,7 +71,7 @@ RESERVED_NAMES = ("overall", "accuracy", "format", "mean", "errors")
 USER_POOL = "user_reward"
 """The worker pool of user functions (:func:`papo.rewards.grading_worker.run_isolated`)."""
 
-_NOT_FIELDS = ("answer", "images_masked", "skipped_rows")
+_NOT_FIELDS = ("answer", "images_masked", "images_masked_rows", "skipped_rows")
 _COMPONENT_KEYS = ("fn", "weight", "images", "timeout_s", "kwargs")
 
 

@@ -94,6 +94,24 @@ class Generator:
             per_masked = per_prompt_visual(encode_images(self.processor, batch["images_masked"]), num_images)
         return enc, per_visual, per_masked
 
+    def masked_per_row(self, batch: dict[str, Any], per_masked: list, rows: list[int], group: int) -> list:
+        """The masked view of each response row: its prompt's one view, or with ``batch["images_masked_rows"]``
+        (``masking.per_response``) view g of the prompt for its g-th response."""
+        views = batch.get("images_masked_rows")
+        if not views:
+            return [per_masked[i] for i in rows]
+        if any(len(v) != group for v in views):
+            raise ValueError(
+                f"one masked view per response needs {group} views per prompt (the group size), got "
+                f"{sorted({len(v) for v in views})}: data.masked_views_per_prompt must equal algo.group_size"
+            )
+        num_images = [len(x) for x in batch["images"]]
+        by_view = [
+            per_prompt_visual(encode_images(self.processor, [v[g] for v in views]), num_images)
+            for g in range(group)
+        ]
+        return [by_view[r % group][i] for r, i in enumerate(rows)]
+
     @torch.no_grad()
     def rollout(
         self,
@@ -122,7 +140,11 @@ class Generator:
         rows = torch.arange(B).repeat_interleave(G)  # (B*G,) prompt index of each row
         text_inputs = {k: v[rows] for k, v in enc.items()}  # (N, P)
         row_visual = [gen_visual[i] for i in rows.tolist()]
-        row_masked = [per_masked[i] for i in rows.tolist()] if (keep_masked_view and per_masked) else None
+        row_masked = (
+            self.masked_per_row(batch, per_masked, rows.tolist(), G)
+            if keep_masked_view and per_masked
+            else None
+        )
         responses, masks = [], []
         if self.engine is not None:  # rollout=vllm: the colocated engine samples (papo.rollout.vllm_backend)
             images = batch["images_masked"] if use_masked_images else batch["images"]
