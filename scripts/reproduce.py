@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         extra.insert(0, f"hydra/launcher={args.launcher}")
     if args.streams:
         extra.append(f"hydra.launcher.n_jobs={args.streams}")
-    outdir = out if args.out else None
+    outdir = Path(repro_report.shown(out)) if args.out else None  # the stages run in the repository root
     ok = True
     if not args.report_only:
         record = provenance(
