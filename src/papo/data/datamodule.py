@@ -252,12 +252,12 @@ class PromptCollator:
         dataset: PromptDataset | None = None,
         resize_pixels: tuple[int | None, int | None] | None = None,
         system_prompt: str | None = None,
-        views_per_prompt: int = 1,
+        masked_views_per_prompt: int = 1,
     ) -> None:
         self.masking = masking
         # masked views drawn per prompt: 1, or the group size for one view per response (VPPO's released code);
         # view 0 is batch["images_masked"], all of them batch["images_masked_rows"]
-        self.views_per_prompt = int(views_per_prompt)
+        self.masked_views_per_prompt = int(masked_views_per_prompt)
         self.prompt_template = prompt_template
         # text of the system turn (papo.data.prompts.chat_messages); None: the chat template's default
         self.system_prompt = system_prompt or None
@@ -284,14 +284,12 @@ class PromptCollator:
         batch["prompt"] = [build_prompt(p, self.prompt_template) for p in batch["problem"]]
         batch["system_prompt"] = [self.system_prompt] * len(batch["prompt"])
         views = self._masked(items) if self.masking is not None else None
-        batch["images_masked"] = None if views is None else [per_prompt[0] for per_prompt in views]
         if self.resize_pixels is not None:  # masks are drawn on the raw images, then both views are resized
             batch["images"] = self._resized(batch["images"])
-            if views is not None:
-                views = [self._resized(per_prompt) for per_prompt in views]
-                batch["images_masked"] = [per_prompt[0] for per_prompt in views]
+            views = None if views is None else [self._resized(per_prompt) for per_prompt in views]
+        batch["images_masked"] = None if views is None else [per_prompt[0] for per_prompt in views]
         out = {k: batch[k] for k in BATCH_KEYS}
-        if views is not None and self.views_per_prompt > 1:
+        if views is not None and self.masked_views_per_prompt > 1:
             out["images_masked_rows"] = views
         out.update({k: [it[k] for it in items] for k in DECLARED_COLUMNS if k in items[0]})
         if skipped:  # counted by the RL module (train/data/skipped_rows)
@@ -302,7 +300,7 @@ class PromptCollator:
         return [[resize_into_pixel_range(im, *self.resize_pixels) for im in row] for row in rows]
 
     def _masked(self, items: list[dict[str, Any]]) -> list[list[list[Any]]]:
-        """``views_per_prompt`` masked views of each prompt's images: view v continues the draws of view v-1
+        """``masked_views_per_prompt`` masked views of each prompt's images: view v continues the draws of view v-1
         from the prompt's generator, so view 0 does not depend on how many views are drawn."""
         images = [it["images"] for it in items]
         rngs = [self.rng_for(it["row"], it["epoch"]) for it in items]
@@ -311,7 +309,7 @@ class PromptCollator:
             for donor in self._donors(items, need - len(items)):
                 images.append(donor["images"])
                 rngs.append(self.rng_for(donor["row"], items[0]["epoch"]))
-        drawn = [self.masking(images, rngs)[: len(items)] for _ in range(self.views_per_prompt)]
+        drawn = [self.masking(images, rngs)[: len(items)] for _ in range(self.masked_views_per_prompt)]
         return [[view[i] for view in drawn] for i in range(len(items))]
 
     def _donors(self, items: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
@@ -713,7 +711,7 @@ class PapoDataModule(L.LightningDataModule):
             raise ValueError(f"Dataset {self.dataset_name!r}: no {split}_dataset was given")
         return self.datasets[split]
 
-    def _collator(self, dataset: PromptDataset, views_per_prompt: int = 1) -> PromptCollator:
+    def _collator(self, dataset: PromptDataset, masked_views_per_prompt: int = 1) -> PromptCollator:
         return PromptCollator(
             self.masking,
             self.prompt_template,
@@ -721,7 +719,7 @@ class PapoDataModule(L.LightningDataModule):
             dataset,
             self.resize_pixels,
             self.system_prompt,
-            views_per_prompt,
+            masked_views_per_prompt,
         )
 
     def _loader_kwargs(self) -> dict[str, Any]:

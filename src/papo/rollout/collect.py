@@ -106,10 +106,11 @@ class Generator:
                 f"{sorted({len(v) for v in views})}: data.masked_views_per_prompt must equal algo.group_size"
             )
         num_images = [len(x) for x in batch["images"]]
-        by_view = [
-            per_prompt_visual(encode_images(self.processor, [v[g] for v in views]), num_images)
-            for g in range(group)
-        ]
+        by_view = [per_masked]  # view 0 is batch["images_masked"], encoded already
+        for g in range(1, group):
+            by_view.append(
+                per_prompt_visual(encode_images(self.processor, [v[g] for v in views]), num_images)
+            )
         return [by_view[r % group][i] for r, i in enumerate(rows)]
 
     @torch.no_grad()
