@@ -10,14 +10,14 @@ import torch
 from torch import Tensor
 
 from papo.algos.advantage_shaping import fixed_range_trajectory_scale, trajectory_dependency
-from papo.blocks.base import AdvantageShaper, ShapingInputs
-from papo.blocks.shaping_vppo import min_max_dependency
+from papo.blocks.base import ShapingInputs
+from papo.blocks.shaping_vppo import MinMaxTrajectoryShaper
 
 
-class FixedRangeTrajectoryShaping(AdvantageShaper):
+class FixedRangeTrajectoryShaping(MinMaxTrajectoryShaper):
     """alpha_i = beta_min + (beta_max - beta_min) u_i (module doc)."""
 
-    name = "advantage_shaping"
+    option = "fixed_range"
 
     def __init__(self, beta_min: float = 0.9, beta_max: float = 1.1) -> None:
         if not 0.0 <= float(beta_min) <= float(beta_max):
@@ -26,17 +26,10 @@ class FixedRangeTrajectoryShaping(AdvantageShaper):
             )
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
 
-    def population(self, scores: Tensor, mask: Tensor) -> tuple[float, float]:
-        return min_max_dependency(scores, mask)
-
     @torch.no_grad()
     def __call__(self, inputs: ShapingInputs) -> tuple[Tensor, dict[str, float]]:
-        if inputs.scores is None:
-            raise ValueError(
-                "advantage_shaping=fixed_range needs per-token sensitivity scores (configs/sensitivity)"
-            )
         mask = inputs.response_mask
-        seq = trajectory_dependency(inputs.scores, mask)  # (B,)
+        seq = trajectory_dependency(self.scores(inputs), mask)  # (B,)
         valid = (mask > 0).any(1)  # (B,)
         scale = fixed_range_trajectory_scale(
             seq, valid, self.beta_min, self.beta_max, inputs.population

@@ -25,28 +25,40 @@ def min_max_dependency(scores: Tensor, mask: Tensor) -> tuple[float, float]:
     return float(seq.min()), float(seq.max())
 
 
-class VppoTrajectoryShaping(AdvantageShaper):
+class MinMaxTrajectoryShaper(AdvantageShaper):
+    """A trajectory-level shaper of the responses' mean sensitivity, min-max normalised over the update
+    mini-batch (:func:`min_max_dependency`); subclasses turn it into a scale."""
+
+    #: the option's name in configs/advantage_shaping (for errors)
+    option = ""
+
+    def population(self, scores: Tensor, mask: Tensor) -> tuple[float, float]:
+        return min_max_dependency(scores, mask)
+
+    def scores(self, inputs: ShapingInputs) -> Tensor:
+        """The micro-batch's (B, T) per-token sensitivity; an error naming the option without one."""
+        if inputs.scores is None:
+            raise ValueError(
+                f"advantage_shaping={self.option} needs per-token sensitivity scores (configs/sensitivity)"
+            )
+        return inputs.scores
+
+
+class VppoTrajectoryShaping(MinMaxTrajectoryShaper):
     """alpha_i in [beta_min, beta_min + (1 - beta_min) / mu], mean 1 over the micro-batch (module doc)."""
 
-    name = "advantage_shaping"
+    option = "vppo"
 
     def __init__(self, beta_min: float = 0.9) -> None:
         if not 0.0 <= float(beta_min) <= 1.0:
             raise ValueError(f"advantage_shaping.beta_min={beta_min} must be in [0, 1]")
         self.beta_min = float(beta_min)
 
-    def population(self, scores: Tensor, mask: Tensor) -> tuple[float, float]:
-        return min_max_dependency(scores, mask)
-
     @torch.no_grad()
     def __call__(self, inputs: ShapingInputs) -> tuple[Tensor, dict[str, float]]:
-        if inputs.scores is None:
-            raise ValueError(
-                "advantage_shaping=vppo needs per-token sensitivity scores (configs/sensitivity)"
-            )
         # population None (no mini-batch range given): the range of these responses themselves
         shaped, metrics = vppo_shaped_advantages(
-            inputs.advantages, inputs.scores, inputs.response_mask, self.beta_min, inputs.population
+            inputs.advantages, self.scores(inputs), inputs.response_mask, self.beta_min, inputs.population
         )
         return shaped, {k: float(v) for k, v in metrics.items()}
 
