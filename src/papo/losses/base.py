@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from papo.algos import aggregate_loss
+
 
 @dataclass
 class LossInputs:
@@ -38,6 +40,13 @@ class LossInputs:
             return 1.0
         local = float(self.response_mask.sum())
         return self.num_tokens / local if local > 0 else 0.0
+
+    def aggregate(self, per_token: Tensor) -> Tensor:
+        """``per_token`` (B, T) aggregated over the response tokens as every term is: this micro-batch's mask,
+        ``agg_mode``, the mini-batch's token count and ``norm_len`` (:func:`papo.algos.aggregate_loss`)."""
+        return aggregate_loss(
+            per_token, self.response_mask, self.agg_mode, num_tokens=self.num_tokens, norm_len=self.norm_len
+        )
 
 
 class LossComponent:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from papo.algos import aggregate_loss
 from papo.losses.base import LossComponent, LossInputs, scalar
 
 FORMS = ("sampled", "full")
@@ -44,11 +43,5 @@ class EntropyLoss(LossComponent):
             per_token = inputs.entropies  # (B, T)
         else:
             per_token = -inputs.logps  # (B, T) sampled-token surrogate
-        h = aggregate_loss(
-            per_token,
-            inputs.response_mask,
-            inputs.agg_mode,
-            num_tokens=inputs.num_tokens,
-            norm_len=inputs.norm_len,
-        )
+        h = inputs.aggregate(per_token)
         return self.coef * h, {"entropy": scalar(h) * inputs.local_scale, "coef": self.coef}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from papo.algos import aggregate_loss, masked_max, masked_mean, masked_var
+from papo.algos import masked_max, masked_mean, masked_var
 from papo.blocks.base import SensitivitySignal, TokenSelector
 from papo.losses.base import GammaSchedule, LossComponent, LossInputs, scalar
 
@@ -70,9 +70,7 @@ class PerceptionSignalLoss(LossComponent):
             per_token = per_token * keep.to(per_token.dtype)
         if self.token_clip is not None:
             per_token = torch.clamp(per_token, max=self.token_clip)
-        value = aggregate_loss(
-            per_token, mask, inputs.agg_mode, num_tokens=inputs.num_tokens, norm_len=inputs.norm_len
-        )
+        value = inputs.aggregate(per_token)
         coef = self.schedule.gamma_at(inputs.progress)
         with torch.no_grad():
             metrics = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from papo.algos import aggregate_loss, kl_estimate
+from papo.algos import kl_estimate
 from papo.losses.base import LossComponent, LossInputs, scalar
 
 
@@ -30,11 +30,5 @@ class ReferenceKLLoss(LossComponent):
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
         assert inputs.ref_logps is not None, "ReferenceKLLoss needs ref_logps"
         kl_mat = kl_estimate(inputs.logps, inputs.ref_logps, self.kl_estimator)  # (B, T)
-        kl = aggregate_loss(
-            kl_mat,
-            inputs.response_mask,
-            inputs.agg_mode,
-            num_tokens=inputs.num_tokens,
-            norm_len=inputs.norm_len,
-        )
+        kl = inputs.aggregate(kl_mat)
         return self.kl_coef * kl, {"kl": scalar(kl) * inputs.local_scale, "coef": self.kl_coef}
