@@ -83,6 +83,23 @@ def coin_reward():
     REWARD_FUNCTIONS.unregister("coin")
 
 
+def spy_module(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Capture the PapoModule that ``train`` builds: ``captured["module"]``, and ``captured["before"]`` its
+    policy's parameters as built (before any update)."""
+    from papo.models import papo_module
+
+    captured: dict = {}
+    original = papo_module.PapoModule.__init__
+
+    def spy_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        captured["module"] = self
+        captured["before"] = {k: v.detach().clone() for k, v in self.policy.named_parameters()}
+
+    monkeypatch.setattr(papo_module.PapoModule, "__init__", spy_init)
+    return captured
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path, cache_dir: Path):
     """Factory: composed config with tiny sizes, outputs in tmp_path, the shared model cache."""

@@ -12,12 +12,10 @@ import pytest
 import torch
 
 from papo.algos.entropy import entropy_from_logits
-from papo.models.loading import generation_suppress_token_ids, load_policy
+from papo.models.loading import load_policy
 from papo.models.logprobs import chunked_token_logps, response_hidden, response_logps, token_logps_from_logits
 from papo.models.stand_in import ensure_stand_in
-from papo.rollout.collect import Generator
-from papo.rollout.hf_generate import GenerationConfig
-from test_rollout_generation import _batch, _reward
+from test_rollout_generation import ragged_rollout
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 100])
@@ -41,15 +39,7 @@ def test_chunked_entropy_equals_the_entropy_of_the_full_logits(chunk: int) -> No
 def rollout(cache_dir: Path):
     torch.set_num_threads(2)
     model, processor = load_policy(ensure_stand_in("qwen2_5_vl", cache_dir / "models"))
-    gen = Generator(processor, generation_suppress_token_ids(processor), 512, 12)
-    cfg = GenerationConfig(max_new_tokens=6, temperature=1.0, top_p=1.0, top_k=0, num_samples=3)
-    torch.manual_seed(0)
-    exp, _ = gen.rollout(model, _batch(2), cfg, _reward)
-    T = exp.response_ids.shape[1]
-    keep = torch.tensor([i % T + 1 for i in range(len(exp))])  # ragged responses: padding is exercised
-    exp.response_mask = (torch.arange(T)[None, :] < keep[:, None]).float()
-    exp.response_ids = exp.response_ids.masked_fill(exp.response_mask == 0, gen.pad_id)
-    return model, exp, torch.tensor(gen.suppress_ids)
+    return model, *ragged_rollout(model, processor, num_prompts=2, num_samples=3)
 
 
 def test_response_entropies_on_both_paths(rollout) -> None:

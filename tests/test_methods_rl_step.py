@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from conftest import spy_module
 from papo.pipeline import train
 
 FAST = [
@@ -54,16 +55,7 @@ pytestmark = pytest.mark.usefixtures("coin_reward")
 
 def _run(make_cfg, out: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str]) -> tuple[dict, dict]:
     """Train one step; returns (the logged metrics of the update, the policy's parameters after it)."""
-    from papo.models import papo_module
-
-    captured: dict = {}
-    original = papo_module.PapoModule.__init__
-
-    def spy_init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        captured["module"] = self
-
-    monkeypatch.setattr(papo_module.PapoModule, "__init__", spy_init)
+    captured = spy_module(monkeypatch)
     cfg = make_cfg([*FAST, *overrides])
     with open_dict(cfg):  # each run in a folder of its own
         cfg.paths.output_dir = cfg.paths.log_dir = str(out)

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import spy_module
 from papo.losses.base import MetricPool
 from papo.pipeline import train
 from papo.rewards import REWARD_FUNCTIONS
@@ -29,21 +30,6 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 def _series(rows: list[dict[str, str]], key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key) not in ("", None)]
-
-
-def _spy_module(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """Capture the PapoModule that ``train`` builds (``captured["module"]``)."""
-    from papo.models import papo_module
-
-    captured: dict = {}
-    original = papo_module.PapoModule.__init__
-
-    def spy_init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        captured["module"] = self
-
-    monkeypatch.setattr(papo_module.PapoModule, "__init__", spy_init)
-    return captured
 
 
 def _spy_advantage_inputs(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
@@ -214,7 +200,7 @@ def test_kl_in_reward_and_dr_grpo_constant_normaliser(
     from papo.losses.policy_gradient import PolicyGradientLoss
 
     scripted_reward["script"] = lambda i: float(i % 4 == 0)  # mixed groups: the policy moves
-    captured = _spy_module(monkeypatch)
+    captured = spy_module(monkeypatch)
     records = _spy_advantage_inputs(monkeypatch)
     norm_lens: list = []
     original_call = PolicyGradientLoss.__call__

@@ -387,21 +387,13 @@ def test_lora_reference_is_the_base_model_with_adapters_disabled(cache_dir: Path
 def test_lora_training_keeps_one_model_and_only_moves_adapters(
     local_parquet: str, make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from papo.models import papo_module
+    from conftest import spy_module
     from papo.pipeline import train
 
     cfg = compose_run_cfg(make_cfg, "grpo_3b", local_parquet, tmp_path, ["model.lora.rank=4"])
-    captured = {}
-    original = papo_module.PapoModule.__init__
-
-    def spy(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        captured["m"] = self
-        captured["before"] = {k: v.detach().clone() for k, v in self.policy.named_parameters()}
-
-    monkeypatch.setattr(papo_module.PapoModule, "__init__", spy)
+    captured = spy_module(monkeypatch)
     train(cfg)
-    m = captured["m"]
+    m = captured["module"]
     assert m.source.needs_ref and m.reference is None  # KL against the base model, no second copy
     changed = {
         k for k, v in m.policy.named_parameters() if not torch.equal(v.detach(), captured["before"][k])

@@ -13,6 +13,7 @@ from PIL import Image
 from papo.models.loading import generation_suppress_token_ids, load_policy
 from papo.models.tiny_vlm import ensure_tiny_vlm
 from papo.rollout.collect import Generator
+from papo.rollout.experience import Experience
 from papo.rollout.hf_generate import GenerationConfig
 
 
@@ -37,6 +38,21 @@ def _batch(n: int) -> dict:
 
 def _reward(text: str, truth: str) -> dict[str, float]:
     return {"overall": 0.0, "accuracy": 0.0, "format": 0.0}
+
+
+def ragged_rollout(model, processor, num_prompts: int, num_samples: int) -> tuple[Experience, torch.Tensor]:
+    """``num_samples`` sampled responses (6 tokens at most) to each of ``num_prompts`` prompts of :func:`_batch`,
+    cut to ragged lengths (row i keeps ``i mod T + 1`` tokens, so padding is exercised), and the ids the
+    sampler suppresses."""
+    gen = Generator(processor, generation_suppress_token_ids(processor), 512, 12)
+    cfg = GenerationConfig(max_new_tokens=6, temperature=1.0, top_p=1.0, top_k=0, num_samples=num_samples)
+    torch.manual_seed(0)
+    exp, _ = gen.rollout(model, _batch(num_prompts), cfg, _reward)
+    T = exp.response_ids.shape[1]
+    keep = torch.tensor([i % T + 1 for i in range(len(exp))])
+    exp.response_mask = (torch.arange(T)[None, :] < keep[:, None]).float()
+    exp.response_ids = exp.response_ids.masked_fill(exp.response_mask == 0, gen.pad_id)
+    return exp, torch.tensor(gen.suppress_ids)
 
 
 def _rollout(policy, chunk: int, cfg: GenerationConfig, batch: dict, calls: list[int]):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import spy_module
 from papo.pipeline import train
 
 
@@ -28,17 +29,7 @@ def _logged_keys(rows: list[dict[str, str]]) -> set[str]:
 def test_papo_trains_and_logs_every_term(make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # weight decay 0: AdamW's decay alone would change every weight, with or without a gradient
     cfg = make_cfg(["loss=papo_d", "algo=grpo", "logger=csv", "optim.weight_decay=0"])
-    from papo.models import papo_module
-
-    captured = {}
-    original_init = papo_module.PapoModule.__init__
-
-    def spy_init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        captured["module"] = self
-        captured["before"] = {k: v.detach().clone() for k, v in self.policy.named_parameters()}
-
-    monkeypatch.setattr(papo_module.PapoModule, "__init__", spy_init)
+    captured = spy_module(monkeypatch)
     metrics = train(cfg)
     module = captured["module"]
     changed = [
