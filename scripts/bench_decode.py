@@ -13,6 +13,8 @@ on both. ``--ab generate`` (default): ``papo.rollout.lean_decode.lean_generate``
 ``papo.rollout.hf_generate.hf_generate``. ``--ab static``: ``papo.rollout.static_decode.static_generate``
 (on a GPU its CUDA-graph replay, on CPU the static cache step by step) against the lean loop: on CPU this is
 the measurement behind ``rollout.decoder=auto`` choosing the lean loop there (docs/gpu_performance.md).
+``--ab static_compiled``: the same with the step compiled by ``torch.compile`` (its compilation happens in
+the warm-up, outside the timed runs).
 JSON: ``logs/bench/bench_decode-<time>.json``.
 
 This isolates one phase; ``scripts/bench.py`` measures whole steps (``--sides grpo,grpo_base`` for the step
@@ -22,12 +24,17 @@ with all of docs/performance.md's speed-ups off).
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
 import bench  # scripts/bench.py (this directory); it puts src/ on the path
 
 #: --ab: (new loop, old loop) compared
-PAIRS = {"generate": ("lean", "generate"), "static": ("static", "lean")}
+PAIRS = {
+    "generate": ("lean", "generate"),
+    "static": ("static", "lean"),
+    "static_compiled": ("static_compiled", "lean"),
+}
 
 
 def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
@@ -38,7 +45,12 @@ def measure(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
     from papo.rollout.lean_decode import lean_generate
     from papo.rollout.static_decode import static_generate
 
-    loops = {"lean": lean_generate, "generate": hf_generate, "static": static_generate}
+    loops = {
+        "lean": lean_generate,
+        "generate": hf_generate,
+        "static": static_generate,
+        "static_compiled": functools.partial(static_generate, compile_step=True),
+    }
     new, old = PAIRS[args.ab]
     module, batch = bench.ab_setup(args, model_name)
     policy, gen = module.policy.eval(), module.source.generator

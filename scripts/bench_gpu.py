@@ -15,7 +15,8 @@ JSON is rewritten after every part, so a run cut short still leaves everything i
    chunked vs full log-probs, gradients and peak memory of one log-prob forward + backward; and the
    diagnostics of scripts/bench_gpu_diagnostics.py: ``sdpa_nan`` (the (b) NaN: one (b)-shaped micro-batch's
    forward + backward per SDPA backend, with and without left padding, finite-checked per layer),
-   ``decode_split`` (a decode token at 32 rows split into replay, step rule and prefill share),
+   ``decode_split`` (a decode token at 32 rows split into replay, step rule and prefill share; and
+   ``decode_split_compiled``, the same for the step compiled by torch.compile, with its compile time),
    ``sampling_cost`` on flat and peaked logits, ``backward_profile`` (one micro-batch's forward and backward
    timed and profiled, top operators);
 2. RL steps of our module (``bench.measure_module``: the ``PapoModule`` under a minimal Lightning trainer),
@@ -23,8 +24,9 @@ JSON is rewritten after every part, so a run cut short still leaves everything i
    task with 448 px images, forced response lengths, for two workloads, each as the GRPO/DAPO step and the
    PAPO step, with today's path (``old``: lean decode loop, full-logits log-probs, 8 rows per micro-batch) and
    the new one (``new``: static cache + CUDA graph decode, chunked LM head, token-budget micro-batches):
-   (a) 8 prompts x G=4, 256 tokens; (b) 32 prompts x G=8 = 256 rows, 512 tokens; and the new path's GRPO
-   step on (a) with fp32 master weights under ``bf16-mixed`` (``new-fp32``). Per run: seconds per step
+   (a) 8 prompts x G=4, 256 tokens; (b) 32 prompts x G=8 = 256 rows, 512 tokens; the new path's GRPO step
+   on (a) with the decode step compiled by torch.compile (``new-compiled``: ``rollout.decoder=static_compiled``)
+   and with fp32 master weights under ``bf16-mixed`` (``new-fp32``). Per run: seconds per step
    and per phase, decode ms per token (the generate phase / max_new_tokens, prefill and sampling included),
    response tokens per second of the whole step, peak GPU memory, MFU (model FLOPs per step, as
    scripts/bench.py counts them, / step time / --peak-tflops, and / a measured bf16 matmul rate), and whether
@@ -110,6 +112,12 @@ PATHS = {
         "algo.micro_batch_size=64",
     ],
 }
+#: the new path with the decode step compiled by torch.compile before its capture
+PATHS["new-compiled"] = [
+    "rollout.decoder=static_compiled" if o == "rollout.decoder=static" else o for o in PATHS["new"]
+]
+#: seconds a run on the new-compiled path needs beyond the new path's (Inductor compiling the 3B step)
+COMPILE_S = 120.0
 #: runs of the new path with fp32 master weights under Lightning's bf16-mixed autocast (the published configs'
 #: default; the other runs hold bf16 weights): path name -> (the path whose overrides it runs, precision)
 AUTOCAST_PATHS = {"new-fp32": ("new", "bf16-mixed")}
@@ -122,6 +130,7 @@ PLAN = [
     ("a", "old", "grpo", 0, 1),
     ("b", "new", "grpo", 1, 1),
     ("b", "new", "papo", 0, 1),
+    ("a", "new-compiled", "grpo", 1, 2),
     ("a", "new-fp32", "grpo", 1, 1),
     ("a", "old", "papo", 0, 1),
     ("b", "old", "grpo", 0, 1),
@@ -334,15 +343,31 @@ def prompt_inputs(gen: Any, batch: dict[str, Any], device: Any) -> dict[str, Any
     return {k: v.to(device) for k, v in inputs.items()}
 
 
-def graph_status(policy: Any) -> dict[str, Any]:
-    """Which step graphs the static decoder holds for ``policy``, and why it fell back, if it did."""
+def graph_replays(policy: Any) -> dict[int, int]:
+    """Replays so far of each step graph the static decoder holds for ``policy`` (by the graph's identity)."""
     from papo.rollout import static_decode
 
+    return {id(g): g.replays for g in static_decode.step_graphs(policy).values()}
+
+
+def graph_status(policy: Any, since: dict[int, int] | None = None) -> dict[str, Any]:
+    """The step graphs the static decoder replayed for ``policy`` (since the ``graph_replays`` snapshot
+    ``since``: graphs left from earlier runs that did not step again are left out), and why it fell back, if
+    it did."""
+    from papo.rollout import static_decode
+
+    since = since or {}
     graphs = static_decode.step_graphs(policy)
     return {
         "graphs": {
-            str(rows): {"length": g.length, "captured": g.graph is not None, "steps": g.replays}
+            str(rows): {
+                "length": g.length,
+                "captured": g.graph is not None,
+                "compiled": g.compiled is not None,
+                "steps": g.replays - since.get(id(g), 0),
+            }
             for rows, g in graphs.items()
+            if g.replays > since.get(id(g), 0)
         },
         "fallback": static_decode._UNCAPTURABLE.get(policy) or static_decode.static_unsupported(policy),
     }
@@ -538,7 +563,7 @@ def measure_run(
     ns = workload(args, case, warmup, steps)
     batches = bench.build_batches(ns)
     runs_as, precision = AUTOCAST_PATHS.get(path, (path, None))
-    overrides = PATHS[runs_as] + (args.new_extra if runs_as == "new" else [])
+    overrides = PATHS[runs_as] + (args.new_extra if runs_as.startswith("new") else [])
     module, _ = bench.build_module(ns, side, base_overrides(args) + overrides)
     attach(module, policy)
     cuda = torch.cuda.is_available()
@@ -547,6 +572,7 @@ def measure_run(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     nonfinite: list[dict[str, Any]] = []
+    replays = graph_replays(policy)
     unwatch = watch_nonfinite_grads(module, nonfinite)
     built: list[str] = []
     try:
@@ -588,8 +614,8 @@ def measure_run(
         "model_tflops_per_s": flops["flops"]["total"] / med / 1e12,
         "mfu_vs_peak": flops["flops"]["total"] / med / (args.peak_tflops * 1e12),
     }
-    if runs_as == "new":
-        out["decode"] = graph_status(policy)
+    if runs_as.startswith("new"):
+        out["decode"] = graph_status(policy, replays)
     module.policy = None  # keep the shared policy alive, free this module's optimiser state
     del module
     gc.collect()
@@ -605,6 +631,8 @@ def estimate_s(report: Report, case: str, path: str, side: str, warmup: int, ste
     n = warmup + steps
     if path in AUTOCAST_PATHS:  # the path it runs, plus building its policy
         return estimate_s(report, case, AUTOCAST_PATHS[path][0], side, warmup, steps) + 15
+    if path == "new-compiled" and not any("/new-compiled/" in key for key in runs):  # + compiling the step
+        return estimate_s(report, case, "new", side, warmup, steps) + COMPILE_S
     for other in ("grpo", "papo"):
         prior = runs.get(f"{case}/{path}/{other}")
         if prior and "step_s_median" in prior:
@@ -681,10 +709,10 @@ def correctness(report: Report, args: argparse.Namespace, probe: Any, batch: dic
         # 1024-token chunks: the 4,096 response tokens span several chunks (recomputed in backward)
         return logprob_parity(policy, exp, probe.source.suppress_ids.to(device), device, chunk=1024)
 
-    def split() -> dict[str, Any]:  # 8 prompts x G=4: (a)'s 32 rows
+    def split(compiled: bool = False) -> dict[str, Any]:  # 8 prompts x G=4: (a)'s 32 rows
         inputs = prompt_inputs(probe.source.generator, first_prompts(batch, 8), device)
         return diagnostics.decode_split(
-            policy, probe.source.generator, inputs, device, 8 if args.tiny else 64, 4
+            policy, probe.source.generator, inputs, device, 8 if args.tiny else 64, 4, compiled
         )
 
     def profile() -> dict[str, Any]:
@@ -708,6 +736,8 @@ def correctness(report: Report, args: argparse.Namespace, probe: Any, batch: dic
     check("3b_logprobs", big_logprobs)
     if "exp" in rollout:
         check("backward_profile", profile)
+    # last: compiling the 3B step takes the longest of the checks (its seconds are in the result)
+    check("decode_split_compiled", lambda: split(compiled=True))
     policy.train()
 
 

@@ -8,7 +8,9 @@
   layers' parameter gradients are not finite.
 * :func:`decode_split` splits a decode token's time at 32 rows: the graph replay alone, the step rule alone
   (on the replay's own logits, and how many rows' top-p nucleus lies outside the candidates), and the
-  prefill's share of a rollout.
+  prefill's share of a rollout; with ``compiled``, the same for the step compiled by ``torch.compile``
+  (``rollout.decoder=static_compiled``), with the seconds its compilation and capture took and whether its
+  greedy tokens equal the uncompiled graph's.
 * :func:`backward_profile`: wall time of one training micro-batch's forward and backward (the chunked-head
   log-prob pass) and ``torch.profiler``'s top operators by device time for each, so the backward phase's
   cost beyond the model's matmuls (attention kernel, masks, casts, recompute) is named.
@@ -144,32 +146,45 @@ def sdpa_nan(model: Any, suppress: Any, device: Any, tiny: bool) -> dict[str, An
 
 
 def decode_split(
-    model: Any, gen: Any, inputs: dict[str, Any], device: Any, tokens: int, G: int
+    model: Any, gen: Any, inputs: dict[str, Any], device: Any, tokens: int, G: int, compiled: bool = False
 ) -> dict[str, Any]:
     """Milliseconds per token of a static-cache rollout of ``inputs`` x ``G`` rows, ``tokens`` forced tokens
-    at T=1.0 / top-p 0.99: the whole call, the replay alone, the step rule alone, the prefill's share."""
+    at T=1.0 / top-p 0.99: the whole call, the replay alone, the step rule alone, the prefill's share (with
+    ``compiled``: of the torch.compile'd step, plus its compile + capture seconds and greedy parity)."""
     import torch
 
     from papo.rollout.hf_generate import GenerationConfig
-    from papo.rollout.static_decode import row_bucket, static_generate, step_graphs
+    from papo.rollout.static_decode import release_graphs, row_bucket, static_generate, step_graphs
     from papo.rollout.token_sampling import TOP_P_CANDIDATES, StepRules, next_tokens
 
     special = (gen.eos_ids, gen.pad_id, gen.suppress_ids)
     capture = device.type == "cuda"
     model.eval()
 
-    def cfg(n: int) -> GenerationConfig:
+    def cfg(n: int, temperature: float = 1.0) -> GenerationConfig:
         return GenerationConfig(
-            max_new_tokens=n, min_new_tokens=n, temperature=1.0, top_p=0.99, num_samples=G
+            max_new_tokens=n, min_new_tokens=n, temperature=temperature, top_p=0.99, num_samples=G
         )
 
-    def call(n: int) -> float:
+    last: dict[str, Any] = {}  # the latest call's (ids, mask)
+
+    def call(n: int, compile_step: bool = compiled, temperature: float = 1.0) -> float:
         _sync(device)
         t = time.perf_counter()
-        static_generate(model, inputs, cfg(n), *special, G, capture=capture)
+        last["out"] = static_generate(
+            model, inputs, cfg(n, temperature), *special, G, capture=capture, compile_step=compile_step
+        )
         _sync(device)
         return time.perf_counter() - t
 
+    extra: dict[str, Any] = {}
+    if compiled:  # greedy tokens of the uncompiled graph, then the compiled one's (compile + capture timed)
+        release_graphs(model)
+        call(tokens, False, 0.0)
+        plain = last["out"][0]
+        release_graphs(model)
+        extra["compile_and_capture_s"] = call(tokens, True, 0.0)
+        extra["greedy_tokens_equal_uncompiled"] = bool(torch.equal(last["out"][0], plain))
     call(tokens), call(1)  # capture, warm-up
     whole = statistics.median(call(tokens) for _ in range(2))
     one = statistics.median(call(1) for _ in range(2))  # prefill, cache copy, one step
@@ -196,10 +211,12 @@ def decode_split(
     outside = int((probs.topk(k, dim=-1).values.sum(-1) < 0.99).sum())
     whole_ms = 1000 * whole / tokens
     return {
+        **extra,
         "rows": rows,
         "bucket": row_bucket(rows),
         "tokens": tokens,
         "captured": graph.graph is not None,
+        "compiled": graph.compiled is not None,
         "ms_per_token_whole_call": whole_ms,
         "ms_per_token_replay": replay,
         "ms_per_token_step_rule": rule,

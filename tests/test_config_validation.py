@@ -33,7 +33,7 @@ BAD_VALUES = [
     ("data.on_bad_row=drop", "data.on_bad_row='drop' is unknown; valid: ['error', 'skip']"),
     (
         "rollout.decoder=fast",
-        "rollout.decoder='fast' is unknown; valid: ['auto', 'static', 'lean', 'generate']",
+        "rollout.decoder='fast' is unknown; valid: ['auto', 'static', 'static_compiled', 'lean', 'generate']",
     ),
     ("loss.components.perception_kl.kind=k9", "loss.components.perception_kl.kind='k9' is unknown"),
     ("loss.components.perception_kl.direction=up", "perception_kl.direction='up' is unknown; valid:"),
@@ -249,7 +249,7 @@ BAD_EVAL_VALUES = [
     ("rollout.max_new_tokens=0", "rollout.max_new_tokens=0 must be an integer >= 1"),
     (
         "rollout.decoder=fast",
-        "rollout.decoder='fast' is unknown; valid: ['auto', 'static', 'lean', 'generate']",
+        "rollout.decoder='fast' is unknown; valid: ['auto', 'static', 'static_compiled', 'lean', 'generate']",
     ),
     ("reward.on_error=ignore", "reward.on_error='ignore' is unknown; valid: ['raise', 'zero']"),
     ("data.max_pixels=0", "data.max_pixels=0 must be an integer >= 1"),

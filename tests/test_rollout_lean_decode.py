@@ -200,7 +200,7 @@ def _generator(processor, chunk: int, decoder: str) -> Generator:
     return Generator(processor, generation_suppress_token_ids(processor), 512, chunk, decoder)
 
 
-@pytest.mark.parametrize("decoder", ["lean", "static"])
+@pytest.mark.parametrize("decoder", ["lean", "static", "static_compiled"])
 def test_greedy_decode_gives_hf_generate_tokens(policy, decoder: str) -> None:
     model, processor = policy
     batch = _ragged_batch()

@@ -307,6 +307,62 @@ def test_decode_step_compiles_as_one_graph(policy) -> None:
     release_graphs(model)
 
 
+def test_compiled_step_gives_the_uncompiled_steps_tokens(policy) -> None:
+    """rollout.decoder=static_compiled: the step compiled by torch.compile (Inductor) samples the same tokens
+    as the uncompiled step, greedy and with the same seed (G = 2, top-p), and the compiled step is the one
+    that ran."""
+    model, processor = policy
+    inputs, gen = _inputs(processor)
+    torch._dynamo.reset()
+
+    def run(compile_step: bool, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        release_graphs(model)
+        torch.manual_seed(3)
+        cfg = GenerationConfig(max_new_tokens=10, temperature=temperature, top_p=0.9)
+        out = static_generate(
+            model, inputs, cfg, gen.eos_ids, gen.pad_id, gen.suppress_ids, 2, compile_step=compile_step
+        )
+        (sg,) = step_graphs(model).values()
+        assert (sg.compiled is not None) == compile_step
+        return out
+
+    for temperature in (0.0, 1.0):
+        compiled, plain = run(True, temperature), run(False, temperature)
+        assert torch.equal(compiled[0], plain[0]) and torch.equal(compiled[1], plain[1])
+    torch._dynamo.reset()
+    release_graphs(model)
+
+
+def test_a_step_that_does_not_compile_runs_uncompiled_and_says_why(policy, monkeypatch, caplog) -> None:
+    model, processor = policy
+    inputs, gen = _inputs(processor)
+    cfg = GenerationConfig(max_new_tokens=5, temperature=0.0)
+    args = (model, inputs, cfg, gen.eos_ids, gen.pad_id, gen.suppress_ids, 2)
+    lean = lean_generate(*args)
+    static_decode._logged.clear()
+    release_graphs(model)
+
+    def no_inductor(fn, **kwargs):
+        def failing():
+            raise RuntimeError("Cannot find a working triton installation\nmore lines")
+
+        return failing
+
+    monkeypatch.setattr(torch, "compile", no_inductor)
+    with caplog.at_level(logging.WARNING, logger="papo.rollout.static_decode"):
+        first = static_generate(*args, compile_step=True)
+        release_graphs(model)
+        again = static_generate(*args, compile_step=True)
+    assert torch.equal(first[0], lean[0]) and torch.equal(again[0], lean[0])
+    assert [r.getMessage() for r in caplog.records] == [
+        "rollout.decoder=static_compiled: torch.compile of the decode step failed (RuntimeError: Cannot find a "
+        "working triton installation); the uncompiled step runs instead"
+    ]
+    (sg,) = step_graphs(model).values()
+    assert sg.compiled is None
+    release_graphs(model)
+
+
 def test_fallbacks_to_the_lean_loop_are_logged_once(policy, monkeypatch, caplog) -> None:
     model, processor = policy
     inputs, gen = _inputs(processor)
@@ -350,6 +406,9 @@ def test_choose_decoder() -> None:
     assert choose_decoder("auto", cpu, False) is lean_generate
     assert choose_decoder("auto", cuda, False) is static_generate
     assert choose_decoder("static", cpu, False) is static_generate
+    compiled = choose_decoder("static_compiled", cuda, False)
+    assert compiled.func is static_generate and compiled.keywords == {"compile_step": True}
+    assert choose_decoder("static_compiled", cuda, True) is hf_generate
     assert choose_decoder("lean", cuda, False) is lean_generate
     assert choose_decoder("static", cuda, True) is hf_generate  # sharded ranks step together
     assert choose_decoder("generate", cpu, False) is collect.hf_generate

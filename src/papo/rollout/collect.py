@@ -3,6 +3,7 @@ responses per prompt, decode, score. Used for training rollouts and for validati
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +27,8 @@ def choose_decoder(decoder: str, device: torch.device, synced_gpus: bool) -> Cal
 
     Sharded multi-rank weights (``synced_gpus``) always use HF ``generate``; ``auto`` is the static-cache loop
     with CUDA graphs on a CUDA device and the lean loop elsewhere (on CPU the lean loop is the faster one:
-    docs/gpu_performance.md). Functions are looked up when called, so wrappers (scripts/bench.py) see them.
+    docs/gpu_performance.md); ``static_compiled`` is the static-cache loop with its step compiled by
+    ``torch.compile``. Functions are looked up when called, so wrappers (scripts/bench.py) see them.
     """
     if decoder == "generate" or synced_gpus:
         return hf_generate
@@ -35,6 +37,8 @@ def choose_decoder(decoder: str, device: torch.device, synced_gpus: bool) -> Cal
         if decoder == "lean" and "auto" not in _told:
             _told.add("auto")
             log.info("rollout.decoder=auto on %s: the lean decode loop (CUDA graphs need a GPU)", device.type)
+    if decoder == "static_compiled":
+        return functools.partial(static_generate, compile_step=True)
     return static_generate if decoder == "static" else lean_generate
 
 

@@ -20,9 +20,10 @@ import torch
 from torch import Tensor
 
 # rollout.decoder values: ``auto`` (default: ``static`` on a CUDA device, ``lean`` elsewhere), the static-cache
-# loop with the step as a CUDA graph (papo.rollout.static_decode), the lean loop (papo.rollout.lean_decode) or
-# HF ``generate`` (this module); papo.rollout.collect.choose_decoder picks the function
-DECODERS = ("auto", "static", "lean", "generate")
+# loop with the step as a CUDA graph (papo.rollout.static_decode), the same with the step compiled by
+# torch.compile first (``static_compiled``), the lean loop (papo.rollout.lean_decode) or HF ``generate`` (this
+# module); papo.rollout.collect.choose_decoder picks the function
+DECODERS = ("auto", "static", "static_compiled", "lean", "generate")
 
 
 @dataclass

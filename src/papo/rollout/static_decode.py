@@ -31,6 +31,14 @@ what CI tests), sharded weights (FSDP / DeepSpeed ZeRO-3: their forwards gather 
 than ``sdpa`` or sliding windows (the step needs a ready-made boolean key mask), or a forward whose capture
 fails (a host synchronisation or data-dependent control flow inside it).
 
+``rollout.decoder=static_compiled`` also compiles the step with ``torch.compile`` (Inductor, ``fullgraph``,
+static shapes: one compilation per row bucket and length) before it is captured, as SGLang's
+``--enable-torch-compile`` does: Inductor fuses the norms, rope, activations and residual adds of every layer
+into a few kernels, so the replayed graph launches fewer, larger kernels. The compiled step computes the
+same function (tested on CPU: the uncompiled step's greedy tokens); its cost is the compilation, once per
+bucket. Where compilation fails (no Triton on the GPU, no C++ compiler on the CPU), the uncompiled step runs
+and the reason is logged once.
+
 Graphs hold their static caches and memory pools until :func:`release_graphs` or the model is freed. They
 record the forward as it ran at capture: a LoRA policy decodes with its adapters enabled, as rollouts do.
 
@@ -182,6 +190,10 @@ class _StepGraph:
     graph: torch.cuda.CUDAGraph | None = None
     logits: Tensor | None = None  # (R, V) float, written by each step
     replays: int = field(default=0)
+    compiled: Any = None  # the torch.compile'd _forward (None: the step runs uncompiled)
+
+    def _run(self) -> Tensor:
+        return self._forward() if self.compiled is None else self.compiled()
 
     def _forward(self) -> Tensor:
         model = self.model()
@@ -194,25 +206,40 @@ class _StepGraph:
         )
         return out.logits[:, -1].float()
 
+    def compile(self) -> None:
+        """Compile the step (Inductor, whole graph, static shapes) and run it once, which compiles it; where
+        that fails, log the reason once and keep the uncompiled step."""
+        compiled = torch.compile(self._forward, fullgraph=True, dynamic=False)
+        try:
+            compiled()
+        except Exception as err:  # no Triton / no C++ compiler, an op Inductor cannot lower, ...
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            _log_once(
+                "rollout.decoder=static_compiled: torch.compile of the decode step failed "
+                f"({type(err).__name__}: {first_line}); the uncompiled step runs instead"
+            )
+            return
+        self.compiled = compiled
+
     def capture(self) -> None:
         """Warm up on a side stream (cuBLAS handles, kernel choices), then record one step."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._forward()
+                self._run()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         # thread_local: only this thread's calls can break the capture (not, say, a logger's thread)
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self.logits = self._forward()
+            self.logits = self._run()
         self.graph = graph
 
     def step(self) -> Tensor:
         """One decode step over the buffers (a graph replay when captured); returns the logits (R, V)."""
         self.replays += 1
         if self.graph is None:
-            self.logits = self._forward()
+            self.logits = self._run()
         else:
             self.graph.replay()
         return self.logits
@@ -313,9 +340,10 @@ def _step_graph(
     autocast: tuple,
     pad_id: int,
     copies: WeightCopies | None = None,
+    compile_step: bool = False,
 ) -> _StepGraph:
-    """The model's step graph for ``n`` rows and ``needed`` positions: reused, or built (and captured, reading
-    ``copies`` of the linear weights when given)."""
+    """The model's step graph for ``n`` rows and ``needed`` positions: reused, or built (compiled when
+    ``compile_step``, and captured, reading ``copies`` of the linear weights when given)."""
     rows = row_bucket(n)
     state = (
         tuple(x.dtype for x in like),
@@ -325,6 +353,7 @@ def _step_graph(
         model.training,
         _weights_memory(model),
         copies is not None,
+        compile_step,
     )
     graphs = _GRAPHS.setdefault(model, {})
     old = graphs.get(rows)
@@ -334,12 +363,14 @@ def _step_graph(
     del old
     graphs.pop(rows, None)  # free the old static cache and graph pool before allocating the new ones
     sg = _new_step_graph(model, rows, length, like, positions, state, pad_id, copies)
-    if capture:
-        try:
-            with _step_autocast(like[0].device, autocast), _reading(copies):
+    with _step_autocast(like[0].device, autocast), _reading(copies):
+        if compile_step:
+            sg.compile()
+        if capture:
+            try:
                 sg.capture()
-        except Exception as err:  # a host sync, data-dependent shapes, ... inside the model's forward
-            raise CaptureError(f"{type(err).__name__}: {err}") from err
+            except Exception as err:  # a host sync, data-dependent shapes, ... inside the model's forward
+                raise CaptureError(f"{type(err).__name__}: {err}") from err
     graphs[rows] = sg
     return sg
 
@@ -355,11 +386,14 @@ def static_generate(
     num_return_sequences: int = 1,
     *,
     capture: bool | None = None,
+    compile_step: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Sample responses; the contract of :func:`papo.rollout.lean_decode.lean_generate`.
 
-    ``capture``: record the step as a CUDA graph (None: when the inputs are on a CUDA device). Falls back to
-    :func:`~papo.rollout.lean_decode.lean_generate` where the static step cannot run (logged once).
+    ``capture``: record the step as a CUDA graph (None: when the inputs are on a CUDA device).
+    ``compile_step``: compile the step with ``torch.compile`` first (``rollout.decoder=static_compiled``).
+    Falls back to :func:`~papo.rollout.lean_decode.lean_generate` where the static step cannot run (logged
+    once).
     """
     args = (model, inputs, cfg, eos_ids, pad_id, suppress_ids, num_return_sequences)
     reason = static_unsupported(model)
@@ -379,7 +413,7 @@ def static_generate(
     copies = weight_copies(model, autocast)  # the live weights cast once per call, not once per replay
     like = dynamic.layers[0].keys, dynamic.layers[0].values  # (B, kv_heads, P, head_dim) each
     try:
-        sg = _step_graph(model, n, P + T, like, positions, capture, autocast, pad_id, copies)
+        sg = _step_graph(model, n, P + T, like, positions, capture, autocast, pad_id, copies, compile_step)
     except CaptureError as err:  # a forward that cannot be captured: the lean loop from now on
         _UNCAPTURABLE[model] = str(err)
         _log_once(
