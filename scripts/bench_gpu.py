@@ -57,6 +57,7 @@ import statistics
 import sys
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -343,31 +344,34 @@ def prompt_inputs(gen: Any, batch: dict[str, Any], device: Any) -> dict[str, Any
     return {k: v.to(device) for k, v in inputs.items()}
 
 
-def graph_replays(policy: Any) -> dict[int, int]:
-    """Replays so far of each step graph the static decoder holds for ``policy`` (by the graph's identity)."""
+def graph_replays(policy: Any) -> list[tuple[Any, int]]:
+    """Replays so far of each step graph the static decoder holds for ``policy``: (weak reference, count)."""
     from papo.rollout import static_decode
 
-    return {id(g): g.replays for g in static_decode.step_graphs(policy).values()}
+    return [(weakref.ref(g), g.replays) for g in static_decode.step_graphs(policy).values()]
 
 
-def graph_status(policy: Any, since: dict[int, int] | None = None) -> dict[str, Any]:
+def graph_status(policy: Any, since: list[tuple[Any, int]] | None = None) -> dict[str, Any]:
     """The step graphs the static decoder replayed for ``policy`` (since the ``graph_replays`` snapshot
     ``since``: graphs left from earlier runs that did not step again are left out), and why it fell back, if
     it did."""
     from papo.rollout import static_decode
 
-    since = since or {}
     graphs = static_decode.step_graphs(policy)
+
+    def earlier(g: Any) -> int:  # the graph's replays at the snapshot (0: built since)
+        return next((n for ref, n in since or [] if ref() is g), 0)
+
     return {
         "graphs": {
             str(rows): {
                 "length": g.length,
                 "captured": g.graph is not None,
                 "compiled": g.compiled is not None,
-                "steps": g.replays - since.get(id(g), 0),
+                "steps": g.replays - earlier(g),
             }
             for rows, g in graphs.items()
-            if g.replays > since.get(id(g), 0)
+            if g.replays > earlier(g)
         },
         "fallback": static_decode._UNCAPTURABLE.get(policy) or static_decode.static_unsupported(policy),
     }

@@ -13,7 +13,10 @@
   greedy tokens equal the uncompiled graph's.
 * :func:`backward_profile`: wall time of one training micro-batch's forward and backward (the chunked-head
   log-prob pass) and ``torch.profiler``'s top operators by device time for each, so the backward phase's
-  cost beyond the model's matmuls (attention kernel, masks, casts, recompute) is named.
+  cost beyond the model's matmuls (attention kernel, masks, casts, recompute) is named; and the vision
+  tower's own forward and backward on the micro-batch's images, with the number of SDPA calls its forward
+  makes (with ``sdpa`` attention Hugging Face's Qwen2.5-VL vision blocks attend each window in a call of its
+  own).
 * :func:`trainer_precision` runs an RL step under a Lightning precision (the fp32 master weights + bf16-mixed
   run of the check).
 """
@@ -256,6 +259,7 @@ def backward_profile(model: Any, batch: dict[str, Any], suppress: Any, device: A
 
     fwd_bwd()  # warm-up
     timed = [fwd_bwd() for _ in range(2)]
+    vision = _vision_fwd_bwd(model, batch["visual"])
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         fwd_bwd(prof=True)
@@ -270,6 +274,7 @@ def backward_profile(model: Any, batch: dict[str, Any], suppress: Any, device: A
         "sequence_tokens": int(batch["prompt_mask"].sum() + mask.sum()),
         "forward_s": statistics.median(f for f, _ in timed),
         "backward_s": statistics.median(b for _, b in timed),
+        "vision": vision,
         "profile_time": attr,
         "top_ops": [
             {
@@ -280,6 +285,54 @@ def backward_profile(model: Any, batch: dict[str, Any], suppress: Any, device: A
             }
             for e in top
         ],
+    }
+
+
+def _vision_fwd_bwd(model: Any, visual: dict[str, Any]) -> dict[str, Any]:
+    """The vision tower alone on ``visual``'s images: forward and backward seconds (median of 2 after a
+    warm-up) and the SDPA calls of one forward."""
+    import torch
+
+    from papo.models.loading import hf_model
+
+    tower = hf_model(model).model.visual
+    pixels = visual["pixel_values"].to(next(tower.parameters()).dtype)
+    grid = visual["image_grid_thw"]
+    device = pixels.device
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    calls = [0]
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return sdpa(*args, **kwargs)
+
+    def once() -> tuple[float, float]:
+        model.zero_grad(set_to_none=True)
+        _sync(device)
+        t0 = time.perf_counter()
+        out = tower(pixels, grid_thw=grid)
+        feats = getattr(out, "pooler_output", out)
+        loss = feats.float().square().mean()
+        _sync(device)
+        t1 = time.perf_counter()
+        loss.backward()
+        _sync(device)
+        return t1 - t0, time.perf_counter() - t1
+
+    torch.nn.functional.scaled_dot_product_attention = counting
+    try:
+        once()  # warm-up, and the calls of one forward
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = sdpa
+    forward_calls = calls[0]
+    timed = [once() for _ in range(2)]
+    model.zero_grad(set_to_none=True)
+    return {
+        "images": int(grid.shape[0]),
+        "patches": int(pixels.shape[0]),
+        "sdpa_calls_forward": forward_calls,
+        "forward_s": statistics.median(f for f, _ in timed),
+        "backward_s": statistics.median(b for _, b in timed),
     }
 
 

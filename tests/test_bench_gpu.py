@@ -131,6 +131,7 @@ def test_bench_gpu_tiny_dry_run(tmp_path: Path, cache_dir: Path, report_module) 
     assert compiled["compile_and_capture_s"] > 0 and compiled["ms_per_token_replay"] > 0
     prof = doc["correctness"]["backward_profile"]
     assert prof["backward_s"] > 0 and any("mm" in o["op"] for o in prof["top_ops"])
+    assert prof["vision"]["backward_s"] > 0 and prof["vision"]["sdpa_calls_forward"] >= 1
     assert set(doc["runs"]) == {
         f"{c}/{p}/{s}" for c in "ab" for p in ("new", "old") for s in ("grpo", "papo")
     } | {"a/new-fp32/grpo", "a/new-compiled/grpo"}
