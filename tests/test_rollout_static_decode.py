@@ -333,7 +333,9 @@ def test_compiled_step_gives_the_uncompiled_steps_tokens(policy) -> None:
     release_graphs(model)
 
 
-def test_a_step_that_does_not_compile_runs_uncompiled_and_says_why(policy, monkeypatch, caplog) -> None:
+def _fallback_setup(policy) -> tuple[tuple, tuple]:
+    """Greedy static_generate arguments (5 tokens, G = 2), the lean loop's result for them, and no graph or
+    logged message left from earlier tests."""
     model, processor = policy
     inputs, gen = _inputs(processor)
     cfg = GenerationConfig(max_new_tokens=5, temperature=0.0)
@@ -341,6 +343,12 @@ def test_a_step_that_does_not_compile_runs_uncompiled_and_says_why(policy, monke
     lean = lean_generate(*args)
     static_decode._logged.clear()
     release_graphs(model)
+    return args, lean
+
+
+def test_a_step_that_does_not_compile_runs_uncompiled_and_says_why(policy, monkeypatch, caplog) -> None:
+    model, _ = policy
+    args, lean = _fallback_setup(policy)
 
     def no_inductor(fn, **kwargs):
         def failing():
@@ -364,13 +372,8 @@ def test_a_step_that_does_not_compile_runs_uncompiled_and_says_why(policy, monke
 
 
 def test_fallbacks_to_the_lean_loop_are_logged_once(policy, monkeypatch, caplog) -> None:
-    model, processor = policy
-    inputs, gen = _inputs(processor)
-    cfg = GenerationConfig(max_new_tokens=5, temperature=0.0)
-    args = (model, inputs, cfg, gen.eos_ids, gen.pad_id, gen.suppress_ids, 2)
-    lean = lean_generate(*args)
-    static_decode._logged.clear()
-    release_graphs(model)
+    model, _ = policy
+    args, lean = _fallback_setup(policy)
 
     def failing_capture(self):
         raise RuntimeError("operation not permitted when stream is capturing")
