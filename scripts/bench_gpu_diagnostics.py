@@ -202,8 +202,9 @@ def decode_split(
         _sync(device)
         return 1000 * (time.perf_counter() - t) / tokens
 
-    replay = per_token(graph.step)
-    logits = graph.step()[:rows].clone()
+    with torch.no_grad():  # as in static_generate (a compiled step's guards include the grad mode)
+        replay = per_token(graph.step)
+        logits = graph.step()[:rows].clone()
     rules = StepRules.build(cfg(tokens), *special, device)
     unfinished = torch.ones(rows, dtype=torch.bool, device=device)
     rule = per_token(lambda: next_tokens(logits.clone(), tokens, unfinished.fill_(True), rules))
