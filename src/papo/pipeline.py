@@ -66,6 +66,37 @@ def resolve_resume(cfg: DictConfig, ckpt_path: str | None) -> str | None:
     return ckpt
 
 
+def check_trainer(trainer_cfg: DictConfig) -> None:
+    """Lightning's own checks of the ``trainer`` keys (accelerator and its availability, devices, precision,
+    ``limit_*_batches``, ``val_check_interval``, strategy), run by building the Trainer once without callbacks
+    or loggers: a value Lightning refuses is a :class:`ConfigError` naming the group, before the data, the
+    model and the validation before RL, instead of a traceback after them."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ..." once, not twice
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        hydra.utils.instantiate(
+            trainer_cfg,
+            callbacks=[],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, (MisconfigurationException, ValueError, TypeError)):
+            raise ConfigError(
+                f"trainer: Lightning's Trainer refuses the trainer group (configs/trainer): {cause}"
+            ) from None
+        raise
+    finally:
+        quiet.setLevel(level)
+
+
 def format_comparison(
     before: dict[str, float], after: dict[str, float], extra_keys: list[str] | None = None
 ) -> str:
@@ -188,6 +219,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if run.ckpt_path is None and rank_zero_only.rank == 0:
             set_aside_incomplete(cfg.paths.output_dir)
     ckpt = resolve_resume(cfg, run.ckpt_path)  # before any model loads: a bad ckpt_path fails now
+    check_trainer(cfg.trainer)  # Lightning's own checks of the trainer keys, before anything loads
     if run.num_threads:
         torch.set_num_threads(run.num_threads)
     L.seed_everything(run.seed, workers=True)
