@@ -83,3 +83,86 @@ def test_sigterm_exits_with_143_not_0(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         finished(cfg)
     assert exit_.value.code == 0
+
+
+# ------------------------------------------------------------------ checkpoints that cannot be resumed from
+def _checkpoint(path, **extra) -> None:
+    """A file with what a checkpoint of src/train.py holds for resuming (entries overridable)."""
+    import torch
+
+    entries = {"pytorch-lightning_version": "2.6.0", "state_dict": {"policy.w": torch.zeros(4)}, **extra}
+    torch.save({k: v for k, v in entries.items() if v is not None}, path)
+
+
+def _bad_checkpoints(tmp_path) -> dict[str, object]:
+    """name -> path of each kind of file that is no checkpoint to resume from."""
+    import torch
+
+    good = tmp_path / "good.ckpt"
+    _checkpoint(good)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "text.ckpt"
+    text.write_text("not a checkpoint\n")
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"model": {"w": torch.zeros(2)}}, foreign)
+    no_policy = tmp_path / "no_policy.ckpt"
+    _checkpoint(no_policy, state_dict={"encoder.w": torch.zeros(2)})
+    return {"truncated": truncated, "text": text, "foreign": foreign, "no_policy": no_policy}
+
+
+@pytest.mark.parametrize(
+    ("kind", "needle"),
+    [
+        ("truncated", "cannot be read as a torch checkpoint"),
+        ("text", "cannot be read as a torch checkpoint"),
+        ("foreign", "not a checkpoint of src/train.py (no 'pytorch-lightning_version', 'state_dict' entry)"),
+        ("no_policy", "not a checkpoint of src/train.py (no 'policy.*' weights"),
+    ],
+)
+def test_unreadable_or_foreign_checkpoint_is_named(tmp_path, kind: str, needle: str) -> None:
+    from papo.models.export import ExportError, find_checkpoint
+    from papo.utils.checkpointing import CheckpointNotFoundError, resolve_readable_checkpoint
+
+    path = _bad_checkpoints(tmp_path)[kind]
+    with pytest.raises(CheckpointNotFoundError) as err:
+        resolve_readable_checkpoint(str(path), tmp_path / "checkpoints")
+    assert str(err.value).startswith(f"ckpt_path={path}: ") and needle in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ExportError, match="ckpt_path="):  # src/export.py: the same one line
+        find_checkpoint(path)
+
+
+def test_last_skips_a_newest_checkpoint_that_cannot_be_read(tmp_path, caplog) -> None:
+    """A run killed while writing ``last.ckpt`` resumes from its newest readable checkpoint, with a warning."""
+    import os
+
+    from papo.utils.checkpointing import CheckpointNotFoundError, resolve_readable_checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    _checkpoint(ckpts / "step000002.ckpt")
+    (ckpts / "last.ckpt").write_bytes((ckpts / "step000002.ckpt").read_bytes()[:100])
+    os.utime(ckpts / "step000002.ckpt", ns=(10**9, 10**9))
+    with caplog.at_level("WARNING"):
+        assert resolve_readable_checkpoint("last", ckpts) == str(ckpts / "step000002.ckpt")
+        assert resolve_readable_checkpoint(str(tmp_path / "run"), tmp_path) == str(ckpts / "step000002.ckpt")
+    assert "last.ckpt: cannot be read" in caplog.text and "newest readable checkpoint" in caplog.text
+    with pytest.raises(CheckpointNotFoundError, match="cannot be read"):  # named explicitly: no fallback
+        resolve_readable_checkpoint(str(ckpts / "last.ckpt"), ckpts)
+    (ckpts / "step000002.ckpt").write_text("gone")
+    with pytest.raises(CheckpointNotFoundError, match="no other checkpoint in .* can be read either"):
+        resolve_readable_checkpoint("last", ckpts)
+
+
+def test_unreadable_checkpoint_fails_before_anything_loads(make_cfg, tmp_path, monkeypatch) -> None:
+    from papo import pipeline
+
+    def boom(*args, **kwargs):
+        raise AssertionError("something loaded before the checkpoint was checked")
+
+    monkeypatch.setattr(pipeline, "resolve_model_dir", boom)
+    monkeypatch.setattr(pipeline, "instantiate_masking", boom)
+    path = _bad_checkpoints(tmp_path)["truncated"]
+    with pytest.raises(ConfigError, match="cannot be read as a torch checkpoint"):
+        pipeline.train(make_cfg([f"ckpt_path={path}"]))

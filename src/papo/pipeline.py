@@ -27,7 +27,11 @@ from papo.run_setup import (
     instantiate_masking,
     resolve_model_dir,
 )
-from papo.utils.checkpointing import CheckpointNotFoundError, preserve_csv_log, resolve_ckpt_path
+from papo.utils.checkpointing import (
+    CheckpointNotFoundError,
+    preserve_csv_log,
+    resolve_readable_checkpoint,
+)
 from papo.utils.finished_runs import (
     FINAL_METRICS_FILE,
     load_final_metrics,
@@ -50,7 +54,8 @@ warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)`
 
 
 def resolve_resume(cfg: DictConfig, ckpt_path: str | None) -> str | None:
-    """The checkpoint file ``cfg.ckpt_path`` names (papo.utils.checkpointing.resolve_ckpt_path), or None.
+    """The checkpoint file ``cfg.ckpt_path`` names, checked to be readable
+    (papo.utils.checkpointing.resolve_readable_checkpoint), or None.
 
     ``last`` is the newest checkpoint of THIS run's checkpoint dir: resume a run by re-using its directory,
     ``hydra.run.dir=<run dir> ckpt_path=last``; or pass the run dir / a ``.ckpt`` file as ``ckpt_path``.
@@ -58,7 +63,7 @@ def resolve_resume(cfg: DictConfig, ckpt_path: str | None) -> str | None:
     mc = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
     ckpt_dir = mc.get("dirpath") or Path(cfg.paths.output_dir, "checkpoints")
     try:
-        ckpt = resolve_ckpt_path(ckpt_path, ckpt_dir)
+        ckpt = resolve_readable_checkpoint(ckpt_path, ckpt_dir)
     except CheckpointNotFoundError as err:
         raise ConfigError(str(err)) from None
     if ckpt is not None:

@@ -327,7 +327,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     import hydra
 
     from papo.data.synthetic import synthetic_corpus
-    from papo.utils.checkpointing import resolve_ckpt_path
+    from papo.utils.checkpointing import resolve_readable_checkpoint
 
     run = validate_eval_config(cfg)
     ev = run.eval
@@ -335,7 +335,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(run.num_threads)
     L.seed_everything(run.seed, workers=True)
     # a .ckpt file or a run directory (its newest checkpoint)
-    ckpt = resolve_ckpt_path(run.ckpt_path, Path(cfg.paths.output_dir, "checkpoints"))
+    ckpt = resolve_readable_checkpoint(run.ckpt_path, Path(cfg.paths.output_dir, "checkpoints"))
     datamodule = hydra.utils.instantiate(cfg.data, masking=instantiate_masking(cfg.get("masking")))
     base_dir = resolve_model_dir(run.model, corpus_fn=synthetic_corpus)
     attach_prompt_filter(datamodule, base_dir, run.model, run.rollout)  # the prompts validation sees

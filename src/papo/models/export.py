@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from papo.utils.checkpointing import CheckpointNotFoundError, check_checkpoint_file
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -83,14 +85,18 @@ def find_checkpoint(ckpt_path: str | Path | None) -> tuple[Path, str]:
     if not path.exists():
         raise ExportError(f"ckpt_path={ckpt_path}: no such file or directory")
     kind = checkpoint_kind(path)
-    if kind is not None:
-        return path, kind
-    found = _newest(path / "checkpoints") or _newest(path)
-    if found is None:
-        raise ExportError(
-            f"ckpt_path={ckpt_path}: not a checkpoint, and no *.ckpt in {path / 'checkpoints'} or {path}"
-        )
-    return found, str(checkpoint_kind(found))
+    if kind is None:
+        found = _newest(path / "checkpoints") or _newest(path)
+        if found is None:
+            raise ExportError(
+                f"ckpt_path={ckpt_path}: not a checkpoint, and no *.ckpt in {path / 'checkpoints'} or {path}"
+            )
+        path, kind = found, str(checkpoint_kind(found))
+    try:  # a truncated, non-torch or foreign file: one line now, not a traceback from torch.load later
+        check_checkpoint_file(path)
+    except CheckpointNotFoundError as err:
+        raise ExportError(str(err)) from None
+    return path, kind
 
 
 def _policy_only(state: Mapping[str, Any], source: Path) -> dict[str, torch.Tensor]:
