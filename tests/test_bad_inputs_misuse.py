@@ -151,7 +151,7 @@ def test_last_skips_a_newest_checkpoint_that_cannot_be_read(tmp_path, caplog) ->
     with pytest.raises(CheckpointNotFoundError, match="cannot be read"):  # named explicitly: no fallback
         resolve_readable_checkpoint(str(ckpts / "last.ckpt"), ckpts)
     (ckpts / "step000002.ckpt").write_text("gone")
-    with pytest.raises(CheckpointNotFoundError, match="no other checkpoint in .* can be read either"):
+    with pytest.raises(CheckpointNotFoundError, match=r"no other checkpoint in .* can be read either"):
         resolve_readable_checkpoint("last", ckpts)
 
 
