@@ -166,3 +166,87 @@ def test_unreadable_checkpoint_fails_before_anything_loads(make_cfg, tmp_path, m
     path = _bad_checkpoints(tmp_path)["truncated"]
     with pytest.raises(ConfigError, match="cannot be read as a torch checkpoint"):
         pipeline.train(make_cfg([f"ckpt_path={path}"]))
+
+
+# -------------------------------------------------- values a constructor refuses (not in the typed schemas)
+@pytest.mark.parametrize(
+    ("override", "key", "needle"),
+    [
+        (
+            "+data.bogus=1",
+            "data (papo.data.datamodule.PapoDataModule)",
+            "unexpected keyword argument 'bogus'",
+        ),
+        (
+            "masking.fill=999",
+            "masking (papo.data.masking.RandomPatchMask)",
+            "fill must be an int in [0, 255]",
+        ),
+        (
+            "callbacks.model_checkpoint.mode=up",
+            "callbacks.model_checkpoint (lightning.pytorch.callbacks.ModelCheckpoint)",
+            "`mode` can be min, max but got up",
+        ),
+    ],
+)
+def test_a_value_a_constructor_refuses_is_a_config_error(override: str, key: str, needle: str) -> None:
+    """Keys the typed schemas do not declare reach the target's constructor; its ValueError / TypeError is a
+    one-line ConfigError naming the key and the target, not Hydra's InstantiationException traceback."""
+    from papo.run_setup import instantiate_group, instantiate_list, instantiate_masking
+
+    cfg = compose_cfg([override])
+    with pytest.raises(ConfigError) as err:
+        if override.startswith("+data"):
+            instantiate_group(cfg.data, "data", masking=None, masked_views_per_prompt=1)
+        elif override.startswith("masking"):
+            instantiate_masking(cfg.masking)
+        else:
+            instantiate_list(cfg.callbacks)
+    message = str(err.value)
+    assert message.startswith(f"{key}: ") and needle in message and "\n" not in message, message
+
+
+def test_errors_that_are_not_refused_values_pass_through(tmp_path) -> None:
+    """A library's own exception (here a missing file) is not re-labelled as a config error."""
+    from hydra.errors import InstantiationException
+    from omegaconf import OmegaConf
+
+    from papo.run_setup import instantiate_group
+
+    node = OmegaConf.create({"_target_": "datasets.load_from_disk", "dataset_path": str(tmp_path / "nope")})
+    with pytest.raises(InstantiationException) as err:
+        instantiate_group(node, "data.train_dataset")
+    assert not isinstance(err.value, ConfigError)
+
+
+def _datamodule(overrides: list[str]):
+    from papo.run_setup import instantiate_group
+
+    cfg = compose_cfg(["data.train_dataset.size=16", "data.val_dataset.size=4", *overrides])
+    return instantiate_group(cfg.data, "data", masking=None, masked_views_per_prompt=1)
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("+data.train_dataset.task_weights={count: 1}", "data.train_dataset: Unknown task type(s) ['count']"),
+        ("data.train_dataset.image_size=4", "data.train_dataset: image_size must be >= 8, got 4"),
+        ("data.train_dataset.size=-1", "data.train_dataset: size must be >= 0, got -1"),
+    ],
+)
+def test_a_dataset_builder_refusing_its_arguments_is_a_config_error(override: str, needle: str) -> None:
+    """The splits are built lazily in setup (``_partial_`` builders): their refusals are config errors too."""
+    with pytest.raises(ConfigError) as err:
+        _datamodule([override]).setup("fit")
+    assert str(err.value).startswith(needle) and "\n" not in str(err.value), str(err.value)
+
+
+def test_batch_larger_than_the_train_split_fails_at_setup() -> None:
+    """Found when the data is set up (before the warm start and the validation before RL), not when fit
+    starts; the message names the key, the split's size and what to do."""
+    dm = _datamodule(["data.batch_size=32"])
+    with pytest.raises(
+        ConfigError, match=r"data\.batch_size=32 is larger than the train split of 'synthetic' \(16"
+    ):
+        dm.setup("fit")
+    _datamodule(["data.batch_size=16"]).setup("fit")

@@ -23,6 +23,7 @@ from papo.config import ConfigError, TrainRunConfig, validate_config
 from papo.run_setup import (
     attach_prompt_filter,
     attach_val_sets,
+    instantiate_group,
     instantiate_list,
     instantiate_masking,
     resolve_model_dir,
@@ -137,9 +138,12 @@ def build_module(
     from papo.blocks.composition import MethodBlocks
     from papo.models.papo_module import PapoModule
 
-    components = {name: hydra.utils.instantiate(c) for name, c in (cfg.loss.get("components") or {}).items()}
+    components = {
+        name: instantiate_group(c, f"loss.components.{name}")
+        for name, c in (cfg.loss.get("components") or {}).items()
+    }
     # the method's non-loss blocks: one option of each group, none = no block (configs/<group>/none.yaml)
-    blocks = MethodBlocks(**{g: instantiate_block(cfg.get(g)) for g in BLOCK_GROUPS})
+    blocks = MethodBlocks(**{g: instantiate_block(cfg.get(g), g) for g in BLOCK_GROUPS})
     return PapoModule(
         policy_path=str(policy_dir),
         model_cfg=cfg.model,
@@ -161,11 +165,11 @@ def build_module(
 BLOCK_GROUPS = ("sensitivity", "token_selection", "advantage_shaping", "rollout_view")
 
 
-def instantiate_block(cfg: DictConfig | None) -> Any:
+def instantiate_block(cfg: DictConfig | None, group: str = "block") -> Any:
     """A method block of ``configs/<group>`` (None when the group is ``none``: ``_target_: null``)."""
     if cfg is None or not cfg.get("_target_"):
         return None
-    return hydra.utils.instantiate(cfg)
+    return instantiate_group(cfg, group)
 
 
 DROPPED_ROWS_FILE = "dropped_rows.jsonl"
@@ -232,7 +236,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
     view = instantiate_masking(cfg.get("masking"))
     views = run.algo.group_size if getattr(view, "per_response", False) else 1  # one per response | prompt
-    datamodule = hydra.utils.instantiate(cfg.data, masking=view, masked_views_per_prompt=views)
+    datamodule = instantiate_group(cfg.data, "data", masking=view, masked_views_per_prompt=views)
 
     from papo.data.synthetic import synthetic_corpus
 

@@ -48,7 +48,13 @@ from papo.models.loading import (
 )
 from papo.rollout.collect import Generator
 from papo.rollout.hf_generate import GenerationConfig
-from papo.run_setup import attach_prompt_filter, attach_val_sets, instantiate_masking, resolve_model_dir
+from papo.run_setup import (
+    attach_prompt_filter,
+    attach_val_sets,
+    instantiate_group,
+    instantiate_masking,
+    resolve_model_dir,
+)
 from papo.utils.wrappers import task_wrapper
 
 log = logging.getLogger(__name__)
@@ -324,7 +330,6 @@ def load_eval_policy(
 @task_wrapper
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the configured policy on ``eval.split``; write JSON + Markdown; return the result dict."""
-    import hydra
 
     from papo.data.synthetic import synthetic_corpus
     from papo.utils.checkpointing import resolve_readable_checkpoint
@@ -336,7 +341,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(run.seed, workers=True)
     # a .ckpt file or a run directory (its newest checkpoint)
     ckpt = resolve_readable_checkpoint(run.ckpt_path, Path(cfg.paths.output_dir, "checkpoints"))
-    datamodule = hydra.utils.instantiate(cfg.data, masking=instantiate_masking(cfg.get("masking")))
+    datamodule = instantiate_group(cfg.data, "data", masking=instantiate_masking(cfg.get("masking")))
     base_dir = resolve_model_dir(run.model, corpus_fn=synthetic_corpus)
     attach_prompt_filter(datamodule, base_dir, run.model, run.rollout)  # the prompts validation sees
     val_sets = attach_val_sets(datamodule, cfg.get("val_sets"))  # several named sets instead of eval.split
