@@ -172,6 +172,11 @@ def _prepare_out(out: str | Path | None, overwrite: bool) -> Path:
     path = Path(str(out)).expanduser().resolve()
     if path.exists() and (path.is_file() or any(path.iterdir())) and not overwrite:
         raise ExportError(f"out={out} exists; choose another folder or pass overwrite=true to replace it")
+    try:  # the folder is staged next to ``out``: find out now, before loading anything, that it can be written
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent).cleanup()
+    except OSError as err:
+        raise ExportError(f"out={out}: cannot write in {path.parent} ({err.strerror or err})") from None
     return path
 
 
@@ -188,7 +193,14 @@ def _generation_config(model: torch.nn.Module, processor: Any) -> None:
 
 
 def _load_into(policy: torch.nn.Module, weights: Mapping[str, torch.Tensor], source: Path) -> None:
-    missing, unexpected = policy.load_state_dict(dict(weights), strict=False)
+    try:
+        missing, unexpected = policy.load_state_dict(dict(weights), strict=False)
+    except RuntimeError as err:  # shape mismatches: another model size / architecture than the training run's
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise ExportError(
+            f"{source} does not fit the model config ({first[:300]}); pass the training run's model overrides "
+            "(model=..., +model.lora.rank=...) or model_from_run=true"
+        ) from None
     missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
     if missing or unexpected:
         raise ExportError(
@@ -222,6 +234,10 @@ def export_policy(
 
     if lora not in LORA_MODES:
         raise ExportError(f"lora={lora!r} is not one of {list(LORA_MODES)}")
+    try:  # before anything loads
+        resolve_dtype(dtype or model_cfg.get("dtype") or "float32")
+    except ValueError as err:
+        raise ExportError(f"dtype: {err}") from None
     target = _prepare_out(out, overwrite)
     ckpt, kind = find_checkpoint(ckpt_path)
     log.info("exporting %s checkpoint %s", kind, ckpt)
