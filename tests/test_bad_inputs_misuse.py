@@ -250,3 +250,58 @@ def test_batch_larger_than_the_train_split_fails_at_setup() -> None:
     ):
         dm.setup("fit")
     _datamodule(["data.batch_size=16"]).setup("fit")
+
+
+# ------------------------------------------------------------- resuming with a config that is not the run's
+def test_a_resume_that_changes_the_config_is_an_error_for_the_model_and_a_warning_otherwise(
+    make_cfg, tmp_path, monkeypatch, caplog
+) -> None:
+    """The run's config is stored in its checkpoints (papo.utils.resume_config.SaveRunConfig): a real 2-step
+    run, then resumes with another model (one-line error, nothing loaded), another KL coefficient and more
+    steps (one warning naming each key), and with the config of the checkpoint's run (no warning)."""
+    import torch
+
+    from papo import pipeline
+    from papo.utils.resume_config import CHECKPOINT_KEY
+
+    pipeline.train(make_cfg(["validate_before=false", "validate_after=false", "logger=none"]))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True, mmap=True)[CHECKPOINT_KEY]
+    assert saved["model.size"] == "tiny" and saved["algo.kl_coef"] == 0.01 and saved["trainer.max_steps"] == 2
+    assert not any(k.startswith(("paths.", "logger.", "callbacks.")) for k in saved)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("something loaded before the resume's config was compared")
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "resolve_model_dir", boom)
+        with pytest.raises(ConfigError) as err:
+            pipeline.train(make_cfg([f"ckpt_path={ckpt}", "model=small", "logger=none"]))
+    assert str(err.value).startswith(f"model.size='small' differs from the run of ckpt_path={ckpt} ")
+    with caplog.at_level("WARNING", logger="papo.utils.resume_config"):
+        pipeline.train(
+            make_cfg([f"ckpt_path={ckpt}", "algo.kl_coef=0.02", "trainer.max_steps=3", "logger=none"])
+        )
+    warning = caplog.text
+    for line in (
+        "algo.kl_coef: 0.01 in the checkpoint's run, now 0.02",
+        "trainer.max_steps: 2 in the checkpoint's run, now 3",
+    ):
+        assert line in warning, warning
+    caplog.clear()  # the resume above wrote last.ckpt with its own config: resuming that one changes nothing
+    with caplog.at_level("WARNING", logger="papo.utils.resume_config"):
+        same = ["algo.kl_coef=0.02", "trainer.max_steps=3", "validate_after=false", "logger=none"]
+        pipeline.train(make_cfg([f"ckpt_path={ckpt}", *same]))
+    assert "differ from its run" not in caplog.text
+
+
+def test_eval_of_a_checkpoint_with_another_model_is_a_config_error(tmp_path) -> None:
+    from papo.utils.resume_config import CHECKPOINT_KEY, check_same_model
+
+    path = tmp_path / "run.ckpt"
+    _checkpoint(path, **{CHECKPOINT_KEY: {"model.size": "tiny", "data.batch_size": 4}})
+    check_same_model(str(path), {"model.size": "tiny", "data.batch_size": 64})  # data may differ
+    with pytest.raises(ConfigError, match=r"model\.size='small' differs from the run of ckpt_path="):
+        check_same_model(str(path), {"model.size": "small"})
+    _checkpoint(path)  # an older checkpoint without the stored config: not compared
+    check_same_model(str(path), {"model.size": "small"})

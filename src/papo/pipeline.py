@@ -40,6 +40,7 @@ from papo.utils.finished_runs import (
     set_aside_incomplete,
 )
 from papo.utils.provenance import provenance
+from papo.utils.resume_config import SaveRunConfig, check_resume_config
 from papo.utils.secrets import redact_secrets
 from papo.utils.wandb_resume import continue_wandb_run
 from papo.utils.wandb_setup import start_loggers
@@ -228,6 +229,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if run.ckpt_path is None and rank_zero_only.rank == 0:
             set_aside_incomplete(cfg.paths.output_dir)
     ckpt = resolve_resume(cfg, run.ckpt_path)  # before any model loads: a bad ckpt_path fails now
+    container = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in cfg
+        if k != "hydra"
+    }
+    flat_config = redact_secrets(_flat(container))  # no credentials in W&B / hparams.yaml / checkpoints
+    if ckpt is not None:  # another model: an error now; any other change: one warning listing the keys
+        check_resume_config(ckpt, flat_config)
     check_trainer(cfg.trainer)  # Lightning's own checks of the trainer keys, before anything loads
     if run.num_threads:
         torch.set_num_threads(run.num_threads)
@@ -261,14 +270,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(run.seed, workers=True)  # RL seed independent of whether SFT just ran
 
     module = build_module(cfg, policy_dir, total_steps=run.trainer.max_steps, val_sets=val_sets)
-    container = {
-        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-        for k in cfg
-        if k != "hydra"
-    }
     text_only = getattr(datamodule, "text_only_rows", None)
     text_only_count = sum(text_only.values()) if getattr(datamodule, "allow_text_only", False) else None
-    callbacks = [*instantiate_list(cfg.get("callbacks")), LogSetupDrops(len(dropped), text_only_count)]
+    callbacks = [
+        *instantiate_list(cfg.get("callbacks")),
+        LogSetupDrops(len(dropped), text_only_count),
+        SaveRunConfig(flat_config),  # compared with the config of a resume (papo.utils.resume_config)
+    ]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar callback when bars are off
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     if ckpt is not None and continue_wandb_run(cfg.get("logger")):  # one W&B run across a resume
@@ -281,7 +289,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
-        lg.log_hyperparams(redact_secrets(_flat(container)))  # no credentials in W&B / hparams.yaml
+        lg.log_hyperparams(flat_config)
 
     before: dict[str, float] = {}
     before_file = Path(cfg.paths.output_dir, "val_before.json")  # a resumed run reuses it, not re-validates

@@ -35,7 +35,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from papo.config import EvalConfig, EvalRunConfig, validate_eval_config
+from papo.config import ConfigError, EvalConfig, EvalRunConfig, validate_eval_config
 from papo.evaluation.metrics import ValidationMetrics
 from papo.evaluation.perception import attach_masked_view, heldout_perception_kl
 from papo.evaluation.samples import collect_samples, write_samples
@@ -305,15 +305,16 @@ def load_eval_policy(
         try:
             missing, unexpected = policy.load_state_dict(weights, strict=False)
         except RuntimeError as e:  # shape mismatch: another model size/config than training
-            raise RuntimeError(
-                f"{path} does not fit the model resolved from this config ({base_dir}). Pass the training "
-                f"run's model overrides (its overrides: {_run_overrides(path)}).\n{e}"
-            ) from e
+            first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+            raise ConfigError(
+                f"ckpt_path={path} does not fit the model resolved from this config ({base_dir}): {first[:300]}; "
+                f"pass the training run's model overrides (its overrides: {_run_overrides(path)})"
+            ) from None
         missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
         if missing or unexpected:
-            raise RuntimeError(
-                f"{path} does not match the model {base_dir}: missing {missing[:5]}, unexpected "
-                f"{unexpected[:5]}. Pass the training run's model overrides: {_run_overrides(path)}"
+            raise ConfigError(
+                f"ckpt_path={path} does not match the model {base_dir}: missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}; pass the training run's model overrides: {_run_overrides(path)}"
             )
         return policy, processor, f"checkpoint {path} (architecture from {base_dir})"
     policy_dir = base_dir
