@@ -305,3 +305,17 @@ def test_eval_of_a_checkpoint_with_another_model_is_a_config_error(tmp_path) -> 
         check_same_model(str(path), {"model.size": "small"})
     _checkpoint(path)  # an older checkpoint without the stored config: not compared
     check_same_model(str(path), {"model.size": "small"})
+
+
+@pytest.mark.parametrize("overrides", [["masking.mask_prob=0"], ["masking=noise", "masking.std=0"]])
+def test_a_view_that_masks_nothing_with_a_perception_loss_warns(overrides: list[str], caplog) -> None:
+    """Legal (a control), but loss=papo then trains without its perception signal: one warning says so."""
+    from papo.config import validate_config
+
+    with caplog.at_level("WARNING", logger="papo.config.validate"):
+        validate_config(compose_cfg(overrides))
+    assert "the masked view is the real image" in caplog.text and "perception KL is 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="papo.config.validate"):
+        validate_config(compose_cfg([*overrides, "loss=none"]))  # no term uses the view: nothing to say
+    assert "masked view" not in caplog.text

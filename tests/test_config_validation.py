@@ -110,6 +110,11 @@ BAD_VALUES = [
     ("seed=-1", "seed=-1 must be an integer in [0, 4294967295]"),
     ("data_seed=4294967296", "data_seed=4294967296 must be an integer in [0, 4294967295]"),
     ("trainer.val_check_interval=0", "trainer.val_check_interval=0 must be an integer >= 1, a fraction"),
+    ("algo.num_minibatches=129", "algo.num_minibatches=129 must be <= the responses of an update batch (16"),
+    (
+        "algo=dapo algo.dynamic_sampling.batch_prompts=2 algo.num_minibatches=17",
+        "algo.num_minibatches=17 must be <= the responses of an update batch (2 prompts",
+    ),
 ]
 
 

@@ -141,6 +141,20 @@ class TrainRunConfig(ConfigGroup):
         return self
 
     @model_validator(mode="after")
+    def _every_minibatch_has_rows(self) -> TrainRunConfig:
+        """An empty mini-batch still steps the optimiser and the LR schedule (a wasted step counted as one)."""
+        ds, prompts = self.algo.dynamic_sampling, self.data.batch_size
+        if ds.enabled and ds.batch_prompts is not None:
+            prompts = ds.batch_prompts
+        if prompts is not None and self.algo.num_minibatches > prompts * self.algo.group_size:
+            raise rule(
+                f"algo.num_minibatches={self.algo.num_minibatches} must be <= the responses of an update batch "
+                f"({prompts} prompts x algo.group_size={self.algo.group_size} = {prompts * self.algo.group_size}"
+                " per rank): the extra mini-batches are empty, yet each counts as an optimiser step"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _rollouts_sample(self) -> TrainRunConfig:
         _rollouts_sample(self.rollout, "the log-prob passes of the update (old, masked, reference)")
         return self
