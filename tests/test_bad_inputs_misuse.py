@@ -319,3 +319,34 @@ def test_a_view_that_masks_nothing_with_a_perception_loss_warns(overrides: list[
     with caplog.at_level("WARNING", logger="papo.config.validate"):
         validate_config(compose_cfg([*overrides, "loss=none"]))  # no term uses the view: nothing to say
     assert "masked view" not in caplog.text
+
+
+def test_a_cache_location_that_cannot_be_created_fails_before_anything_loads(make_cfg, tmp_path, monkeypatch):
+    """PAPO_CACHE_DIR under a missing or read-only mount (here: under a regular file): one line per key, before
+    the model build that used to raise the OSError; a location that can be created is created."""
+    from papo import pipeline
+
+    def boom(*args, **kwargs):
+        raise AssertionError("something loaded before the cache location was checked")
+
+    monkeypatch.setattr(pipeline, "resolve_model_dir", boom)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cfg = make_cfg()
+    with open_dict(cfg):
+        cfg.paths.cache_dir = str(blocker / "cache")
+        cfg.model.cache_dir = str(blocker / "cache" / "models")
+    with pytest.raises(ConfigError) as err:
+        pipeline.train(cfg)
+    assert err.value.problems[0].startswith(
+        f"paths.cache_dir={blocker / 'cache'} (PAPO_CACHE_DIR): cannot create"
+    )
+    assert err.value.problems[1].startswith(f"model.cache_dir={blocker / 'cache' / 'models'}: cannot create")
+
+    from papo.run_setup import create_cache_dirs
+
+    with open_dict(cfg):
+        cfg.paths.cache_dir = str(tmp_path / "new" / "cache")
+        cfg.model.cache_dir = str(tmp_path / "new" / "cache" / "models")
+    create_cache_dirs(cfg)
+    assert (tmp_path / "new" / "cache" / "models").is_dir()

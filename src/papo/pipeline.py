@@ -23,6 +23,7 @@ from papo.config import ConfigError, TrainRunConfig, validate_config
 from papo.run_setup import (
     attach_prompt_filter,
     attach_val_sets,
+    create_cache_dirs,
     instantiate_group,
     instantiate_list,
     instantiate_masking,
@@ -238,6 +239,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt is not None:  # another model: an error now; any other change: one warning listing the keys
         check_resume_config(ckpt, flat_config)
     check_trainer(cfg.trainer)  # Lightning's own checks of the trainer keys, before anything loads
+    create_cache_dirs(cfg)  # a cache location that cannot be created fails now
     if run.num_threads:
         torch.set_num_threads(run.num_threads)
     L.seed_everything(run.seed, workers=True)

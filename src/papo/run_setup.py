@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "attach_prompt_filter",
     "attach_val_sets",
+    "create_cache_dirs",
     "instantiate_group",
     "instantiate_list",
     "instantiate_masking",
@@ -67,6 +68,26 @@ def attach_prompt_filter(
         str(model_dir), m.min_pixels, m.max_pixels, trust_remote_code=m.trust_remote_code
     )
     datamodule.max_prompt_length = r.max_prompt_length
+
+
+def create_cache_dirs(cfg: DictConfig) -> None:
+    """Create ``paths.cache_dir`` and ``model.cache_dir`` (where the embedded model and the warm start are built)
+    before anything loads: a location that cannot be created (a ``PAPO_CACHE_DIR`` under a read-only or missing
+    mount) is a :class:`ConfigError` naming the key, not an ``OSError`` traceback from deep inside the model
+    build. An existing read-only cache passes (a prebuilt cache is only read)."""
+    problems = []
+    for key in ("paths.cache_dir", "model.cache_dir"):
+        group, name = key.split(".")
+        value = (cfg.get(group) or {}).get(name)
+        if not value or Path(str(value)).is_dir():
+            continue
+        try:
+            Path(str(value)).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            hint = " (PAPO_CACHE_DIR)" if key == "paths.cache_dir" else ""
+            problems.append(f"{key}={value}{hint}: cannot create it ({err.strerror or err})")
+    if problems:
+        raise ConfigError(problems)
 
 
 def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:

@@ -51,6 +51,7 @@ from papo.rollout.hf_generate import GenerationConfig
 from papo.run_setup import (
     attach_prompt_filter,
     attach_val_sets,
+    create_cache_dirs,
     instantiate_group,
     instantiate_masking,
     resolve_model_dir,
@@ -342,6 +343,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(run.seed, workers=True)
     # a .ckpt file or a run directory (its newest checkpoint)
     ckpt = resolve_readable_checkpoint(run.ckpt_path, Path(cfg.paths.output_dir, "checkpoints"))
+    create_cache_dirs(cfg)
     datamodule = instantiate_group(cfg.data, "data", masking=instantiate_masking(cfg.get("masking")))
     base_dir = resolve_model_dir(run.model, corpus_fn=synthetic_corpus)
     attach_prompt_filter(datamodule, base_dir, run.model, run.rollout)  # the prompts validation sees
