@@ -350,3 +350,37 @@ def test_a_cache_location_that_cannot_be_created_fails_before_anything_loads(mak
         cfg.model.cache_dir = str(tmp_path / "new" / "cache" / "models")
     create_cache_dirs(cfg)
     assert (tmp_path / "new" / "cache" / "models").is_dir()
+
+
+def test_an_empty_val_split_with_validation_on_is_an_error(make_cfg, monkeypatch) -> None:
+    """validate_before / validate_after on an empty val split validated nothing and reported no metrics."""
+    from papo import pipeline
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the policy was built for a run that cannot validate")
+
+    monkeypatch.setattr(pipeline, "build_module", boom)
+    with pytest.raises(
+        ConfigError, match=r"^data\.val_dataset has no rows, but validate_before / validate_after"
+    ):
+        pipeline.train(make_cfg(["data.val_dataset.size=0"]))
+
+
+def test_an_empty_split_to_evaluate_is_an_error(tmp_path, cache_dir) -> None:
+    """src/eval.py on an empty split wrote a report of 0 prompts and exited with status 0."""
+    from papo.evaluation.evaluator import evaluate
+
+    small = [
+        "data.train_dataset.size=64",
+        "warm_start.max_steps=3",
+        "warm_start.batch_size=8",
+        "num_threads=1",
+    ]
+    cfg = compose_cfg([*small, "data.test_dataset.size=0", "eval.samples=0"], config_name="eval")
+    with open_dict(cfg):
+        cfg.paths.output_dir = cfg.paths.log_dir = str(tmp_path)
+        cfg.paths.cache_dir = str(cache_dir)
+        cfg.model.cache_dir = str(cache_dir / "models")
+    with pytest.raises(ConfigError, match=r"^data\.test_dataset has no rows: nothing to evaluate"):
+        evaluate(cfg)
+    assert not list(tmp_path.glob("eval_*"))

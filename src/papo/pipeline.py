@@ -105,6 +105,26 @@ def check_trainer(trainer_cfg: DictConfig) -> None:
         quiet.setLevel(level)
 
 
+def check_val_rows(datamodule: Any, named_sets: bool) -> None:
+    """With ``validate_before`` / ``validate_after`` on, an empty val split (or named val set) would validate
+    nothing and report no metrics, silently: a :class:`ConfigError` after the data setup instead."""
+    if not hasattr(datamodule, "val_set_sizes"):
+        return
+    if named_sets:
+        sizes = {f"val_sets.{name}": n for name, n in datamodule.val_set_sizes().items()}
+    else:
+        sizes = {"data.val_dataset": len(datamodule.val_set)}
+    empty = [key for key, n in sizes.items() if n == 0]
+    if empty:
+        raise ConfigError(
+            [
+                f"{key} has no rows, but validate_before / validate_after are on: give it rows, or set "
+                "validate_before=false validate_after=false"
+                for key in empty
+            ]
+        )
+
+
 def format_comparison(
     before: dict[str, float], after: dict[str, float], extra_keys: list[str] | None = None
 ) -> str:
@@ -258,6 +278,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.setup("fit")
     finally:  # also when every row is bad: the error points at this file
         dropped = write_dropped_rows(datamodule, cfg.paths.output_dir)
+    if run.validate_before or run.validate_after:
+        check_val_rows(datamodule, bool(val_sets))
     policy_dir = base_dir
     if run.warm_start.enabled:
         from papo.warm_start import ensure_warm_start

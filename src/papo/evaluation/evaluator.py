@@ -372,6 +372,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loader = {"train": datamodule.train_dataloader, "val": datamodule.val_dataloader}.get(
         ev.split, datamodule.test_dataloader
     )()
+    if len(loader.dataset) == 0:  # an empty report with exit status 0 otherwise
+        raise ConfigError(f"data.{ev.split}_dataset has no rows: nothing to evaluate (eval.split={ev.split})")
     log.info(
         "evaluating %s on %s/%s: %s",
         source,
