@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
+    from papo.config import ConfigError
     from papo.models.export import ExportError, export_policy, find_checkpoint, run_model_config
 
     if {"-h", "--help"} & set(argv):  # not a Hydra app: its usage and keys (configs/export.yaml) by hand
@@ -59,7 +60,10 @@ def main(argv: list[str]) -> int:
             dtype=cfg.dtype,
             max_shard_size=str(cfg.max_shard_size),
         )
-    except ExportError as err:
+    except (
+        ExportError,
+        ConfigError,
+    ) as err:  # ConfigError: the model group (papo.run_setup.check_model_path)
         print(f"Invalid export: {err}", file=sys.stderr, flush=True)
         return 2
     return 0

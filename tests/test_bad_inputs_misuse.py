@@ -384,3 +384,39 @@ def test_an_empty_split_to_evaluate_is_an_error(tmp_path, cache_dir) -> None:
     with pytest.raises(ConfigError, match=r"^data\.test_dataset has no rows: nothing to evaluate"):
         evaluate(cfg)
     assert not list(tmp_path.glob("eval_*"))
+
+
+@pytest.mark.parametrize(
+    ("path", "needle"),
+    [
+        ("/nonexistent/model", "no such model folder (a local folder, or a hub id 'namespace/name')"),
+        ("models/x/y", "no such model folder"),
+        ("nobody-papo-test/not-a-model", "not in the local Hugging Face cache, and the hub is offline"),
+    ],
+)
+def test_a_model_that_cannot_be_read_is_a_config_error(path: str, needle: str, monkeypatch) -> None:
+    """A missing local folder or an uncached hub id with the hub off: one line naming model.path, instead of
+    transformers' HFValidationError / "couldn't connect" traceback from the first processor load."""
+    from papo.run_setup import resolve_model_dir
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose_cfg([f"model.path={path}"])
+    with pytest.raises(ConfigError) as err:
+        resolve_model_dir(cfg.model)
+    assert str(err.value).startswith(f"model.path={path}: ") and needle in str(err.value), str(err.value)
+
+
+def test_a_model_folder_that_exists_passes(tmp_path) -> None:
+    from papo.run_setup import check_model_path
+
+    check_model_path(str(tmp_path))
+
+
+def test_a_target_that_cannot_be_imported_is_a_config_error() -> None:
+    from papo.run_setup import instantiate_group
+
+    cfg = compose_cfg(["optim.optimizer._target_=torch.optim.Nope"])
+    with pytest.raises(
+        ConfigError, match=r"^optim\.optimizer\._target_='torch\.optim\.Nope' cannot be imported"
+    ):
+        instantiate_group(cfg.optim.optimizer, "optim.optimizer")

@@ -175,9 +175,9 @@ def build_module(
         optim=cfg.optim,
         components=components,
         total_steps=total_steps,
-        optimizer=hydra.utils.instantiate(cfg.optim.optimizer),
-        scheduler=hydra.utils.instantiate(cfg.optim.scheduler),
-        rollout_backend=hydra.utils.instantiate(cfg.rollout.backend),
+        optimizer=instantiate_group(cfg.optim.optimizer, "optim.optimizer"),
+        scheduler=instantiate_group(cfg.optim.scheduler, "optim.scheduler"),
+        rollout_backend=instantiate_group(cfg.rollout.backend, "rollout.backend"),
         val_sets=val_sets,
         blocks=blocks,
     )

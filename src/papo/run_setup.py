@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "attach_prompt_filter",
     "attach_val_sets",
+    "check_model_path",
     "create_cache_dirs",
     "instantiate_group",
     "instantiate_list",
@@ -36,6 +37,7 @@ def resolve_model_dir(model_cfg: ModelConfig | DictConfig, corpus_fn: Any = None
     """
     m = parse_group(ModelConfig, model_cfg, "model")
     if m.path and not m.stand_in:
+        check_model_path(m.path)
         return m.path
     from papo.models.stand_in import ensure_stand_in
 
@@ -48,6 +50,28 @@ def resolve_model_dir(model_cfg: ModelConfig | DictConfig, corpus_fn: Any = None
         min_pixels=m.min_pixels,
         max_pixels=m.max_pixels,
     )
+
+
+def check_model_path(path: str) -> None:
+    """``model.path`` names a local model folder that exists, or a hub id (``namespace/name``) that can be read:
+    cached, or with the hub on (``PAPO_ALLOW_HUB=1``). Otherwise a :class:`ConfigError` before anything loads,
+    instead of transformers' ``HFValidationError`` / "couldn't connect" traceback from the first processor load."""
+    from papo.data.hub import HUB_OFFLINE_HINT, hub_offline
+
+    text = str(path)
+    if Path(text).expanduser().is_dir():
+        return
+    if text.startswith(("/", ".", "~")) or text.count("/") != 1 or Path(text).expanduser().exists():
+        raise ConfigError(
+            f"model.path={text}: no such model folder (a local folder, or a hub id 'namespace/name')"
+        )
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(text, "config.json"), str):
+            raise ConfigError(
+                f"model.path={text}: not in the local Hugging Face cache, and {HUB_OFFLINE_HINT}"
+            )
 
 
 def attach_prompt_filter(
@@ -92,9 +116,9 @@ def create_cache_dirs(cfg: DictConfig) -> None:
 
 def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate(cfg, **kwargs)`` for the config node ``key``. A plain ``ValueError`` /
-    ``TypeError`` (or Lightning's ``MisconfigurationException``) of the target's constructor is a value or keyword
-    it refuses (``+data.batchsize=4``, a masking
-    ``fill`` out of range): a :class:`ConfigError` naming ``key`` and the target, not Hydra's traceback.
+    ``TypeError`` (or Lightning's ``MisconfigurationException``) of the target's constructor is a value or
+    keyword it refuses (``+data.batchsize=4``, a masking ``fill`` out of range); that, and a ``_target_`` that
+    cannot be imported, is a :class:`ConfigError` naming ``key`` and the target, not Hydra's traceback.
     Subclasses (errors of the data, of a library) pass through as they are."""
     from hydra.errors import InstantiationException
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -105,8 +129,12 @@ def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         cause = err.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
+        target = cfg.get("_target_") if isinstance(cfg, DictConfig) else None
+        if isinstance(cause, ImportError) and "Error locating target" in str(err):
+            raise ConfigError(
+                f"{key}._target_={target!r} cannot be imported ({cause.__cause__ or cause})"
+            ) from None
         if type(cause) in (ValueError, TypeError, MisconfigurationException):
-            target = cfg.get("_target_") if isinstance(cfg, DictConfig) else None
             raise ConfigError(f"{key} ({target}): {' '.join(str(cause).split())}") from None
         raise
 
