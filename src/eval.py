@@ -54,27 +54,9 @@ def _check_ckpt_path(cfg: DictConfig) -> None:
     from papo.utils.checkpointing import CheckpointNotFoundError, resolve_readable_checkpoint
 
     try:
-        ckpt = resolve_readable_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.output_dir, "checkpoints"))
+        resolve_readable_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.output_dir, "checkpoints"))
     except CheckpointNotFoundError as err:
         raise ConfigError(str(err)) from None
-    if ckpt is not None:  # the model group must name the trained architecture (papo.utils.resume_config)
-        from omegaconf import OmegaConf
-
-        from papo.utils.resume_config import check_same_model
-
-        model = OmegaConf.to_container(cfg.model, resolve=True)
-        check_same_model(ckpt, {f"model.{k}": v for k, v in _flat(model).items()})
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    """A nested dict with dotted keys."""
-    out: dict = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 if __name__ == "__main__":

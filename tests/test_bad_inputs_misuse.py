@@ -420,3 +420,35 @@ def test_a_target_that_cannot_be_imported_is_a_config_error() -> None:
         ConfigError, match=r"^optim\.optimizer\._target_='torch\.optim\.Nope' cannot be imported"
     ):
         instantiate_group(cfg.optim.optimizer, "optim.optimizer")
+
+
+# ------------------------------------------------------------------ a fresh run in an earlier run's directory
+def test_a_fresh_run_in_an_earlier_runs_directory_keeps_that_run(make_cfg, tmp_path, caplog) -> None:
+    """``hydra.run.dir=<an existing run>`` without ``ckpt_path``: Lightning's CSV logger deleted the earlier
+    metrics.csv, final_metrics.json was overwritten and both runs' checkpoints mixed (last.ckpt, last-v1.ckpt).
+    Now the earlier run's outputs move to previous-<time>/, intact, and the new run starts in a clean directory."""
+    from papo import pipeline
+    from papo.utils.finished_runs import set_aside_previous_run
+
+    overrides = ["validate_before=false", "logger=csv"]
+    pipeline.train(make_cfg(overrides))
+    first_log = (tmp_path / "csv" / "metrics.csv").read_text()
+    first_final = (tmp_path / "final_metrics.json").read_text()
+    with caplog.at_level("WARNING", logger="papo.utils.finished_runs"):
+        pipeline.train(make_cfg([*overrides, "trainer.max_steps=1"]))
+    (previous,) = tmp_path.glob("previous-*")
+    assert (
+        "an earlier run in" in caplog.text
+        and "(to continue a run instead, pass ckpt_path=last)" in caplog.text
+    )
+    assert (previous / "csv" / "metrics.csv").read_text() == first_log
+    assert (previous / "final_metrics.json").read_text() == first_final
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt")) == [
+        "last.ckpt",
+        "step000001.ckpt",
+    ]
+    assert '"rl_steps": 1' in (tmp_path / "final_metrics.json").read_text()
+    empty = tmp_path / "fresh"
+    empty.mkdir()
+    (empty / "train.log").write_text("")
+    assert set_aside_previous_run(empty) is None  # no run there: nothing moves

@@ -39,6 +39,7 @@ from papo.utils.finished_runs import (
     load_final_metrics,
     returned_metrics,
     set_aside_incomplete,
+    set_aside_previous_run,
 )
 from papo.utils.provenance import provenance
 from papo.utils.resume_config import SaveRunConfig, check_resume_config
@@ -260,6 +261,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_resume_config(ckpt, flat_config)
     check_trainer(cfg.trainer)  # Lightning's own checks of the trainer keys, before anything loads
     create_cache_dirs(cfg)  # a cache location that cannot be created fails now
+    # a fresh run in an earlier run's directory: that run's outputs move aside, intact
+    if run.ckpt_path is None and not run.skip_finished and rank_zero_only.rank == 0:
+        set_aside_previous_run(cfg.paths.output_dir)
     if run.num_threads:
         torch.set_num_threads(run.num_threads)
     L.seed_everything(run.seed, workers=True)
