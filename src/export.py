@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
     except (
         ExportError,
         ConfigError,
-    ) as err:  # ConfigError: the model group (papo.run_setup.check_model_path)
+    ) as err:  # ConfigError: the model group (papo.preflight.check_model_path)
         print(f"Invalid export: {err}", file=sys.stderr, flush=True)
         return 2
     return 0

@@ -3,7 +3,7 @@ after the model and data had loaded, or in a run that looked finished. Now: a on
 anything loads (exit status 2), or a clear exit status.
 
 - trainer keys only Lightning's Trainer checks (accelerator without the device, devices, precision, limits):
-  ``papo.pipeline.check_trainer`` builds the Trainer once before anything loads;
+  ``papo.preflight.check_trainer`` builds the Trainer once before anything loads;
 - SIGTERM (preemption, ``kill``, a scheduler's time limit): Lightning's SIGTERMException exits with status 0;
   ``papo.utils.wrappers.task_wrapper`` exits with 143.
 """
@@ -28,7 +28,7 @@ from papo.config import ConfigError
     ],
 )
 def test_trainer_values_lightning_refuses_are_config_errors(override: str, needle: str) -> None:
-    from papo.pipeline import check_trainer
+    from papo.preflight import check_trainer
 
     with pytest.raises(ConfigError) as err:
         check_trainer(compose_cfg([override]).trainer)
@@ -38,7 +38,7 @@ def test_trainer_values_lightning_refuses_are_config_errors(override: str, needl
 
 
 def test_shipped_cpu_trainers_pass_the_check() -> None:
-    from papo.pipeline import check_trainer
+    from papo.preflight import check_trainer
 
     for option in ("default", "cpu", "ddp_sim"):
         check_trainer(compose_cfg([f"trainer={option}"]).trainer)
@@ -343,7 +343,7 @@ def test_a_cache_location_that_cannot_be_created_fails_before_anything_loads(mak
     )
     assert err.value.problems[1].startswith(f"model.cache_dir={blocker / 'cache' / 'models'}: cannot create")
 
-    from papo.run_setup import create_cache_dirs
+    from papo.preflight import create_cache_dirs
 
     with open_dict(cfg):
         cfg.paths.cache_dir = str(tmp_path / "new" / "cache")
@@ -407,7 +407,7 @@ def test_a_model_that_cannot_be_read_is_a_config_error(path: str, needle: str, m
 
 
 def test_a_model_folder_that_exists_passes(tmp_path) -> None:
-    from papo.run_setup import check_model_path
+    from papo.preflight import check_model_path
 
     check_model_path(str(tmp_path))
 

@@ -20,10 +20,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from papo.config import ConfigError, TrainRunConfig, validate_config
+from papo.preflight import check_trainer, check_val_rows, create_cache_dirs
 from papo.run_setup import (
     attach_prompt_filter,
     attach_val_sets,
-    create_cache_dirs,
     instantiate_group,
     instantiate_list,
     instantiate_masking,
@@ -73,57 +73,6 @@ def resolve_resume(cfg: DictConfig, ckpt_path: str | None) -> str | None:
     if ckpt is not None:
         log.info("resuming from %s", ckpt)
     return ckpt
-
-
-def check_trainer(trainer_cfg: DictConfig) -> None:
-    """Lightning's own checks of the ``trainer`` keys (accelerator and its availability, devices, precision,
-    ``limit_*_batches``, ``val_check_interval``, strategy), run by building the Trainer once without callbacks
-    or loggers: a value Lightning refuses is a :class:`ConfigError` naming the group, before the data, the
-    model and the validation before RL, instead of a traceback after them."""
-    from hydra.errors import InstantiationException
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ..." once, not twice
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
-    try:
-        hydra.utils.instantiate(
-            trainer_cfg,
-            callbacks=[],
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, (MisconfigurationException, ValueError, TypeError)):
-            raise ConfigError(
-                f"trainer: Lightning's Trainer refuses the trainer group (configs/trainer): {cause}"
-            ) from None
-        raise
-    finally:
-        quiet.setLevel(level)
-
-
-def check_val_rows(datamodule: Any, named_sets: bool) -> None:
-    """With ``validate_before`` / ``validate_after`` on, an empty val split (or named val set) would validate
-    nothing and report no metrics, silently: a :class:`ConfigError` after the data setup instead."""
-    if not hasattr(datamodule, "val_set_sizes"):
-        return
-    if named_sets:
-        sizes = {f"val_sets.{name}": n for name, n in datamodule.val_set_sizes().items()}
-    else:
-        sizes = {"data.val_dataset": len(datamodule.val_set)}
-    empty = [key for key, n in sizes.items() if n == 0]
-    if empty:
-        raise ConfigError(
-            [
-                f"{key} has no rows, but validate_before / validate_after are on: give it rows, or set "
-                "validate_before=false validate_after=false"
-                for key in empty
-            ]
-        )
 
 
 def format_comparison(

@@ -20,8 +20,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "attach_prompt_filter",
     "attach_val_sets",
-    "check_model_path",
-    "create_cache_dirs",
     "instantiate_group",
     "instantiate_list",
     "instantiate_masking",
@@ -37,6 +35,8 @@ def resolve_model_dir(model_cfg: ModelConfig | DictConfig, corpus_fn: Any = None
     """
     m = parse_group(ModelConfig, model_cfg, "model")
     if m.path and not m.stand_in:
+        from papo.preflight import check_model_path
+
         check_model_path(m.path)
         return m.path
     from papo.models.stand_in import ensure_stand_in
@@ -50,28 +50,6 @@ def resolve_model_dir(model_cfg: ModelConfig | DictConfig, corpus_fn: Any = None
         min_pixels=m.min_pixels,
         max_pixels=m.max_pixels,
     )
-
-
-def check_model_path(path: str) -> None:
-    """``model.path`` names a local model folder that exists, or a hub id (``namespace/name``) that can be read:
-    cached, or with the hub on (``PAPO_ALLOW_HUB=1``). Otherwise a :class:`ConfigError` before anything loads,
-    instead of transformers' ``HFValidationError`` / "couldn't connect" traceback from the first processor load."""
-    from papo.data.hub import HUB_OFFLINE_HINT, hub_offline
-
-    text = str(path)
-    if Path(text).expanduser().is_dir():
-        return
-    if text.startswith(("/", ".", "~")) or text.count("/") != 1 or Path(text).expanduser().exists():
-        raise ConfigError(
-            f"model.path={text}: no such model folder (a local folder, or a hub id 'namespace/name')"
-        )
-    if hub_offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(text, "config.json"), str):
-            raise ConfigError(
-                f"model.path={text}: not in the local Hugging Face cache, and {HUB_OFFLINE_HINT}"
-            )
 
 
 def attach_prompt_filter(
@@ -92,26 +70,6 @@ def attach_prompt_filter(
         str(model_dir), m.min_pixels, m.max_pixels, trust_remote_code=m.trust_remote_code
     )
     datamodule.max_prompt_length = r.max_prompt_length
-
-
-def create_cache_dirs(cfg: DictConfig) -> None:
-    """Create ``paths.cache_dir`` and ``model.cache_dir`` (where the embedded model and the warm start are built)
-    before anything loads: a location that cannot be created (a ``PAPO_CACHE_DIR`` under a read-only or missing
-    mount) is a :class:`ConfigError` naming the key, not an ``OSError`` traceback from deep inside the model
-    build. An existing read-only cache passes (a prebuilt cache is only read)."""
-    problems = []
-    for key in ("paths.cache_dir", "model.cache_dir"):
-        group, name = key.split(".")
-        value = (cfg.get(group) or {}).get(name)
-        if not value or Path(str(value)).is_dir():
-            continue
-        try:
-            Path(str(value)).mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            hint = " (PAPO_CACHE_DIR)" if key == "paths.cache_dir" else ""
-            problems.append(f"{key}={value}{hint}: cannot create it ({err.strerror or err})")
-    if problems:
-        raise ConfigError(problems)
 
 
 def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:

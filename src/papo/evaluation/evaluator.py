@@ -46,12 +46,12 @@ from papo.models.loading import (
     output_vocab_size,
     padded_vocab_ids,
 )
+from papo.preflight import create_cache_dirs
 from papo.rollout.collect import Generator
 from papo.rollout.hf_generate import GenerationConfig
 from papo.run_setup import (
     attach_prompt_filter,
     attach_val_sets,
-    create_cache_dirs,
     instantiate_group,
     instantiate_masking,
     resolve_model_dir,
