@@ -569,7 +569,10 @@ def main(argv: Sequence[str] | None = None, printer: Callable[[str], None] = pri
     parser.add_argument("--seed-key", default="seed", help="config key of the seed (averaged over)")
     parser.add_argument("--metric", default="val/acc", help="metric of the sweep summary (its final value)")
     args = parser.parse_args(argv)
-    runs = find_runs(args.paths, args.seed_key)
+    try:
+        runs = find_runs(args.paths, args.seed_key)
+    except FileNotFoundError as err:  # a path with no run in it: a usage error (exit 2), not a traceback
+        parser.error(str(err))
     first = Path(args.paths[0])
     out = Path(args.out) if args.out else (first.parent if first.is_file() else first) / "plots"
     out.mkdir(parents=True, exist_ok=True)

@@ -48,12 +48,13 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def _check_ckpt_path(cfg: DictConfig) -> None:
-    """A ``ckpt_path`` that names no checkpoint is a config error (as in training), found before loading."""
+    """A ``ckpt_path`` that names no checkpoint, or a file that is not a readable checkpoint of src/train.py, is a
+    config error (as in training), found before loading."""
     from papo.config_validation import ConfigError
-    from papo.utils.checkpointing import CheckpointNotFoundError, resolve_ckpt_path
+    from papo.utils.checkpointing import CheckpointNotFoundError, resolve_readable_checkpoint
 
     try:
-        resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.output_dir, "checkpoints"))
+        resolve_readable_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.output_dir, "checkpoints"))
     except CheckpointNotFoundError as err:
         raise ConfigError(str(err)) from None
 

@@ -2,7 +2,8 @@
 
 Writes the trained policy as a Hugging Face model folder (configs/export.yaml, docs/export.md). The overrides
 are Hydra's (``model=...`` selects a model preset); no Hydra run directory is created. All logic is in
-:func:`papo.models.export.export_policy`. A bad argument prints one line on stderr and exits with status 2.
+:func:`papo.models.export.export_policy`. A bad argument prints one line on stderr and exits with status 2;
+``--help`` prints this text and the keys.
 """
 
 import logging
@@ -23,13 +24,27 @@ import papo.utils  # noqa: E402,F401  (registers the config resolvers)
 
 def main(argv: list[str]) -> int:
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
+    from papo.config import ConfigError
     from papo.models.export import ExportError, export_policy, find_checkpoint, run_model_config
 
+    if {"-h", "--help"} & set(argv):  # not a Hydra app: its usage and keys (configs/export.yaml) by hand
+        print(
+            __doc__.strip() + "\n\nKeys (configs/export.yaml):\n" + (ROOT / "configs/export.yaml").read_text()
+        )
+        return 0
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="export", overrides=argv)
+    try:  # an unknown key, a typo'd group option, an override Hydra cannot parse: one line, no traceback
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose(config_name="export", overrides=argv)
+    except HydraException as err:
+        message = " ".join(str(err).split()).split(" Config search path:")[
+            0
+        ]  # Hydra's search path: noise here
+        print(f"Invalid export: {message}", file=sys.stderr, flush=True)
+        return 2
     try:
         ckpt, _ = find_checkpoint(
             cfg.get("ckpt_path") if not OmegaConf.is_missing(cfg, "ckpt_path") else None
@@ -45,7 +60,10 @@ def main(argv: list[str]) -> int:
             dtype=cfg.dtype,
             max_shard_size=str(cfg.max_shard_size),
         )
-    except ExportError as err:
+    except (
+        ExportError,
+        ConfigError,
+    ) as err:  # ConfigError: the model group (papo.preflight.check_model_path)
         print(f"Invalid export: {err}", file=sys.stderr, flush=True)
         return 2
     return 0

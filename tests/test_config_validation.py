@@ -105,6 +105,16 @@ BAD_VALUES = [
         "loss.components.perception_kl, loss.components.double_entropy (loss=papo) needs masked",
     ),
     ("masking=none loss=double_entropy", "needs masked images but masking is disabled"),
+    # values that passed validation and failed later (a NaN loss every step, a numpy error, a division by 0)
+    ("rollout.temperature=0", "rollout.temperature=0 must be > 0: the log-prob passes of the update"),
+    ("seed=-1", "seed=-1 must be an integer in [0, 4294967295]"),
+    ("data_seed=4294967296", "data_seed=4294967296 must be an integer in [0, 4294967295]"),
+    ("trainer.val_check_interval=0", "trainer.val_check_interval=0 must be an integer >= 1, a fraction"),
+    ("algo.num_minibatches=129", "algo.num_minibatches=129 must be <= the responses of an update batch (16"),
+    (
+        "algo=dapo algo.dynamic_sampling.batch_prompts=2 algo.num_minibatches=17",
+        "algo.num_minibatches=17 must be <= the responses of an update batch (2 prompts",
+    ),
 ]
 
 
@@ -254,6 +264,8 @@ BAD_EVAL_VALUES = [
     ("reward.on_error=ignore", "reward.on_error='ignore' is unknown; valid: ['raise', 'zero']"),
     ("data.max_pixels=0", "data.max_pixels=0 must be an integer >= 1"),
     ("model.family=nope", "model.family='nope' is unknown; valid: ["),
+    ("rollout.temperature=0", "rollout.temperature=0 must be > 0: the perception-KL passes (eval.kl_prcp"),
+    ("seed=-1", "seed=-1 must be an integer in [0, 4294967295]"),
 ]
 
 
@@ -283,6 +295,7 @@ def test_eval_config_checks_only_what_the_evaluation_uses() -> None:
     validate_eval_config(compose_cfg([], config_name="eval"))
     validate_eval_config(compose_cfg(["masking=none", "eval.samples=0", "eval.limit=4"], config_name="eval"))
     validate_eval_config(_eval_cfg("algo.clip_low=5 loss.gamma=-1"))
+    validate_eval_config(_eval_cfg("rollout.temperature=0 eval.kl_prcp=false"))  # no log-probs at T = 0
 
 
 def test_eval_entry_point_validates_before_anything_loads(tmp_path: Path) -> None:

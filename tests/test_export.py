@@ -196,6 +196,47 @@ def test_errors_missing_checkpoint_existing_output_deepspeed(tmp_path):
         export_policy(tmp_path / "nope", tmp_path / "new", {}, lora="both")
 
 
+def test_arguments_that_cannot_work_are_refused_before_anything_loads(tmp_path):
+    """An unknown dtype and an ``out`` that cannot be written are one-line ExportErrors raised before the
+    checkpoint or the model is read (they used to be a ValueError / FileNotFoundError traceback after it)."""
+    with pytest.raises(ExportError, match=r"^dtype: unknown dtype 'bogus'; valid: \["):
+        export_policy(tmp_path / "nope", tmp_path / "new", {}, dtype="bogus")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ExportError, match=r"^out=.*a_file/hf: cannot write in .*a_file \("):
+        export_policy(tmp_path / "nope", blocker / "hf", {})
+
+
+def test_entry_point_help_and_bad_overrides_without_traceback(tmp_path):
+    """``--help`` prints the usage and the keys (exit 0); an override Hydra refuses (an unknown key, an unknown
+    model option) is one line on stderr with exit status 2, as every other bad argument."""
+    run = [sys.executable, "src/export.py"]
+    shown = subprocess.run([*run, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "ckpt_path" in shown.stdout and "overwrite" in shown.stdout, shown.stderr
+    for override, line in (
+        ("bogus=1", "Invalid export: Could not override 'bogus'. To append to your config use +bogus=1"),
+        (
+            "model=nope",
+            "Invalid export: In 'export': Could not find 'model/nope' Available options in 'model':",
+        ),
+    ):
+        proc = subprocess.run([*run, override], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith(line), proc.stderr[-500:]
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_model_is_one_line(full_run, tmp_path):
+    """A checkpoint exported with another model's config (``model=small`` for a tiny run): an ExportError
+    naming the first mismatched weight and what to pass, not torch's RuntimeError of every weight."""
+    ckpt, model_cfg = full_run
+    other = {**model_cfg, "size": "small"}
+    with pytest.raises(
+        ExportError, match=r"does not fit the model config \(size mismatch for .*model overrides"
+    ):
+        export_policy(ckpt, tmp_path / "hf", other)
+
+
 @pytest.mark.slow
 def test_entry_point_exports_and_refuses_an_existing_folder(full_run, tmp_path):
     ckpt, _ = full_run

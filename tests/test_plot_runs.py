@@ -127,6 +127,10 @@ def test_missing_path_is_an_error(plot_runs, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no csv/metrics\.csv"):
         plot_runs.find_runs([tmp_path / "empty"])
+    # the command line: a usage error (exit 2, the message on stderr), not a traceback
+    with pytest.raises(SystemExit) as exit_:
+        plot_runs.main([str(tmp_path / "nope")], printer=lambda s: None)
+    assert exit_.value.code == 2
 
 
 def test_many_runs_labels_skip_bookkeeping_and_seeds_share_a_colour(plot_runs, tmp_path: Path) -> None:

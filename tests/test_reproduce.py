@@ -339,11 +339,15 @@ def test_skip_finished_returns_the_saved_metrics_without_training(
 
 
 def test_skip_finished_sets_an_unfinished_attempt_aside(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
     import papo.pipeline as pipeline
 
     stop = _stop
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "step000002.ckpt").write_text("stale")
+    stale = tmp_path / "checkpoints" / "step000002.ckpt"  # a resumable checkpoint (papo.utils.checkpointing)
+    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": {"policy.w": torch.zeros(1)}}, stale)
+    stale_bytes = stale.read_bytes()
     (tmp_path / ".hydra").mkdir()
     (tmp_path / "reproduce.log").write_text("earlier attempt")
     monkeypatch.setattr(pipeline, "resolve_model_dir", stop)
@@ -353,7 +357,7 @@ def test_skip_finished_sets_an_unfinished_attempt_aside(make_cfg, tmp_path: Path
     with pytest.raises(Stop):
         pipeline.train(make_cfg(["skip_finished=true"]))
     (aside,) = tmp_path.glob("incomplete-*")
-    assert (aside / "checkpoints" / "step000002.ckpt").read_text() == "stale"
+    assert (aside / "checkpoints" / "step000002.ckpt").read_bytes() == stale_bytes
     assert not (tmp_path / "checkpoints").exists()
     assert (tmp_path / ".hydra").is_dir() and (tmp_path / "reproduce.log").exists()  # Hydra's stay
 

@@ -20,21 +20,29 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from papo.config import ConfigError, TrainRunConfig, validate_config
+from papo.preflight import check_trainer, check_val_rows, create_cache_dirs
 from papo.run_setup import (
     attach_prompt_filter,
     attach_val_sets,
+    instantiate_group,
     instantiate_list,
     instantiate_masking,
     resolve_model_dir,
 )
-from papo.utils.checkpointing import CheckpointNotFoundError, preserve_csv_log, resolve_ckpt_path
+from papo.utils.checkpointing import (
+    CheckpointNotFoundError,
+    preserve_csv_log,
+    resolve_readable_checkpoint,
+)
 from papo.utils.finished_runs import (
     FINAL_METRICS_FILE,
     load_final_metrics,
     returned_metrics,
     set_aside_incomplete,
+    set_aside_previous_run,
 )
 from papo.utils.provenance import provenance
+from papo.utils.resume_config import SaveRunConfig, check_resume_config
 from papo.utils.secrets import redact_secrets
 from papo.utils.wandb_resume import continue_wandb_run
 from papo.utils.wandb_setup import start_loggers
@@ -50,7 +58,8 @@ warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)`
 
 
 def resolve_resume(cfg: DictConfig, ckpt_path: str | None) -> str | None:
-    """The checkpoint file ``cfg.ckpt_path`` names (papo.utils.checkpointing.resolve_ckpt_path), or None.
+    """The checkpoint file ``cfg.ckpt_path`` names, checked to be readable
+    (papo.utils.checkpointing.resolve_readable_checkpoint), or None.
 
     ``last`` is the newest checkpoint of THIS run's checkpoint dir: resume a run by re-using its directory,
     ``hydra.run.dir=<run dir> ckpt_path=last``; or pass the run dir / a ``.ckpt`` file as ``ckpt_path``.
@@ -58,7 +67,7 @@ def resolve_resume(cfg: DictConfig, ckpt_path: str | None) -> str | None:
     mc = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
     ckpt_dir = mc.get("dirpath") or Path(cfg.paths.output_dir, "checkpoints")
     try:
-        ckpt = resolve_ckpt_path(ckpt_path, ckpt_dir)
+        ckpt = resolve_readable_checkpoint(ckpt_path, ckpt_dir)
     except CheckpointNotFoundError as err:
         raise ConfigError(str(err)) from None
     if ckpt is not None:
@@ -101,9 +110,12 @@ def build_module(
     from papo.blocks.composition import MethodBlocks
     from papo.models.papo_module import PapoModule
 
-    components = {name: hydra.utils.instantiate(c) for name, c in (cfg.loss.get("components") or {}).items()}
+    components = {
+        name: instantiate_group(c, f"loss.components.{name}")
+        for name, c in (cfg.loss.get("components") or {}).items()
+    }
     # the method's non-loss blocks: one option of each group, none = no block (configs/<group>/none.yaml)
-    blocks = MethodBlocks(**{g: instantiate_block(cfg.get(g)) for g in BLOCK_GROUPS})
+    blocks = MethodBlocks(**{g: instantiate_block(cfg.get(g), g) for g in BLOCK_GROUPS})
     return PapoModule(
         policy_path=str(policy_dir),
         model_cfg=cfg.model,
@@ -113,9 +125,9 @@ def build_module(
         optim=cfg.optim,
         components=components,
         total_steps=total_steps,
-        optimizer=hydra.utils.instantiate(cfg.optim.optimizer),
-        scheduler=hydra.utils.instantiate(cfg.optim.scheduler),
-        rollout_backend=hydra.utils.instantiate(cfg.rollout.backend),
+        optimizer=instantiate_group(cfg.optim.optimizer, "optim.optimizer"),
+        scheduler=instantiate_group(cfg.optim.scheduler, "optim.scheduler"),
+        rollout_backend=instantiate_group(cfg.rollout.backend, "rollout.backend"),
         val_sets=val_sets,
         blocks=blocks,
     )
@@ -125,11 +137,11 @@ def build_module(
 BLOCK_GROUPS = ("sensitivity", "token_selection", "advantage_shaping", "rollout_view")
 
 
-def instantiate_block(cfg: DictConfig | None) -> Any:
+def instantiate_block(cfg: DictConfig | None, group: str = "block") -> Any:
     """A method block of ``configs/<group>`` (None when the group is ``none``: ``_target_: null``)."""
     if cfg is None or not cfg.get("_target_"):
         return None
-    return hydra.utils.instantiate(cfg)
+    return instantiate_group(cfg, group)
 
 
 DROPPED_ROWS_FILE = "dropped_rows.jsonl"
@@ -188,6 +200,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if run.ckpt_path is None and rank_zero_only.rank == 0:
             set_aside_incomplete(cfg.paths.output_dir)
     ckpt = resolve_resume(cfg, run.ckpt_path)  # before any model loads: a bad ckpt_path fails now
+    container = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in cfg
+        if k != "hydra"
+    }
+    flat_config = redact_secrets(_flat(container))  # no credentials in W&B / hparams.yaml / checkpoints
+    if ckpt is not None:  # another model: an error now; any other change: one warning listing the keys
+        check_resume_config(ckpt, flat_config)
+    check_trainer(cfg.trainer)  # Lightning's own checks of the trainer keys, before anything loads
+    create_cache_dirs(cfg)  # a cache location that cannot be created fails now
+    # a fresh run in an earlier run's directory: that run's outputs move aside, intact
+    if run.ckpt_path is None and not run.skip_finished and rank_zero_only.rank == 0:
+        set_aside_previous_run(cfg.paths.output_dir)
     if run.num_threads:
         torch.set_num_threads(run.num_threads)
     L.seed_everything(run.seed, workers=True)
@@ -195,7 +220,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
     view = instantiate_masking(cfg.get("masking"))
     views = run.algo.group_size if getattr(view, "per_response", False) else 1  # one per response | prompt
-    datamodule = hydra.utils.instantiate(cfg.data, masking=view, masked_views_per_prompt=views)
+    datamodule = instantiate_group(cfg.data, "data", masking=view, masked_views_per_prompt=views)
 
     from papo.data.synthetic import synthetic_corpus
 
@@ -206,6 +231,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.setup("fit")
     finally:  # also when every row is bad: the error points at this file
         dropped = write_dropped_rows(datamodule, cfg.paths.output_dir)
+    if run.validate_before or run.validate_after:
+        check_val_rows(datamodule, bool(val_sets))
     policy_dir = base_dir
     if run.warm_start.enabled:
         from papo.warm_start import ensure_warm_start
@@ -220,14 +247,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(run.seed, workers=True)  # RL seed independent of whether SFT just ran
 
     module = build_module(cfg, policy_dir, total_steps=run.trainer.max_steps, val_sets=val_sets)
-    container = {
-        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-        for k in cfg
-        if k != "hydra"
-    }
     text_only = getattr(datamodule, "text_only_rows", None)
     text_only_count = sum(text_only.values()) if getattr(datamodule, "allow_text_only", False) else None
-    callbacks = [*instantiate_list(cfg.get("callbacks")), LogSetupDrops(len(dropped), text_only_count)]
+    callbacks = [
+        *instantiate_list(cfg.get("callbacks")),
+        LogSetupDrops(len(dropped), text_only_count),
+        SaveRunConfig(flat_config),  # compared with the config of a resume (papo.utils.resume_config)
+    ]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar callback when bars are off
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     if ckpt is not None and continue_wandb_run(cfg.get("logger")):  # one W&B run across a resume
@@ -240,7 +266,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
-        lg.log_hyperparams(redact_secrets(_flat(container)))  # no credentials in W&B / hparams.yaml
+        lg.log_hyperparams(flat_config)
 
     before: dict[str, float] = {}
     before_file = Path(cfg.paths.output_dir, "val_before.json")  # a resumed run reuses it, not re-validates

@@ -1,6 +1,7 @@
 """What training (:mod:`papo.pipeline`) and evaluation (:mod:`papo.evaluation.evaluator`) both build from the
 config: the model directory, the masked-view generator, the prompt-length filter of the datamodule, the named
-validation sets (``val_sets``), and the Hydra-instantiated lists of callbacks / loggers. Evaluation imports this module, never the training pipeline.
+validation sets (``val_sets``), and the Hydra-instantiated lists of callbacks / loggers (a value a constructor
+refuses is a :class:`ConfigError` naming its key: :func:`instantiate_group`). Evaluation imports this module, never the training pipeline.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from papo.config import ModelConfig, RolloutConfig, parse_group
+from papo.config import ConfigError, ModelConfig, RolloutConfig, parse_group
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "attach_prompt_filter",
     "attach_val_sets",
+    "instantiate_group",
     "instantiate_list",
     "instantiate_masking",
     "resolve_model_dir",
@@ -33,6 +35,9 @@ def resolve_model_dir(model_cfg: ModelConfig | DictConfig, corpus_fn: Any = None
     """
     m = parse_group(ModelConfig, model_cfg, "model")
     if m.path and not m.stand_in:
+        from papo.preflight import check_model_path
+
+        check_model_path(m.path)
         return m.path
     from papo.models.stand_in import ensure_stand_in
 
@@ -67,13 +72,38 @@ def attach_prompt_filter(
     datamodule.max_prompt_length = r.max_prompt_length
 
 
-def instantiate_list(cfg: DictConfig | None) -> list[Any]:
+def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(cfg, **kwargs)`` for the config node ``key``. A plain ``ValueError`` /
+    ``TypeError`` (or Lightning's ``MisconfigurationException``) of the target's constructor is a value or
+    keyword it refuses (``+data.batchsize=4``, a masking ``fill`` out of range); that, and a ``_target_`` that
+    cannot be imported, is a :class:`ConfigError` naming ``key`` and the target, not Hydra's traceback.
+    Subclasses (errors of the data, of a library) pass through as they are."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return hydra.utils.instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        target = cfg.get("_target_") if isinstance(cfg, DictConfig) else None
+        if isinstance(cause, ImportError) and "Error locating target" in str(err):
+            raise ConfigError(
+                f"{key}._target_={target!r} cannot be imported ({cause.__cause__ or cause})"
+            ) from None
+        if type(cause) in (ValueError, TypeError, MisconfigurationException):
+            raise ConfigError(f"{key} ({target}): {' '.join(str(cause).split())}") from None
+        raise
+
+
+def instantiate_list(cfg: DictConfig | None, group: str = "callbacks") -> list[Any]:
     """Instantiate every entry of a dict config that has a ``_target_`` (callbacks, loggers)."""
     out = []
     for name, conf in (cfg or {}).items():
         if isinstance(conf, DictConfig) and "_target_" in conf:
             log.info("Instantiating %s <%s>", name, conf._target_)
-            out.append(hydra.utils.instantiate(conf))
+            out.append(instantiate_group(conf, f"{group}.{name}"))
     return out
 
 
@@ -81,7 +111,7 @@ def instantiate_masking(cfg: DictConfig | None) -> Any:
     """The masked-view generator of ``configs/masking`` (None when masking is disabled)."""
     if cfg is None or not cfg.get("_target_"):
         return None
-    return hydra.utils.instantiate(cfg)
+    return instantiate_group(cfg, "masking")
 
 
 def attach_val_sets(datamodule: Any, val_sets: DictConfig | None) -> list[Any]:

@@ -276,11 +276,19 @@ def _strategy_available(strategy: Any) -> Any:
     return strategy
 
 
+def _not_zero(value: Any) -> Any:
+    if value is not None and not isinstance(value, bool) and value == 0:
+        raise problem(" must be an integer >= 1, a fraction in (0, 1] or a duration 'DD:HH:MM:SS', or null")
+    return value
+
+
 class TrainerConfig(ConfigGroup):
     """``configs/trainer``: Lightning's Trainer (a Hydra target); the RL step count and the strategy."""
 
     max_steps: PositiveInt
     strategy: Annotated[Any, AfterValidator(_strategy_available)] = None
+    # 0 passes Lightning's own check, then divides by zero at the first step; other values: Lightning's check
+    val_check_interval: Annotated[Any, AfterValidator(_not_zero)] = None
 
 
 class ModelCheckpointConfig(ConfigGroup):

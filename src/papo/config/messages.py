@@ -52,16 +52,21 @@ class FieldSpec:
         return need + (f" ({self.hint})" if self.hint else "")
 
 
+def _num(x: float) -> str:
+    """A bound as written: integers in full (``4294967295``, not ``4.29497e+09``), other numbers with ``:g``."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _range(s: FieldSpec) -> str:
     lo, lo_open = (s.gt, True) if s.gt is not None else (s.ge, False)
     hi, hi_open = (s.lt, True) if s.lt is not None else (s.le, False)
     if lo is None and hi is None:
         return ""
     if hi is None:
-        return f"{'>' if lo_open else '>='} {lo:g}"
+        return f"{'>' if lo_open else '>='} {_num(lo)}"
     if lo is None:
-        return f"{'<' if hi_open else '<='} {hi:g}"
-    return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        return f"{'<' if hi_open else '<='} {_num(hi)}"
+    return f"in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}{')' if hi_open else ']'}"
 
 
 def _unwrap(annotation: Any, metadata: list[Any]) -> tuple[Any, list[Any], bool]:

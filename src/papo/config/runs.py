@@ -6,9 +6,9 @@ masked images with masking off, an overlong buffer longer than the responses) ar
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from papo.config.blocks import (
     AdvantageShapingConfig,
@@ -31,6 +31,19 @@ from papo.config.training import AlgoConfig, LossConfig, OptimConfig
 from papo.config.types import ConfigGroup, PositiveInt, rule
 
 __all__ = ["EvalRunConfig", "TrainRunConfig"]
+
+#: a seed numpy accepts (``seed_everything`` seeds numpy with it): [0, 2**32 - 1]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
+def _rollouts_sample(rollout: RolloutConfig, why: str) -> None:
+    """``rollout.temperature`` divides the logits of every log-prob pass at the rollout temperature: 0 makes
+    them non-finite (training: every step skipped; evaluation: ``kl_prcp`` is NaN)."""
+    if rollout.temperature <= 0:
+        raise rule(
+            f"rollout.temperature={rollout.temperature:g} must be > 0: {why} divide the logits by it; greedy "
+            "decoding is rollout.val_temperature=0 (validation) or eval.samples=0 (src/eval.py)"
+        )
 
 
 def _check_val_sets(value: Any) -> Any:
@@ -67,7 +80,8 @@ class TrainRunConfig(ConfigGroup):
     token_selection: TokenSelectionConfig | None = None
     advantage_shaping: AdvantageShapingConfig | None = None
     rollout_view: RolloutViewConfig | None = None
-    seed: int
+    seed: Seed
+    data_seed: Seed = 0
     ckpt_path: str | None = None
     validate_before: bool = True
     validate_after: bool = True
@@ -127,6 +141,25 @@ class TrainRunConfig(ConfigGroup):
         return self
 
     @model_validator(mode="after")
+    def _every_minibatch_has_rows(self) -> TrainRunConfig:
+        """An empty mini-batch still steps the optimiser and the LR schedule (a wasted step counted as one)."""
+        ds, prompts = self.algo.dynamic_sampling, self.data.batch_size
+        if ds.enabled and ds.batch_prompts is not None:
+            prompts = ds.batch_prompts
+        if prompts is not None and self.algo.num_minibatches > prompts * self.algo.group_size:
+            raise rule(
+                f"algo.num_minibatches={self.algo.num_minibatches} must be <= the responses of an update batch "
+                f"({prompts} prompts x algo.group_size={self.algo.group_size} = {prompts * self.algo.group_size}"
+                " per rank): the extra mini-batches are empty, yet each counts as an optimiser step"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rollouts_sample(self) -> TrainRunConfig:
+        _rollouts_sample(self.rollout, "the log-prob passes of the update (old, masked, reference)")
+        return self
+
+    @model_validator(mode="after")
     def _overlong_buffer_inside_the_responses(self) -> TrainRunConfig:
         o, max_new = self.algo.overlong, self.rollout.max_new_tokens
         if o.enabled and not o.buffer_length < max_new:
@@ -147,7 +180,8 @@ class EvalRunConfig(ConfigGroup):
     data: DataConfig
     model: ModelConfig
     warm_start: WarmStartConfig
-    seed: int
+    seed: Seed
+    data_seed: Seed = 0
     ckpt_path: str | None = None
     num_threads: PositiveInt | None = None
     val_sets: dict[str, Any] | None = None
@@ -156,3 +190,9 @@ class EvalRunConfig(ConfigGroup):
     @classmethod
     def _val_sets(cls, value: Any) -> Any:
         return _check_val_sets(value)
+
+    @model_validator(mode="after")
+    def _kl_at_a_sampling_temperature(self) -> EvalRunConfig:
+        if self.eval.kl_prcp:
+            _rollouts_sample(self.rollout, "the perception-KL passes (eval.kl_prcp=true)")
+        return self

@@ -115,6 +115,18 @@ def validate_config(cfg: DictConfig) -> TrainRunConfig:
         log.warning("algo=dapo with kl_coef=%s: DAPO as published uses no reference model", run.algo.kl_coef)
     if (run.loss.gamma or 0) >= 0.04:
         log.warning("loss.gamma=%s: the paper reports collapse at gamma=0.04", run.loss.gamma)
+    unmasked = [
+        k for k in ("mask_prob", "ratio", "std") if run.masking is not None and getattr(run.masking, k) == 0
+    ]
+    uses_view = [n for n, c in (run.loss.components or {}).items() if c.needs_masked]
+    if unmasked and uses_view and run.masking_enabled:
+        log.warning(
+            "masking.%s=0: the masked view is the real image, so loss.components.%s (loss=%s) see the same image "
+            "twice: the perception KL is 0 and the masked-image entropy is the real one",
+            unmasked[0],
+            ", loss.components.".join(uses_view),
+            run.loss.name,
+        )
     lora = run.model.lora
     if lora is not None and (lora.rank or 0) > 0 and run.model.freeze_vision_tower:
         log.warning("model.freeze_vision_tower has no effect with LoRA (base weights are frozen anyway)")

@@ -45,6 +45,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from papo.config.errors import ConfigError
 from papo.data.images import ImageLoadError, load_images, pixel_range_size, resize_into_pixel_range
 from papo.data.masking import ImageView
 from papo.data.prompts import build_prompt, placeholder_mismatch
@@ -466,10 +467,20 @@ def _has_columns(hf: Any) -> bool:
 
 
 def _resolve(dataset: DatasetLike, which: str) -> Any:
+    """The split's ``datasets.Dataset``, built now when given as a callable (the config's ``_partial_`` builder).
+    A plain ``ValueError`` / ``TypeError`` of the builder is a config value it refuses (an unknown task name, a
+    negative size, an unknown keyword): a :class:`ConfigError` naming the key, not a traceback. Subclasses (a
+    corrupt file's ``ArrowInvalid``, a bad row) are the data's errors and pass through."""
     if dataset is None:
         return None
     if callable(dataset) and not hasattr(dataset, "column_names"):
-        dataset = dataset()
+        try:
+            dataset = dataset()
+        except (ValueError, TypeError) as err:
+            if type(err) not in (ValueError, TypeError):
+                raise
+            key = which if which.startswith("val_sets.") else f"data.{which}"
+            raise ConfigError(f"{key}: {' '.join(str(err).split())}") from None
     if not hasattr(dataset, "column_names"):
         raise TypeError(
             f"{which} must be a datasets.Dataset or a callable returning one, got {type(dataset)}"
@@ -613,6 +624,12 @@ class PapoDataModule(L.LightningDataModule):
                 self.text_only_rows[split] = _count_text_only(hf)
         if stage == "fit" and "train" not in self.datasets:
             raise ValueError(f"Dataset {self.dataset_name!r}: stage 'fit' needs a train_dataset")
+        if stage == "fit" and len(self.datasets["train"]) < self.batch_size:  # found now, not when fit starts
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is larger than the train split of {self.dataset_name!r} "
+                f"({len(self.datasets['train'])} usable rows; the train loader drops an incomplete batch): "
+                "lower data.batch_size or use more training rows"
+            )
 
     def _setup_val_sets(self) -> None:
         """One :class:`PromptDataset` per named val set (``datasets["val/<name>"]``), scanned like any split and

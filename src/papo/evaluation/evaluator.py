@@ -35,7 +35,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from papo.config import EvalConfig, EvalRunConfig, validate_eval_config
+from papo.config import ConfigError, EvalConfig, EvalRunConfig, validate_eval_config
 from papo.evaluation.metrics import ValidationMetrics
 from papo.evaluation.perception import attach_masked_view, heldout_perception_kl
 from papo.evaluation.samples import collect_samples, write_samples
@@ -46,9 +46,16 @@ from papo.models.loading import (
     output_vocab_size,
     padded_vocab_ids,
 )
+from papo.preflight import create_cache_dirs
 from papo.rollout.collect import Generator
 from papo.rollout.hf_generate import GenerationConfig
-from papo.run_setup import attach_prompt_filter, attach_val_sets, instantiate_masking, resolve_model_dir
+from papo.run_setup import (
+    attach_prompt_filter,
+    attach_val_sets,
+    instantiate_group,
+    instantiate_masking,
+    resolve_model_dir,
+)
 from papo.utils.wrappers import task_wrapper
 
 log = logging.getLogger(__name__)
@@ -299,15 +306,16 @@ def load_eval_policy(
         try:
             missing, unexpected = policy.load_state_dict(weights, strict=False)
         except RuntimeError as e:  # shape mismatch: another model size/config than training
-            raise RuntimeError(
-                f"{path} does not fit the model resolved from this config ({base_dir}). Pass the training "
-                f"run's model overrides (its overrides: {_run_overrides(path)}).\n{e}"
-            ) from e
+            first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+            raise ConfigError(
+                f"ckpt_path={path} does not fit the model resolved from this config ({base_dir}): {first[:300]}; "
+                f"pass the training run's model overrides (its overrides: {_run_overrides(path)})"
+            ) from None
         missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
         if missing or unexpected:
-            raise RuntimeError(
-                f"{path} does not match the model {base_dir}: missing {missing[:5]}, unexpected "
-                f"{unexpected[:5]}. Pass the training run's model overrides: {_run_overrides(path)}"
+            raise ConfigError(
+                f"ckpt_path={path} does not match the model {base_dir}: missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}; pass the training run's model overrides: {_run_overrides(path)}"
             )
         return policy, processor, f"checkpoint {path} (architecture from {base_dir})"
     policy_dir = base_dir
@@ -324,10 +332,9 @@ def load_eval_policy(
 @task_wrapper
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the configured policy on ``eval.split``; write JSON + Markdown; return the result dict."""
-    import hydra
 
     from papo.data.synthetic import synthetic_corpus
-    from papo.utils.checkpointing import resolve_ckpt_path
+    from papo.utils.checkpointing import resolve_readable_checkpoint
 
     run = validate_eval_config(cfg)
     ev = run.eval
@@ -335,8 +342,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(run.num_threads)
     L.seed_everything(run.seed, workers=True)
     # a .ckpt file or a run directory (its newest checkpoint)
-    ckpt = resolve_ckpt_path(run.ckpt_path, Path(cfg.paths.output_dir, "checkpoints"))
-    datamodule = hydra.utils.instantiate(cfg.data, masking=instantiate_masking(cfg.get("masking")))
+    ckpt = resolve_readable_checkpoint(run.ckpt_path, Path(cfg.paths.output_dir, "checkpoints"))
+    if ckpt is not None:  # the model group must name the trained architecture (papo.utils.resume_config)
+        from omegaconf import OmegaConf
+
+        from papo.utils.resume_config import check_same_model
+
+        model = {"model": OmegaConf.to_container(cfg.model, resolve=True)}
+        check_same_model(ckpt, _flat(model))
+    create_cache_dirs(cfg)
+    datamodule = instantiate_group(cfg.data, "data", masking=instantiate_masking(cfg.get("masking")))
     base_dir = resolve_model_dir(run.model, corpus_fn=synthetic_corpus)
     attach_prompt_filter(datamodule, base_dir, run.model, run.rollout)  # the prompts validation sees
     val_sets = attach_val_sets(datamodule, cfg.get("val_sets"))  # several named sets instead of eval.split
@@ -364,6 +379,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loader = {"train": datamodule.train_dataloader, "val": datamodule.val_dataloader}.get(
         ev.split, datamodule.test_dataloader
     )()
+    if len(loader.dataset) == 0:  # an empty report with exit status 0 otherwise
+        raise ConfigError(f"data.{ev.split}_dataset has no rows: nothing to evaluate (eval.split={ev.split})")
     log.info(
         "evaluating %s on %s/%s: %s",
         source,
@@ -470,3 +487,14 @@ def _write(
         lg.finalize("success")
     result["output_files"] = [str(d / f"{stem}.json") for d in out_dirs]
     return result
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict with dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from papo.utils.checkpointing import CheckpointNotFoundError, check_checkpoint_file
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -83,14 +85,18 @@ def find_checkpoint(ckpt_path: str | Path | None) -> tuple[Path, str]:
     if not path.exists():
         raise ExportError(f"ckpt_path={ckpt_path}: no such file or directory")
     kind = checkpoint_kind(path)
-    if kind is not None:
-        return path, kind
-    found = _newest(path / "checkpoints") or _newest(path)
-    if found is None:
-        raise ExportError(
-            f"ckpt_path={ckpt_path}: not a checkpoint, and no *.ckpt in {path / 'checkpoints'} or {path}"
-        )
-    return found, str(checkpoint_kind(found))
+    if kind is None:
+        found = _newest(path / "checkpoints") or _newest(path)
+        if found is None:
+            raise ExportError(
+                f"ckpt_path={ckpt_path}: not a checkpoint, and no *.ckpt in {path / 'checkpoints'} or {path}"
+            )
+        path, kind = found, str(checkpoint_kind(found))
+    try:  # a truncated, non-torch or foreign file: one line now, not a traceback from torch.load later
+        check_checkpoint_file(path)
+    except CheckpointNotFoundError as err:
+        raise ExportError(str(err)) from None
+    return path, kind
 
 
 def _policy_only(state: Mapping[str, Any], source: Path) -> dict[str, torch.Tensor]:
@@ -166,6 +172,11 @@ def _prepare_out(out: str | Path | None, overwrite: bool) -> Path:
     path = Path(str(out)).expanduser().resolve()
     if path.exists() and (path.is_file() or any(path.iterdir())) and not overwrite:
         raise ExportError(f"out={out} exists; choose another folder or pass overwrite=true to replace it")
+    try:  # the folder is staged next to ``out``: find out now, before loading anything, that it can be written
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent).cleanup()
+    except OSError as err:
+        raise ExportError(f"out={out}: cannot write in {path.parent} ({err.strerror or err})") from None
     return path
 
 
@@ -182,7 +193,14 @@ def _generation_config(model: torch.nn.Module, processor: Any) -> None:
 
 
 def _load_into(policy: torch.nn.Module, weights: Mapping[str, torch.Tensor], source: Path) -> None:
-    missing, unexpected = policy.load_state_dict(dict(weights), strict=False)
+    try:
+        missing, unexpected = policy.load_state_dict(dict(weights), strict=False)
+    except RuntimeError as err:  # shape mismatches: another model size / architecture than the training run's
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise ExportError(
+            f"{source} does not fit the model config ({first[:300]}); pass the training run's model overrides "
+            "(model=..., +model.lora.rank=...) or model_from_run=true"
+        ) from None
     missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
     if missing or unexpected:
         raise ExportError(
@@ -216,6 +234,10 @@ def export_policy(
 
     if lora not in LORA_MODES:
         raise ExportError(f"lora={lora!r} is not one of {list(LORA_MODES)}")
+    try:  # before anything loads
+        resolve_dtype(dtype or model_cfg.get("dtype") or "float32")
+    except ValueError as err:
+        raise ExportError(f"dtype: {err}") from None
     target = _prepare_out(out, overwrite)
     ckpt, kind = find_checkpoint(ckpt_path)
     log.info("exporting %s checkpoint %s", kind, ckpt)

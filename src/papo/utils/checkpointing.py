@@ -15,6 +15,9 @@ What it implements:
   previous run's output dir or its ``checkpoints/``), whose newest checkpoint is used. "Newest" is the
   latest modification time (``last.ckpt`` wins a tie): the last step checkpoint, or the one written when
   an exception stopped the run.
+* :func:`check_checkpoint_file` -- the file opens as a checkpoint of src/train.py (tensors not read);
+  :func:`resolve_readable_checkpoint` -- ``ckpt_path`` to a checkpoint that does (``last`` skips a newest
+  file that cannot be read, e.g. one being written when the run was killed).
 * :func:`preserve_csv_log` -- Lightning's CSV logger DELETES an existing ``metrics.csv`` when it opens its
   directory again; on resume the old file is renamed first so the first half of the run's log survives.
 
@@ -37,12 +40,14 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointNotFoundError",
+    "check_checkpoint_file",
     "checkpoint_dir",
     "experience_from_state",
     "experience_state",
     "newest_checkpoint",
     "preserve_csv_log",
     "resolve_ckpt_path",
+    "resolve_readable_checkpoint",
     "rng_state",
     "set_rng_state",
 ]
@@ -156,6 +161,69 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | Path) -> str 
     raise CheckpointNotFoundError(
         f"ckpt_path={text}: no such file or directory; allowed: null, last, a .ckpt file or a run directory"
     )
+
+
+#: what every checkpoint of src/train.py holds (Lightning's resume reads the first two; the policy's weights)
+REQUIRED_ENTRIES = ("pytorch-lightning_version", "state_dict")
+
+
+def check_checkpoint_file(path: str | Path, key: str = "ckpt_path") -> None:
+    """Open ``path`` as a checkpoint of src/train.py without reading its tensors (``mmap``): a truncated file, a
+    file that is not a torch checkpoint, or a foreign one (no Lightning entries, no ``policy.*`` weights) is a
+    :class:`CheckpointNotFoundError` naming the file, raised before any model loads instead of a traceback from
+    inside Lightning after it. Directories (sharded FSDP / DeepSpeed checkpoints) are left to their loaders."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated zip, a text file, a pickle with code in it, an old non-zip format
+        reason = " ".join(str(err).split())[:200]
+        raise CheckpointNotFoundError(
+            f"{key}={path}: cannot be read as a torch checkpoint (truncated, still being written, or another "
+            f"kind of file): {type(err).__name__}: {reason}"
+        ) from None
+    missing = [k for k in REQUIRED_ENTRIES if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointNotFoundError(
+            f"{key}={path}: not a checkpoint of src/train.py (no {', '.join(repr(m) for m in missing)} entry)"
+        )
+    if not any(str(k).startswith("policy.") for k in ckpt["state_dict"]):
+        raise CheckpointNotFoundError(
+            f"{key}={path}: not a checkpoint of src/train.py (no 'policy.*' weights in its state_dict)"
+        )
+
+
+def resolve_readable_checkpoint(ckpt_path: str | None, checkpoint_dir: str | Path) -> str | None:
+    """:func:`resolve_ckpt_path`, then :func:`check_checkpoint_file` on the file found. When ``ckpt_path`` is
+    ``last`` or a directory and the newest checkpoint there cannot be read (a run killed while writing it), the
+    next newest readable one is used, with a warning naming the skipped file; a ``.ckpt`` file named
+    explicitly must itself be readable."""
+    found = resolve_ckpt_path(ckpt_path, checkpoint_dir)
+    if found is None:
+        return None
+    named_file = str(ckpt_path).strip() != "last" and Path(str(ckpt_path).strip()).expanduser().is_file()
+    try:
+        check_checkpoint_file(found)
+        return found
+    except CheckpointNotFoundError as err:
+        if named_file:
+            raise
+        first_error = err
+    directory = Path(found).parent
+    older = sorted(
+        (p for p in directory.glob("*.ckpt") if p.is_file() and str(p) != found),
+        key=lambda p: (p.stat().st_mtime_ns, p.name.startswith("last")),
+        reverse=True,
+    )
+    for candidate in older:
+        try:
+            check_checkpoint_file(candidate)
+        except CheckpointNotFoundError:
+            continue
+        log.warning("%s; resuming from the newest readable checkpoint instead: %s", first_error, candidate)
+        return str(candidate)
+    raise CheckpointNotFoundError(f"{first_error}; no other checkpoint in {directory} can be read either")
 
 
 def preserve_csv_log(log_dir: str | Path) -> Path | None:

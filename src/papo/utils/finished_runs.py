@@ -7,6 +7,9 @@ instead of training, so re-running a multirun into the same deterministic ``hydr
 jobs that have not finished. An unfinished job starts over: what its earlier attempt left (checkpoints, CSV
 log, W&B offline run, ...) is moved to ``<output dir>/incomplete-<time>/`` first, kept for inspection, so
 the new attempt does not mix with it. Hydra's own ``.hydra/`` and the job's ``*.log`` stay in place.
+
+Any fresh run (``ckpt_path: null``) started in a directory that holds an earlier run moves that run's outputs
+to ``<output dir>/previous-<time>/`` the same way (:func:`set_aside_previous_run`), so nothing of it is lost.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ log = logging.getLogger(__name__)
 FINAL_METRICS_FILE = "final_metrics.json"
 #: prefix of the folder an unfinished attempt's outputs are moved to
 INCOMPLETE_PREFIX = "incomplete-"
+#: prefix of the folder an earlier run's outputs are moved to when a fresh run starts in its directory
+PREVIOUS_PREFIX = "previous-"
+SET_ASIDE_PREFIXES = (INCOMPLETE_PREFIX, PREVIOUS_PREFIX)
+#: what a run leaves in its output dir (a directory holding one of these holds a run)
+RUN_MARKERS = (FINAL_METRICS_FILE, "checkpoints", "csv", "val_before.json", "wandb")
 
 
 def load_final_metrics(output_dir: str | Path) -> dict[str, Any] | None:
@@ -45,22 +53,43 @@ def set_aside_incomplete(output_dir: str | Path) -> Path | None:
     """Move what an earlier, unfinished attempt left in ``output_dir`` into ``incomplete-<time>/``.
 
     Everything moves except ``.hydra/`` (rewritten by Hydra for this attempt), the job's ``*.log`` files
-    (Hydra's handler has them open) and earlier ``incomplete-*`` folders. Returns the folder, or None when
-    there was nothing to move.
+    (Hydra's handler has them open) and earlier ``incomplete-*`` / ``previous-*`` folders. Returns the folder,
+    or None when there was nothing to move.
     """
+    return _set_aside(Path(output_dir), INCOMPLETE_PREFIX, "unfinished earlier attempt")
+
+
+def set_aside_previous_run(output_dir: str | Path) -> Path | None:
+    """A fresh run (no ``ckpt_path``) in a directory that holds an earlier run (``hydra.run.dir`` of an
+    existing run, a multirun re-run into the same sweep dir): move that run's outputs into
+    ``previous-<time>/`` as :func:`set_aside_incomplete` does. Otherwise Lightning's CSV logger deletes its
+    ``metrics.csv``, its ``final_metrics.json`` is overwritten and its checkpoints mix with the new run's
+    (``ckpt_path=last`` would then pick by write time among both). None when the directory holds no run."""
     out = Path(output_dir)
+    if not any((out / marker).exists() for marker in RUN_MARKERS):
+        return None
+    return _set_aside(
+        out, PREVIOUS_PREFIX, "an earlier run", " (to continue a run instead, pass ckpt_path=last)"
+    )
+
+
+def _set_aside(out: Path, prefix: str, what: str, hint: str = "") -> Path | None:
     if not out.is_dir():
         return None
     stale = [
         p
         for p in out.iterdir()
-        if p.name != ".hydra" and not p.name.startswith(INCOMPLETE_PREFIX) and p.suffix != ".log"
+        if p.name != ".hydra" and not p.name.startswith(SET_ASIDE_PREFIXES) and p.suffix != ".log"
     ]
     if not stale:
         return None
-    dest = out / f"{INCOMPLETE_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+    dest = out / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}"
+    k = 1
+    while dest.exists():  # two set-asides within a second
+        dest = out / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-{k}"
+        k += 1
     dest.mkdir()
     for p in stale:
         shutil.move(str(p), str(dest / p.name))
-    log.warning("unfinished earlier attempt in %s: its outputs moved to %s; starting over", out, dest)
+    log.warning("%s in %s: its outputs moved to %s; starting over%s", what, out, dest, hint)
     return dest

@@ -1,7 +1,8 @@
 """Run wrappers (after lightning-hydra-template's task_wrapper): always close W&B so a failed job of a
 multirun never leaks its run into the next job, log where outputs went, and record a failed multirun job
-in ``<sweep dir>/failed_jobs.txt`` (papo.utils.sweep). :func:`config_error_exit` turns a config error of
-an entry point into its message on stderr and exit status 2, without a traceback."""
+in ``<sweep dir>/failed_jobs.txt`` (papo.utils.sweep), and exit with status 143 when SIGTERM stopped the run
+(Lightning's SIGTERMException would exit with 0). :func:`config_error_exit` turns a config error of an entry
+point into its message on stderr and exit status 2, without a traceback."""
 
 from __future__ import annotations
 
@@ -39,6 +40,21 @@ def task_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
             if record_failed_job(err) is not None:
                 traceback.clear_frames(err.__traceback__)
             raise
+        except SystemExit as err:
+            if not _is_sigterm(err):
+                raise
+            # Lightning turns SIGTERM into SIGTERMException, a SystemExit without a code: exit status 0, as if
+            # the run had finished. A stopped run must not look finished (schedulers, sweeps, scripts).
+            failed = True
+            log.error(
+                "stopped by SIGTERM; the state at the stop is in %s/checkpoints (when checkpointing is on): "
+                "resume with hydra.run.dir=%s ckpt_path=last; exit status %d",
+                cfg.paths.get("output_dir", "?"),
+                cfg.paths.get("output_dir", "?"),
+                SIGTERM_EXIT,
+            )
+            record_failed_job(RuntimeError("stopped by SIGTERM"))
+            raise SystemExit(SIGTERM_EXIT) from None
         finally:
             try:
                 import wandb
@@ -53,6 +69,14 @@ def task_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 #: exit status of an entry point stopped by an invalid config (argparse's usage-error status)
 CONFIG_ERROR_EXIT = 2
+#: exit status of a run stopped by SIGTERM (128 + 15, the shell's convention for a signal's death)
+SIGTERM_EXIT = 143
+
+
+def _is_sigterm(err: BaseException) -> bool:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    return isinstance(err, SIGTERMException)
 
 
 def _is_config_error(err: BaseException) -> bool:
