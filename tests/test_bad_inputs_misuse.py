@@ -392,6 +392,7 @@ def test_an_empty_split_to_evaluate_is_an_error(tmp_path, cache_dir) -> None:
         ("/nonexistent/model", "no such model folder (a local folder, or a hub id 'namespace/name')"),
         ("models/x/y", "no such model folder"),
         ("nobody-papo-test/not-a-model", "not in the local Hugging Face cache, and the hub is offline"),
+        ("not-a-papo-model", "not in the local Hugging Face cache, and the hub is offline"),  # a bare hub id
     ],
 )
 def test_a_model_that_cannot_be_read_is_a_config_error(path: str, needle: str, monkeypatch) -> None:

@@ -83,7 +83,8 @@ def check_model_path(path: str) -> None:
     text = str(path)
     if Path(text).expanduser().is_dir():
         return
-    if text.startswith(("/", ".", "~")) or text.count("/") != 1 or Path(text).expanduser().exists():
+    # a hub id is 'namespace/name', or a bare 'name' for the hub's oldest models
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1 or Path(text).expanduser().exists():
         raise ConfigError(
             f"model.path={text}: no such model folder (a local folder, or a hub id 'namespace/name')"
         )
