@@ -433,6 +433,8 @@ def test_a_fresh_run_in_an_earlier_runs_directory_keeps_that_run(make_cfg, tmp_p
 
     overrides = ["validate_before=false", "logger=csv"]
     pipeline.train(make_cfg(overrides))
+    (tmp_path / "notes.md").write_text("mine")  # not a run output: stays (as would a whole project at '.')
+    (tmp_path / "data").mkdir()
     first_log = (tmp_path / "csv" / "metrics.csv").read_text()
     first_final = (tmp_path / "final_metrics.json").read_text()
     with caplog.at_level("WARNING", logger="papo.utils.finished_runs"):
@@ -449,6 +451,8 @@ def test_a_fresh_run_in_an_earlier_runs_directory_keeps_that_run(make_cfg, tmp_p
         "step000001.ckpt",
     ]
     assert '"rl_steps": 1' in (tmp_path / "final_metrics.json").read_text()
+    assert (tmp_path / "notes.md").read_text() == "mine" and (tmp_path / "data").is_dir()
+    assert not (previous / "notes.md").exists() and (previous / "dropped_rows.jsonl").exists()
     empty = tmp_path / "fresh"
     empty.mkdir()
     (empty / "train.log").write_text("")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -32,6 +33,20 @@ PREVIOUS_PREFIX = "previous-"
 SET_ASIDE_PREFIXES = (INCOMPLETE_PREFIX, PREVIOUS_PREFIX)
 #: what a run leaves in its output dir (a directory holding one of these holds a run)
 RUN_MARKERS = (FINAL_METRICS_FILE, "checkpoints", "csv", "val_before.json", "wandb")
+#: everything a run of src/train.py writes in its output dir (configs/callbacks, configs/logger, the pipeline):
+#: only these move when a run is set aside; anything else there (a folder kept next to the run, or a whole
+#: project when ``hydra.run.dir=.``) stays where it is
+RUN_OUTPUTS = (
+    *RUN_MARKERS,
+    "val_before_after.txt",
+    "dropped_rows.jsonl",
+    "collapse.txt",
+    "collapse.json",
+    "val_samples",
+    "hf_model",
+    "lightning_logs",
+)
+_RANK_RECORD = re.compile(r"rank\d+\.json")  # papo.callbacks.rank_sync's per-rank records
 
 
 def load_final_metrics(output_dir: str | Path) -> dict[str, Any] | None:
@@ -52,9 +67,10 @@ def returned_metrics(final: dict[str, Any]) -> dict[str, float]:
 def set_aside_incomplete(output_dir: str | Path) -> Path | None:
     """Move what an earlier, unfinished attempt left in ``output_dir`` into ``incomplete-<time>/``.
 
-    Everything moves except ``.hydra/`` (rewritten by Hydra for this attempt), the job's ``*.log`` files
-    (Hydra's handler has them open) and earlier ``incomplete-*`` / ``previous-*`` folders. Returns the folder,
-    or None when there was nothing to move.
+    What moves is the run's own outputs (:data:`RUN_OUTPUTS`, the ranks' records): not ``.hydra/`` (rewritten
+    by Hydra for this attempt), the job's ``*.log`` files (Hydra's handler has them open), earlier
+    ``incomplete-*`` / ``previous-*`` folders, nor anything else. Returns the folder, or None when there was
+    nothing to move.
     """
     return _set_aside(Path(output_dir), INCOMPLETE_PREFIX, "unfinished earlier attempt")
 
@@ -76,11 +92,7 @@ def set_aside_previous_run(output_dir: str | Path) -> Path | None:
 def _set_aside(out: Path, prefix: str, what: str, hint: str = "") -> Path | None:
     if not out.is_dir():
         return None
-    stale = [
-        p
-        for p in out.iterdir()
-        if p.name != ".hydra" and not p.name.startswith(SET_ASIDE_PREFIXES) and p.suffix != ".log"
-    ]
+    stale = [p for p in out.iterdir() if p.name in RUN_OUTPUTS or _RANK_RECORD.fullmatch(p.name)]
     if not stale:
         return None
     dest = out / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}"
