@@ -258,7 +258,13 @@ def _single_process_run(
         cfg.callbacks = {
             "fixed": {"_target_": "test_ddp.FixedRollout", "output_dir": str(out), "replay": str(replay)}
         }
-    train(cfg)
+    from papo.rollout.collect import Generator
+
+    original = Generator.rollout
+    try:
+        train(cfg)
+    finally:  # FixedRollout patches it; a run that fails before its teardown must not leave it to later tests
+        Generator.rollout = original
     return _outputs(out)
 
 

@@ -344,8 +344,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # a .ckpt file or a run directory (its newest checkpoint)
     ckpt = resolve_readable_checkpoint(run.ckpt_path, Path(cfg.paths.output_dir, "checkpoints"))
     if ckpt is not None:  # the model group must name the trained architecture (papo.utils.resume_config)
-        from omegaconf import OmegaConf
-
         from papo.utils.resume_config import check_same_model
 
         model = {"model": OmegaConf.to_container(cfg.model, resolve=True)}
