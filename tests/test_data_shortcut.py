@@ -89,7 +89,13 @@ def test_data_shortcut_config_feeds_the_datamodule() -> None:
     from conftest import compose_cfg
 
     cfg = compose_cfg(
-        ["data=shortcut", "data.train_dataset.size=8", "data.val_dataset.size=6", "data.val_batch_size=6"]
+        [
+            "data=shortcut",
+            "data.train_dataset.size=8",
+            "data.batch_size=4",
+            "data.val_dataset.size=6",
+            "data.val_batch_size=6",
+        ]
     )
     with open_dict(cfg):
         cfg.data.masking = None
