@@ -42,7 +42,9 @@ from papo.evaluation.samples import collect_samples, write_samples
 from papo.evaluation.suite import group_averages, suite_table
 from papo.evaluation.val_sets import SamplingProtocol, ValSet
 from papo.models.loading import (
+    WeightsMismatch,
     load_policy,
+    load_weights_into,
     output_vocab_size,
     padded_vocab_ids,
 )
@@ -304,19 +306,12 @@ def load_eval_policy(
         if not weights:
             raise ValueError(f"{path} has no 'policy.*' weights (is it a PapoModule checkpoint?)")
         try:
-            missing, unexpected = policy.load_state_dict(weights, strict=False)
-        except RuntimeError as e:  # shape mismatch: another model size/config than training
-            first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+            load_weights_into(policy, weights)
+        except WeightsMismatch as err:  # another model size / config than training
             raise ConfigError(
-                f"ckpt_path={path} does not fit the model resolved from this config ({base_dir}): {first[:300]}; "
+                f"ckpt_path={path} does not fit the model resolved from this config ({base_dir}): {err}; "
                 f"pass the training run's model overrides (its overrides: {_run_overrides(path)})"
             ) from None
-        missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
-        if missing or unexpected:
-            raise ConfigError(
-                f"ckpt_path={path} does not match the model {base_dir}: missing {missing[:5]}, unexpected "
-                f"{unexpected[:5]}; pass the training run's model overrides: {_run_overrides(path)}"
-            )
         return policy, processor, f"checkpoint {path} (architecture from {base_dir})"
     policy_dir = base_dir
     if not run.model.path and run.warm_start.enabled:

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from papo.models.loading import WeightsMismatch, load_weights_into
 from papo.utils.checkpointing import CheckpointNotFoundError, check_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -194,19 +195,12 @@ def _generation_config(model: torch.nn.Module, processor: Any) -> None:
 
 def _load_into(policy: torch.nn.Module, weights: Mapping[str, torch.Tensor], source: Path) -> None:
     try:
-        missing, unexpected = policy.load_state_dict(dict(weights), strict=False)
-    except RuntimeError as err:  # shape mismatches: another model size / architecture than the training run's
-        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        load_weights_into(policy, weights)
+    except WeightsMismatch as err:  # another model size / architecture than the training run's
         raise ExportError(
-            f"{source} does not fit the model config ({first[:300]}); pass the training run's model overrides "
+            f"{source} does not fit the model config ({err}); pass the training run's model overrides "
             "(model=..., +model.lora.rank=...) or model_from_run=true"
         ) from None
-    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
-    if missing or unexpected:
-        raise ExportError(
-            f"{source} does not fit the model config: missing {missing[:3]}, unexpected {unexpected[:3]}; "
-            "pass the training run's model overrides (model=..., +model.lora.rank=...)"
-        )
 
 
 def export_policy(

@@ -258,6 +258,24 @@ def load_policy(
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+class WeightsMismatch(ValueError):
+    """A checkpoint's policy weights do not fit the model they are loaded into (another size or architecture)."""
+
+
+def load_weights_into(policy: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+    """Load a checkpoint's policy weights (``policy.`` prefix removed) into ``policy``: every weight must fit,
+    a tied LM head may be absent. :class:`WeightsMismatch` names the first size mismatch, or the missing and
+    unexpected names (the first five of each)."""
+    try:
+        missing, unexpected = policy.load_state_dict(dict(weights), strict=False)
+    except RuntimeError as err:  # shape mismatches
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise WeightsMismatch(first[:300]) from None
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
+    if missing or unexpected:
+        raise WeightsMismatch(f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
 def hf_model(model: torch.nn.Module) -> torch.nn.Module:
     """The Hugging Face model itself: ``model``, or the model a peft wrapper (LoRA) holds."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -338,12 +356,14 @@ def apply_lora(
 
 __all__ = [
     "DEFAULT_LORA_TARGETS",
+    "WeightsMismatch",
     "apply_lora",
     "end_token_ids",
     "generation_suppress_token_ids",
     "image_placeholder_ids",
     "is_lora",
     "load_policy",
+    "load_weights_into",
     "output_vocab_size",
     "padded_vocab_ids",
     "resolve_dtype",
