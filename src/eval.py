@@ -36,8 +36,7 @@ def main(cfg: DictConfig) -> float | None:
 
     with config_error_exit():
         validate_eval_config(cfg)
-        _check_ckpt_path(cfg)
-        from papo.evaluation.evaluator import evaluate
+        from papo.evaluation.evaluator import evaluate  # checks ckpt_path before anything loads
 
         result = evaluate(cfg)
     metrics = result["metrics"]
@@ -45,18 +44,6 @@ def main(cfg: DictConfig) -> float | None:
     overall = [v for k, v in metrics.items() if k.startswith("average/overall/") and k.endswith("/acc")]
     value = metrics.get("greedy/acc", overall[0] if overall else next(iter(metrics.values()), None))
     return None if value is None else float(value)
-
-
-def _check_ckpt_path(cfg: DictConfig) -> None:
-    """A ``ckpt_path`` that names no checkpoint, or a file that is not a readable checkpoint of src/train.py, is a
-    config error (as in training), found before loading."""
-    from papo.config_validation import ConfigError
-    from papo.utils.checkpointing import CheckpointNotFoundError, resolve_readable_checkpoint
-
-    try:
-        resolve_readable_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.output_dir, "checkpoints"))
-    except CheckpointNotFoundError as err:
-        raise ConfigError(str(err)) from None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from papo.config import ConfigError, TrainRunConfig, validate_config
+from papo.config import TrainRunConfig, validate_config
 from papo.preflight import check_trainer, check_val_rows, create_cache_dirs
 from papo.run_setup import (
     attach_prompt_filter,
@@ -29,11 +29,7 @@ from papo.run_setup import (
     instantiate_masking,
     resolve_model_dir,
 )
-from papo.utils.checkpointing import (
-    CheckpointNotFoundError,
-    preserve_csv_log,
-    resolve_readable_checkpoint,
-)
+from papo.utils.checkpointing import preserve_csv_log, resolve_readable_checkpoint
 from papo.utils.finished_runs import (
     FINAL_METRICS_FILE,
     load_final_metrics,
@@ -66,10 +62,7 @@ def resolve_resume(cfg: DictConfig, ckpt_path: str | None) -> str | None:
     """
     mc = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
     ckpt_dir = mc.get("dirpath") or Path(cfg.paths.output_dir, "checkpoints")
-    try:
-        ckpt = resolve_readable_checkpoint(ckpt_path, ckpt_dir)
-    except CheckpointNotFoundError as err:
-        raise ConfigError(str(err)) from None
+    ckpt = resolve_readable_checkpoint(ckpt_path, ckpt_dir)  # a CheckpointNotFoundError is a ConfigError
     if ckpt is not None:
         log.info("resuming from %s", ckpt)
     return ckpt

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from papo.config.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -53,8 +55,9 @@ __all__ = [
 ]
 
 
-class CheckpointNotFoundError(ValueError):
-    """``ckpt_path`` names nothing that holds a checkpoint; the message says where it looked."""
+class CheckpointNotFoundError(ConfigError):
+    """``ckpt_path`` names nothing that holds a readable checkpoint; the message says where it looked. A config
+    error: the entry points report it in one line, before anything loads."""
 
 
 # ----------------------------------------------------------------------------------------------- RNG states
