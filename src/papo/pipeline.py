@@ -38,7 +38,7 @@ from papo.utils.finished_runs import (
     set_aside_previous_run,
 )
 from papo.utils.provenance import provenance
-from papo.utils.resume_config import SaveRunConfig, check_resume_config
+from papo.utils.resume_config import SaveRunConfig, check_resume_config, flatten
 from papo.utils.secrets import redact_secrets
 from papo.utils.wandb_resume import continue_wandb_run
 from papo.utils.wandb_setup import start_loggers
@@ -198,7 +198,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for k in cfg
         if k != "hydra"
     }
-    flat_config = redact_secrets(_flat(container))  # no credentials in W&B / hparams.yaml / checkpoints
+    flat_config = redact_secrets(flatten(container))  # no credentials in W&B / hparams.yaml / checkpoints
     if ckpt is not None:  # another model: an error now; any other change: one warning listing the keys
         check_resume_config(ckpt, flat_config)
     check_trainer(cfg.trainer)  # Lightning's own checks of the trainer keys, before anything loads
@@ -333,18 +333,6 @@ def _hydra_command() -> str | None:
 
     overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
     return " ".join(["src/train.py", *(clean(str(o)) for o in overrides)])
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Flatten a nested dict with dotted keys (so W&B can group a sweep by e.g. ``loss.gamma``)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -333,16 +333,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     run = validate_eval_config(cfg)
     ev = run.eval
+    # a .ckpt file or a run directory (its newest checkpoint); a bad one is a ConfigError before anything loads
+    ckpt = resolve_readable_checkpoint(run.ckpt_path, Path(cfg.paths.output_dir, "checkpoints"))
+    if ckpt is not None:  # the model group must name the trained architecture (papo.utils.resume_config)
+        from papo.utils.resume_config import check_same_model, flatten
+
+        check_same_model(ckpt, flatten({"model": OmegaConf.to_container(cfg.model, resolve=True)}))
     if run.num_threads:
         torch.set_num_threads(run.num_threads)
     L.seed_everything(run.seed, workers=True)
-    # a .ckpt file or a run directory (its newest checkpoint)
-    ckpt = resolve_readable_checkpoint(run.ckpt_path, Path(cfg.paths.output_dir, "checkpoints"))
-    if ckpt is not None:  # the model group must name the trained architecture (papo.utils.resume_config)
-        from papo.utils.resume_config import check_same_model
-
-        model = {"model": OmegaConf.to_container(cfg.model, resolve=True)}
-        check_same_model(ckpt, _flat(model))
     create_cache_dirs(cfg)
     datamodule = instantiate_group(cfg.data, "data", masking=instantiate_masking(cfg.get("masking")))
     base_dir = resolve_model_dir(run.model, corpus_fn=synthetic_corpus)
@@ -480,14 +479,3 @@ def _write(
         lg.finalize("success")
     result["output_files"] = [str(d / f"{stem}.json") for d in out_dirs]
     return result
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested dict with dotted keys."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

@@ -38,6 +38,7 @@ __all__ = [
     "changed_keys",
     "check_resume_config",
     "check_same_model",
+    "flatten",
     "saved_config",
 ]
 
@@ -91,6 +92,18 @@ class SaveRunConfig(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[CHECKPOINT_KEY] = dict(self.config)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict with dotted keys (``{"loss": {"gamma": 0.02}}`` -> ``{"loss.gamma": 0.02}``): the form of
+    the run config logged as hyperparameters (W&B groups a sweep by ``loss.gamma``) and stored in checkpoints."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
