@@ -40,9 +40,7 @@ def main(argv: list[str]) -> int:
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
             cfg = compose(config_name="export", overrides=argv)
     except HydraException as err:
-        message = " ".join(str(err).split()).split(" Config search path:")[
-            0
-        ]  # Hydra's search path: noise here
+        message = " ".join(str(err).split()).split(" Config search path:")[0]  # the search path: noise here
         print(f"Invalid export: {message}", file=sys.stderr, flush=True)
         return 2
     try:
@@ -60,10 +58,8 @@ def main(argv: list[str]) -> int:
             dtype=cfg.dtype,
             max_shard_size=str(cfg.max_shard_size),
         )
-    except (
-        ExportError,
-        ConfigError,
-    ) as err:  # ConfigError: the model group (papo.preflight.check_model_path)
+    # ConfigError: the model group (papo.preflight.check_model_path), ckpt_path (a CheckpointNotFoundError)
+    except (ExportError, ConfigError) as err:
         print(f"Invalid export: {err}", file=sys.stderr, flush=True)
         return 2
     return 0
