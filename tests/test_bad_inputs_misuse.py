@@ -457,3 +457,15 @@ def test_a_fresh_run_in_an_earlier_runs_directory_keeps_that_run(make_cfg, tmp_p
     empty.mkdir()
     (empty / "train.log").write_text("")
     assert set_aside_previous_run(empty) is None  # no run there: nothing moves
+
+
+def test_setting_a_run_aside_moves_every_file_a_run_writes_and_nothing_else(tmp_path) -> None:
+    """The files named by step or rank (val-sets tables, rank records) move with the run; others stay."""
+    from papo.utils.finished_runs import FINAL_METRICS_FILE, VAL_SETS_TABLE, set_aside_previous_run
+
+    written = [FINAL_METRICS_FILE, VAL_SETS_TABLE.format(step=4), "rank1.json", "dropped_rows.jsonl"]
+    for name in [*written, "notes.md", "rank_notes.json"]:
+        (tmp_path / name).write_text(name)
+    previous = set_aside_previous_run(tmp_path)
+    assert previous is not None and sorted(p.name for p in previous.iterdir()) == sorted(written)
+    assert (tmp_path / "notes.md").exists() and (tmp_path / "rank_notes.json").exists()

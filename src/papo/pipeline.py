@@ -31,7 +31,11 @@ from papo.run_setup import (
 )
 from papo.utils.checkpointing import preserve_csv_log, resolve_readable_checkpoint
 from papo.utils.finished_runs import (
+    DROPPED_ROWS_FILE,
     FINAL_METRICS_FILE,
+    VAL_BEFORE_AFTER_FILE,
+    VAL_BEFORE_FILE,
+    VAL_SETS_TABLE,
     load_final_metrics,
     returned_metrics,
     set_aside_incomplete,
@@ -137,10 +141,6 @@ def instantiate_block(cfg: DictConfig | None, group: str = "block") -> Any:
     return instantiate_group(cfg, group)
 
 
-DROPPED_ROWS_FILE = "dropped_rows.jsonl"
-#: the per-benchmark table of a run with named val sets (val_sets), written after the last validation at step
-#: ``step`` (as the sample tables: val_samples/step<N>.md)
-VAL_SETS_TABLE = "val_sets_step{step:06d}.md"
 DROPPED_ROWS_METRIC = "data/dropped_rows_setup"
 
 
@@ -262,7 +262,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         lg.log_hyperparams(flat_config)
 
     before: dict[str, float] = {}
-    before_file = Path(cfg.paths.output_dir, "val_before.json")  # a resumed run reuses it, not re-validates
+    before_file = Path(cfg.paths.output_dir, VAL_BEFORE_FILE)  # a resumed run reuses it, not re-validates
     if run.validate_before and ckpt is not None and before_file.exists():
         before = json.loads(before_file.read_text())
         log.info("val before RL: from %s (resumed run)", before_file)
@@ -292,7 +292,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if before or after:
         table = format_comparison(before, after, module.validation.headline_keys())
         print("\n" + table + "\n", flush=True)
-        Path(cfg.paths.output_dir, "val_before_after.txt").write_text(table + "\n")
+        Path(cfg.paths.output_dir, VAL_BEFORE_AFTER_FILE).write_text(table + "\n")
     if val_sets and after:  # the per-benchmark table of the last validation
         per_set = module.validation.table(after, datamodule.val_set_sizes())
         print("\n" + per_set + "\n", flush=True)

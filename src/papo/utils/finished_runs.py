@@ -30,23 +30,31 @@ FINAL_METRICS_FILE = "final_metrics.json"
 INCOMPLETE_PREFIX = "incomplete-"
 #: prefix of the folder an earlier run's outputs are moved to when a fresh run starts in its directory
 PREVIOUS_PREFIX = "previous-"
-SET_ASIDE_PREFIXES = (INCOMPLETE_PREFIX, PREVIOUS_PREFIX)
+#: papo.pipeline.train's own files in the run's output dir: the validation before RL (a resumed run reuses
+#: it), the before/after table, the rows dropped at data setup
+VAL_BEFORE_FILE = "val_before.json"
+VAL_BEFORE_AFTER_FILE = "val_before_after.txt"
+DROPPED_ROWS_FILE = "dropped_rows.jsonl"
+#: the per-benchmark table of a run with named val sets (val_sets), written after the last validation at step
+#: ``step`` (as the sample tables: val_samples/step<N>.md)
+VAL_SETS_TABLE = "val_sets_step{step:06d}.md"
 #: what a run leaves in its output dir (a directory holding one of these holds a run)
-RUN_MARKERS = (FINAL_METRICS_FILE, "checkpoints", "csv", "val_before.json", "wandb")
+RUN_MARKERS = (FINAL_METRICS_FILE, "checkpoints", "csv", VAL_BEFORE_FILE, "wandb")
 #: everything a run of src/train.py writes in its output dir (configs/callbacks, configs/logger, the pipeline):
 #: only these move when a run is set aside; anything else there (a folder kept next to the run, or a whole
 #: project when ``hydra.run.dir=.``) stays where it is
 RUN_OUTPUTS = (
     *RUN_MARKERS,
-    "val_before_after.txt",
-    "dropped_rows.jsonl",
+    VAL_BEFORE_AFTER_FILE,
+    DROPPED_ROWS_FILE,
     "collapse.txt",
     "collapse.json",
     "val_samples",
     "hf_model",
     "lightning_logs",
 )
-_RANK_RECORD = re.compile(r"rank\d+\.json")  # papo.callbacks.rank_sync's per-rank records
+#: ... and the files named by step or rank: the val-sets tables, papo.callbacks.rank_sync's per-rank records
+_NUMBERED_OUTPUTS = re.compile(r"val_sets_step\d+\.md|rank\d+\.json")
 
 
 def load_final_metrics(output_dir: str | Path) -> dict[str, Any] | None:
@@ -92,7 +100,7 @@ def set_aside_previous_run(output_dir: str | Path) -> Path | None:
 def _set_aside(out: Path, prefix: str, what: str, hint: str = "") -> Path | None:
     if not out.is_dir():
         return None
-    stale = [p for p in out.iterdir() if p.name in RUN_OUTPUTS or _RANK_RECORD.fullmatch(p.name)]
+    stale = [p for p in out.iterdir() if p.name in RUN_OUTPUTS or _NUMBERED_OUTPUTS.fullmatch(p.name)]
     if not stale:
         return None
     dest = out / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}"
